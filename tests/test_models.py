@@ -1,0 +1,96 @@
+import importlib.util
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from edgekit import zoo
+from edgekit.zoo import datasets
+
+# A runtime-only install (no [full] extra) has no keras: only the data tests run there.
+needs_keras = pytest.mark.skipif(importlib.util.find_spec("keras") is None, reason="needs keras")
+
+# name -> (input shape, output classes, plausible parameter count range)
+EXPECTED = {
+    "digits-cnn": ((8, 8, 1), 10, (5_000, 15_000)),
+    "resnet8": ((32, 32, 3), 10, (75_000, 82_000)),
+    "ds-cnn": ((49, 10, 1), 12, (24_000, 40_000)),
+    "mobilenet-v1-0.25": ((96, 96, 3), 2, (200_000, 230_000)),
+}
+
+
+def test_registry_names():
+    assert set(zoo.REFERENCE_MODELS) == set(EXPECTED)
+
+
+@needs_keras
+@pytest.mark.parametrize("name", EXPECTED)
+def test_reference_model_shapes_and_size(name):
+    input_shape, classes, (low, high) = EXPECTED[name]
+    model = zoo.build(name)
+    assert model.input_shape == (None, *input_shape)
+    assert model.output_shape == (None, classes)
+    assert low <= model.count_params() <= high
+    probs = model.predict(np.zeros((2, *input_shape), np.float32), verbose=0)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
+
+
+@needs_keras
+def test_build_is_seeded():
+    a, b, c = zoo.build("resnet8", seed=1), zoo.build("resnet8", seed=1), zoo.build("resnet8", seed=2)
+    assert all(np.array_equal(x, y) for x, y in zip(a.get_weights(), b.get_weights()))
+    assert not all(np.array_equal(x, y) for x, y in zip(a.get_weights(), c.get_weights()))
+
+
+def test_build_unknown_name_lists_valid_names():
+    with pytest.raises(KeyError, match="resnet8"):
+        zoo.build("no-such-model")
+
+
+def test_import_does_not_load_keras():
+    code = "import sys, edgekit.zoo; assert not {'keras', 'tensorflow'} & set(sys.modules)"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_load_digits_split():
+    split = datasets.load_digits_split()
+    assert split["x_train"].shape == (1400, 8, 8, 1)
+    assert split["x_test"].shape == (397, 8, 8, 1)
+    assert split["y_train"].shape == (1400,) and split["y_test"].shape == (397,)
+    assert split["x_train"].dtype == np.float32 and split["y_train"].dtype == np.int64
+    assert 0.0 <= split["x_train"].min() and split["x_train"].max() <= 1.0
+    assert set(np.unique(split["y_test"])) == set(range(10))
+
+    again, other = datasets.load_digits_split(), datasets.load_digits_split(seed=1)
+    assert all(np.array_equal(split[k], again[k]) for k in split)
+    assert not np.array_equal(split["y_test"], other["y_test"])
+
+
+def test_save_eval_npz(tmp_path):
+    path = tmp_path / "eval.data"  # no .npz suffix: must be written exactly here
+    datasets.save_eval_npz(path, np.zeros((3, 2), np.float32), np.arange(3))
+    with np.load(path) as data:
+        assert set(data.files) == {"x", "y"}
+        np.testing.assert_array_equal(data["y"], np.arange(3))
+
+
+@needs_keras
+def test_default_model_is_cached_and_accurate(tmp_path):
+    import keras
+
+    model_path, eval_path = zoo.default_model(tmp_path / "cache")
+    assert model_path.suffix == ".keras" and eval_path.suffix == ".npz"
+    assert model_path.parent == eval_path.parent == tmp_path / "cache"
+    assert sorted(p.name for p in model_path.parent.iterdir()) == sorted([model_path.name, eval_path.name])
+    mtimes = (model_path.stat().st_mtime_ns, eval_path.stat().st_mtime_ns)
+
+    assert zoo.default_model(tmp_path / "cache") == (model_path, eval_path)
+    assert (model_path.stat().st_mtime_ns, eval_path.stat().st_mtime_ns) == mtimes
+
+    model = keras.saving.load_model(model_path)
+    with np.load(eval_path) as data:
+        x, y = data["x"], data["y"]
+    assert x.shape == (397, 8, 8, 1)
+    accuracy = np.mean(model.predict(x, verbose=0).argmax(axis=1) == y)
+    assert accuracy >= 0.9

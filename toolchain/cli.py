@@ -1,0 +1,154 @@
+"""The `edgekit` command: a thin Click layer over pipeline, targets and runner."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from . import __version__
+from .errors import EdgekitError
+
+_OPTION_HELP = None
+
+
+def _help(field: str) -> str:
+    """Flag help comes from the documented ConvertOptions fields (one declaration)."""
+    global _OPTION_HELP
+    if _OPTION_HELP is None:
+        from .pipeline import ConvertOptions
+        _OPTION_HELP = {f.name: f.metadata["help"] for f in dataclasses.fields(ConvertOptions)}
+    return _OPTION_HELP[field]
+
+
+def _console():
+    from rich.console import Console
+    # Piped output gets a fixed width wide enough for the report table; a terminal keeps its own.
+    return Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 130)
+
+
+targets_dir_option = click.option("--targets-dir", "targets_dirs", multiple=True, type=click.Path(file_okay=False),
+                                  help="Extra directory of target profiles (repeatable); also $EDGEKIT_TARGETS_PATH.")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="edgekit")
+def cli():
+    """Convert trained models to TFLite, ONNX and OpenVINO for an edge target, and measure them."""
+
+
+@cli.command()
+@click.argument("model", required=False, type=click.Path(path_type=Path))
+@click.option("--target", "-t", default="cpu", show_default=True, help=_help("target"))
+@click.option("--out", "-o", type=click.Path(path_type=Path), help=_help("out"))
+@click.option("--data", type=click.Path(path_type=Path), help=_help("data"))
+@click.option("--input-shape", multiple=True, help=_help("input_shape"))
+@click.option("--format", "formats", multiple=True, help=_help("formats"))
+@click.option("--threads", type=click.IntRange(min=1), help=_help("threads"))
+@click.option("--runs", type=click.IntRange(min=1), help=_help("runs"))
+@click.option("--warmup", type=click.IntRange(min=0), help=_help("warmup"))
+@click.option("--force", is_flag=True, help=_help("force"))
+@click.option("--trust-model", is_flag=True, help=_help("trust_model"))
+@targets_dir_option
+@click.option("--quiet", "-q", is_flag=True, help="No progress or table; only errors.")
+def convert(model, quiet, **options):
+    """Build every artifact of a target from MODEL and report size, latency, fidelity and accuracy.
+
+    MODEL is a Keras .keras/.h5 file, a SavedModel directory, an .onnx or a .tflite file.
+    Without MODEL, the bundled digits CNN and its eval data are used.
+    """
+    from . import pipeline, report
+
+    console = _console()
+    options = {k: list(v) if isinstance(v, tuple) else v for k, v in options.items()}
+    if quiet:
+        result = pipeline.convert(model, **options)
+    else:
+        with console.status("starting") as status:
+            result = pipeline.convert(model, progress=lambda msg: status.update(msg), **options)
+        report.print_table(result, console)
+        console.print(f"wrote {result['out_dir']}/ (report.json, report.md)")
+    if not any(a["status"] == "ok" for a in result["artifacts"]):
+        raise EdgekitError("no artifact could be built", f"see the reasons in {result['out_dir']}/report.md")
+
+
+@cli.group(invoke_without_command=True)
+@targets_dir_option
+@click.pass_context
+def targets(ctx, targets_dirs):
+    """List target profiles (built-in and your own)."""
+    ctx.obj = tuple(targets_dirs)
+    if ctx.invoked_subcommand:
+        return
+    from rich.table import Table
+
+    from .targets import all_targets
+    table = Table(title="edgekit targets")
+    for column in ("name", "device", "arch", "precision", "formats", "threads", "description"):
+        table.add_column(column, overflow="fold")
+    for name, t in all_targets(ctx.obj).items():
+        p = t.profile
+        table.add_row(name, p.device.kind, p.device.arch, p.build.precision, ", ".join(p.build.formats),
+                      str(p.bench.threads), p.description)
+    _console().print(table)
+
+
+@targets.command("show")
+@click.argument("name")
+@click.pass_obj
+def targets_show(dirs, name):
+    """Print one profile, validated, with every field filled in."""
+    from .targets import get_target
+    target = get_target(name, dirs or ())
+    click.echo(f"# {target.path}")
+    click.echo(json.dumps(dataclasses.asdict(target.profile), indent=2))
+
+
+@cli.command()
+@click.argument("artifact", type=click.Path(path_type=Path))
+@click.option("--threads", default=1, show_default=True, type=click.IntRange(min=1), help="Inference threads.")
+@click.option("--runs", default=100, show_default=True, type=click.IntRange(min=1), help="Timed runs.")
+@click.option("--warmup", default=10, show_default=True, type=click.IntRange(min=0), help="Untimed warm-up runs.")
+@click.option("--inputs", type=click.Path(path_type=Path, dir_okay=False),
+              help="Inputs .npz (keys in0, in1, ...); default: seeded random inputs.")
+@click.option("--json", "json_path", type=click.Path(path_type=Path, dir_okay=False), help="Write the result JSON here.")
+def bench(artifact, threads, runs, warmup, inputs, json_path):
+    """Time one artifact (.tflite, .onnx or OpenVINO .xml) in this process's runtime."""
+    from .runner import bench as run_bench
+    if not artifact.is_file():
+        raise EdgekitError(f"artifact not found: {artifact}", "check the path")
+    result = run_bench(artifact, threads, warmup, runs, inputs)
+    lat = result["latency_ms"]
+    click.echo(f"{artifact.name} [{result['runtime']['name']} {result['runtime']['version']}] "
+               f"threads={threads} warmup={warmup} runs={runs}: median {lat['median']:.3f} ms, "
+               f"p90 {lat['p90']:.3f}, p99 {lat['p99']:.3f}, mean {lat['mean']:.3f} ± {lat['stdev']:.3f} ms; "
+               f"peak RSS {result['memory']['peak_rss_mib']:.0f} MiB (measured on {result['host']['hostname']})")
+    if json_path:
+        json_path.write_text(json.dumps(result, indent=2) + "\n")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: user errors print one line and exit 2; nothing prints a traceback unless EDGEKIT_DEBUG=1."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
+    try:
+        cli.main(args=argv, prog_name="edgekit", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except EdgekitError as exc:
+        click.echo(f"error: {exc.one_line()}", err=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        click.echo("interrupted; no partial output was kept", err=True)
+        sys.exit(130)
+    except Exception as exc:  # a bug, not a user error: say so in one line
+        if os.environ.get("EDGEKIT_DEBUG"):
+            raise
+        click.echo(f"internal error: {type(exc).__name__}: {exc} (set EDGEKIT_DEBUG=1 for the traceback)", err=True)
+        sys.exit(1)

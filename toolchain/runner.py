@@ -1,0 +1,145 @@
+"""The light inference runner: numpy, the standard library and one runtime, nothing else.
+
+It runs on the build host (as a subprocess, so memory and threads are the runtime's own)
+and on devices. Inputs and outputs travel as .npz, results as versioned JSON:
+
+    python -m edgekit.runner MODEL --threads 1 --warmup 10 --runs 100 \
+        [--inputs in.npz] [--outputs out.npz] [--json result.json]
+
+In the .npz files, key `in<i>` / `out<i>` holds input/output i of every sample, stacked
+on a new leading axis.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import socket
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+SCHEMA = "edgekit.bench/1"
+
+
+def latency_stats(samples_ms: list[float]) -> dict:
+    ordered = np.sort(np.asarray(samples_ms, dtype=np.float64))
+    return {
+        "median": float(np.median(ordered)),
+        "p90": float(np.percentile(ordered, 90)),
+        "p99": float(np.percentile(ordered, 99)),
+        "mean": float(ordered.mean()),
+        "stdev": float(statistics.stdev(ordered)) if len(ordered) > 1 else 0.0,
+        "min": float(ordered[0]),
+        "max": float(ordered[-1]),
+    }
+
+
+def host_info() -> dict:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith(("model name", "hardware", "cpu model")):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"hostname": socket.gethostname(), "machine": platform.machine(), "cpu": cpu,
+            "logical_cores": os.cpu_count(), "python": platform.python_version(), "os": platform.platform()}
+
+
+def rss_mib() -> float:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def peak_rss_mib() -> float:
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
+
+
+def random_inputs(session, seed: int = 0) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [rng.random(shape, dtype=np.float32).astype(dtype) if np.issubdtype(np.dtype(dtype), np.floating)
+            else rng.integers(0, 10, shape).astype(dtype) for _, shape, dtype in session.inputs]
+
+
+def load_samples(path: Path) -> list[list[np.ndarray]]:
+    with np.load(path) as data:
+        arrays = [data[f"in{i}"] for i in range(len(data.files))]
+    return [[a[n] for a in arrays] for n in range(len(arrays[0]))]
+
+
+def save_stacked(path: Path, prefix: str, samples: list[list[np.ndarray]]) -> None:
+    columns = {f"{prefix}{i}": np.stack([s[i] for s in samples]) for i in range(len(samples[0]))}
+    np.savez(path, **columns)
+
+
+def bench(model: Path, threads: int = 1, warmup: int = 10, runs: int = 100,
+          inputs: Path | None = None, outputs: Path | None = None) -> dict:
+    from .backends import for_artifact
+
+    backend = for_artifact(model)
+    baseline = rss_mib()
+    start = time.perf_counter()
+    session = backend.Session(model, threads=threads)
+    load_ms = (time.perf_counter() - start) * 1000
+    samples = load_samples(inputs) if inputs else [random_inputs(session)]
+    if outputs:
+        save_stacked(outputs, "out", [session.run(s) for s in samples])
+    for _ in range(warmup):
+        session.run(samples[0])
+    timings = []
+    for _ in range(runs):
+        t0 = time.perf_counter_ns()
+        session.run(samples[0])
+        timings.append((time.perf_counter_ns() - t0) / 1e6)
+    return {
+        "schema": SCHEMA,
+        "model": str(model), "format": backend.FORMAT,
+        "runtime": {"name": backend.RUNTIME, "version": backend.runtime_version()},
+        "host": host_info(),
+        "threads": threads, "warmup": warmup, "runs": runs,
+        "load_ms": load_ms,
+        "latency_ms": latency_stats(timings),
+        "memory": {"peak_rss_mib": peak_rss_mib(), "baseline_rss_mib": baseline},
+        "samples_run": len(samples) if outputs else 0,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m edgekit.runner", description=__doc__.splitlines()[0])
+    parser.add_argument("model", type=Path)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--runs", type=int, default=100)
+    parser.add_argument("--inputs", type=Path)
+    parser.add_argument("--outputs", type=Path)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args(argv)
+    from .errors import EdgekitError
+    try:
+        result = bench(args.model, args.threads, args.warmup, args.runs, args.inputs, args.outputs)
+    except EdgekitError as exc:
+        print(f"error: {exc.one_line()}", file=sys.stderr)
+        return exc.exit_code
+    text = json.dumps(result, indent=2)
+    if args.json:
+        args.json.write_text(text)
+    else:
+        print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,118 @@
+"""Target profiles: TOML data files, validated on load.
+
+Profiles are looked up in, first to last: directories given with `--targets-dir`,
+directories in $EDGEKIT_TARGETS_PATH (os.pathsep-separated), then the built-in `targets/`.
+A user profile with the same name as a built-in one overrides it.
+"""
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from .errors import EdgekitError
+from .schema import SchemaError, from_dict, option
+
+FORMATS = ("tflite", "onnx", "openvino", "fake")
+PRECISIONS = ("fp32",)
+ENV_VAR = "EDGEKIT_TARGETS_PATH"
+
+
+@dataclass(frozen=True)
+class DeviceSpec:
+    kind: str = option("cpu", "Device class the profile describes.", choices=("cpu", "gpu", "arm", "mcu", "fpga"))
+    arch: str = option("x86_64", "CPU architecture the artifacts run on.", choices=("x86_64", "aarch64", "armv7"))
+    description: str = option("", "Human description of the device, e.g. 'Raspberry Pi 4 (4x Cortex-A72)'.")
+
+
+@dataclass(frozen=True)
+class BuildSpec:
+    formats: list[str] = option(["tflite", "onnx", "openvino"], "Artifact formats to produce.", choices=FORMATS)
+    precision: str = option("fp32", "Numeric precision recipe.", choices=PRECISIONS)
+    batch: int = option(1, "Batch size that replaces a dynamic batch dimension.")
+    input_shape: list[int] = option([], "Full input shape (batch first) replacing every dynamic dim; "
+                                        "empty keeps the model's own. `--input-shape` overrides it.")
+
+
+@dataclass(frozen=True)
+class BenchSpec:
+    threads: int = option(1, "Inference threads for the latency runs.")
+    warmup: int = option(10, "Untimed runs before timing starts.")
+    runs: int = option(100, "Timed runs; median, p90 and p99 are taken over these.")
+    eval_samples: int = option(200, "Most samples used for fidelity and accuracy.")
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str = option(help="Profile name, used as `--target NAME`; must match the file name.")
+    description: str = option("", "One line shown by `edgekit targets`.")
+    device: DeviceSpec = option(DeviceSpec, help="[device] table.")
+    build: BuildSpec = option(BuildSpec, help="[build] table.")
+    bench: BenchSpec = option(BenchSpec, help="[bench] table.")
+
+
+@dataclass(frozen=True)
+class Target:
+    profile: Profile
+    path: Path
+
+    @property
+    def name(self) -> str:
+        return self.profile.name
+
+
+def builtin_dir() -> Path:
+    return Path(str(resources.files("edgekit.profiles")))
+
+
+def search_path(extra_dirs: tuple[str, ...] = ()) -> list[Path]:
+    env = [d for d in os.environ.get(ENV_VAR, "").split(os.pathsep) if d]
+    dirs = [Path(d) for d in (*extra_dirs, *env)]
+    for d in dirs:
+        if not d.is_dir():
+            raise EdgekitError(f"targets directory not found: {d}", "pass an existing directory to --targets-dir / $" + ENV_VAR)
+    return [*dirs, builtin_dir()]
+
+
+def load_profile(path: Path) -> Target:
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise EdgekitError(f"{path}: invalid TOML ({exc})", "fix the syntax; see targets/README.md") from None
+    try:
+        profile = from_dict(Profile, data)
+    except SchemaError as exc:
+        raise EdgekitError(f"{path}: field '{exc.where}': {exc.problem}", "see targets/README.md for the schema") from None
+    if profile.name != path.stem:
+        raise EdgekitError(f"{path}: field 'name' is {profile.name!r} but the file is {path.name}",
+                           "make the name match the file name")
+    _check_numbers(profile, path)
+    return Target(profile, path)
+
+
+def _check_numbers(p: Profile, path: Path) -> None:
+    checks = {"bench.threads": p.bench.threads >= 1, "bench.runs": p.bench.runs >= 1, "bench.warmup": p.bench.warmup >= 0,
+              "bench.eval_samples": p.bench.eval_samples >= 1, "build.batch": p.build.batch >= 1,
+              "build.input_shape": all(d >= 1 for d in p.build.input_shape), "build.formats": bool(p.build.formats)}
+    for field, ok in checks.items():
+        if not ok:
+            raise EdgekitError(f"{path}: field '{field}' is out of range", "use positive values; see targets/README.md")
+
+
+def all_targets(extra_dirs: tuple[str, ...] = ()) -> dict[str, Target]:
+    found: dict[str, Target] = {}
+    for d in search_path(extra_dirs):
+        for f in sorted(d.glob("*.toml")):
+            found.setdefault(f.stem, load_profile(f))
+    return found
+
+
+def get_target(name: str, extra_dirs: tuple[str, ...] = ()) -> Target:
+    for d in search_path(extra_dirs):
+        f = d / f"{name}.toml"
+        if f.is_file():
+            return load_profile(f)
+    known = ", ".join(sorted(all_targets(extra_dirs)))
+    raise EdgekitError(f"unknown target '{name}'", f"choose one of: {known} (or add {name}.toml to --targets-dir)")
