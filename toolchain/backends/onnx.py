@@ -134,6 +134,7 @@ def canonical_names(model):
     tf2onnx numbers names with process-wide counters; graph inputs and outputs keep their names.
     """
     graph = model.graph
+    graph.doc_string = ""  # tf2onnx records the traced function's numbered name here
     if any(a.type in (5, 10) for n in graph.node for a in n.attribute):  # GRAPH / GRAPHS: leave subgraphs alone
         return model
     keep = {v.name for v in graph.input} | {v.name for v in graph.output} | {""}

@@ -51,6 +51,10 @@ def export(source, out_path: Path, ctx) -> list[str]:
         model = ov.convert_model(convert_from)
     except Exception as exc:
         raise ConversionError(f"openvino.convert_model failed: {str(exc).strip().splitlines()[0][:300]}") from None
+    try:
+        model.reshape({port: ov.PartialShape(list(spec.shape)) for port, spec in zip(model.inputs, source.inputs)})
+    except Exception as exc:
+        raise ConversionError(f"OpenVINO could not fix the input shapes: {str(exc).strip().splitlines()[0][:300]}") from None
     for i, op in enumerate(model.get_ordered_ops()):  # counters in names differ between runs
         op.set_friendly_name(f"{op.get_type_name()}_{i}")
     ov.save_model(model, str(out_path), compress_to_fp16=False)

@@ -1,0 +1,29 @@
+# Two commands do all the set-up on a fresh machine (Python 3.11):
+#   make demo   build the venv if needed, then convert the bundled default model for the cpu target
+#   make test   build the venv if needed, then run the whole test suite
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+
+.PHONY: setup demo test clean
+
+setup: $(STAMP)
+
+$(STAMP): requirements/lock.txt requirements/no-deps.txt setup.cfg pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -r requirements/lock.txt
+	# onnx2tf pins old versions of everything; installed without its pins, it works with the lock above.
+	$(BIN)/python -m pip install -q --no-deps -r requirements/no-deps.txt
+	$(BIN)/python -m pip install -q --no-deps -e .
+	touch $@
+
+demo: setup
+	$(BIN)/edgekit convert --target cpu --force
+
+test: setup
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) edgekit-out build *.egg-info

@@ -1,0 +1,146 @@
+"""Shared fixtures: tiny models of every input kind, generated here, and an isolated environment."""
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+INPUT_KINDS = ("keras", "h5", "h5_keras2", "savedmodel", "onnx", "tflite")
+
+
+@pytest.fixture(autouse=True)
+def isolated(tmp_path, monkeypatch, tmp_path_factory):
+    """Every test runs in its own directory with its own cache and no user profile path."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("EDGEKIT_CACHE", str(tmp_path_factory.getbasetemp() / "edgekit-cache"))
+    monkeypatch.delenv("EDGEKIT_TARGETS_PATH", raising=False)
+
+
+def tree_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for f in files:
+        digest.update(f.name.encode() + f.read_bytes())
+    return digest.hexdigest()
+
+
+def tiny_data(n: int = 48, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    x = rng.random((n, 8, 8, 1), dtype=np.float32)
+    y = (x.mean(axis=(1, 2, 3)) * 10).astype(np.int64) % 4
+    return x, y
+
+
+def build_tiny_keras(keras_module, with_lambda: bool = False):
+    """A small NHWC CNN: conv, batchnorm, pooling, dense, softmax."""
+    layers = keras_module.layers
+    keras_module.utils.set_random_seed(0)
+    stack = [keras_module.Input((8, 8, 1), name="image"),
+             layers.Conv2D(4, 3, padding="same", activation="relu", name="conv"),
+             layers.BatchNormalization(name="bn"),
+             layers.MaxPooling2D(name="pool"),
+             layers.Flatten(name="flat")]
+    if with_lambda:
+        stack.append(layers.Lambda(lambda t: t * 2.0, name="double"))
+    stack.append(layers.Dense(4, activation="softmax", name="probs"))
+    return keras_module.Sequential(stack, name="tiny")
+
+
+@pytest.fixture(scope="session")
+def models_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("models")
+
+
+@pytest.fixture(scope="session")
+def tiny_keras(models_dir) -> Path:
+    import keras
+    path = models_dir / "tiny.keras"
+    build_tiny_keras(keras).save(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def make_model(models_dir, tiny_keras):
+    """make_model(kind) -> path of a tiny model of that input kind (built once per session)."""
+    cache: dict[str, Path] = {"keras": tiny_keras}
+
+    def make(kind: str) -> Path:
+        if kind not in cache:
+            cache[kind] = BUILDERS[kind](models_dir, tiny_keras)
+        return cache[kind]
+
+    return make
+
+
+def _h5(models_dir, tiny_keras):
+    import keras
+    path = models_dir / "tiny.h5"
+    keras.saving.load_model(tiny_keras).save(path)
+    return path
+
+
+def _h5_keras2(models_dir, tiny_keras):
+    import tf_keras  # Keras 2, as older projects saved their models
+    tf_keras.utils.set_random_seed(0)
+    model = tf_keras.Sequential([tf_keras.Input((8, 8, 1)), tf_keras.layers.Conv2D(4, 3, activation="relu"),
+                                 tf_keras.layers.GlobalAveragePooling2D(), tf_keras.layers.Dense(4, activation="softmax")])
+    path = models_dir / "tiny_keras2.h5"
+    model.save(path)
+    return path
+
+
+def _savedmodel(models_dir, tiny_keras):
+    import keras
+    path = models_dir / "tiny_savedmodel"
+    keras.saving.load_model(tiny_keras).export(str(path), verbose=False)
+    return path
+
+
+def _tflite(models_dir, tiny_keras):
+    import keras
+    import tensorflow as tf
+    path = models_dir / "tiny.tflite"
+    converter = tf.lite.TFLiteConverter.from_keras_model(keras.saving.load_model(tiny_keras))
+    path.write_bytes(converter.convert())
+    return path
+
+
+def _onnx(models_dir, tiny_keras):
+    """A PyTorch-style NCHW ONNX model with a dynamic batch, written with onnx.helper."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.normal(size=(4, 3, 3, 3)).astype(np.float32), "w")
+    b = numpy_helper.from_array(np.zeros(4, np.float32), "b")
+    fc = numpy_helper.from_array(rng.normal(size=(4, 5)).astype(np.float32), "fc")
+    nodes = [helper.make_node("Conv", ["input", "w", "b"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c"], ["r"]),
+             helper.make_node("GlobalAveragePool", ["r"], ["g"]),
+             helper.make_node("Flatten", ["g"], ["f"]),
+             helper.make_node("MatMul", ["f", "fc"], ["logits"]),
+             helper.make_node("Softmax", ["logits"], ["probs"], axis=1)]
+    graph = helper.make_graph(nodes, "tiny_nchw",
+                              [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, 16, 16])],
+                              [helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["N", 5])], [w, b, fc])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="edgekit-tests")
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    path = models_dir / "tiny_nchw.onnx"
+    onnx.save(model, str(path))
+    return path
+
+
+BUILDERS = {"h5": _h5, "h5_keras2": _h5_keras2, "savedmodel": _savedmodel, "tflite": _tflite, "onnx": _onnx}
+
+
+@pytest.fixture(scope="session")
+def tiny_eval(models_dir) -> Path:
+    x, y = tiny_data()
+    path = models_dir / "tiny_eval.npz"
+    np.savez(path, x=x, y=y)
+    return path
