@@ -275,6 +275,7 @@ def _measure(ctx: Context, backend, artifact: Path) -> dict:
 
 @contextmanager
 def _staging(out: Path):
+    created_parent = not out.parent.exists()
     out.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     umask = os.umask(0)
@@ -284,6 +285,8 @@ def _staging(out: Path):
         yield stage
     finally:
         shutil.rmtree(stage, ignore_errors=True)
+        if created_parent and not any(out.parent.iterdir()):
+            out.parent.rmdir()
 
 
 def _replace(stage: Path, out: Path) -> None:

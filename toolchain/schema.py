@@ -103,4 +103,6 @@ def describe(cls: type, prefix: str = "") -> list[tuple[str, str, str, str]]:
 
 
 def _type_name(hint: Any) -> str:
-    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+    if typing.get_args(hint):
+        return str(hint).replace("typing.", "")
+    return getattr(hint, "__name__", str(hint))

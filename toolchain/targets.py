@@ -116,3 +116,15 @@ def get_target(name: str, extra_dirs: tuple[str, ...] = ()) -> Target:
             return load_profile(f)
     known = ", ".join(sorted(all_targets(extra_dirs)))
     raise EdgekitError(f"unknown target '{name}'", f"choose one of: {known} (or add {name}.toml to --targets-dir)")
+
+
+def schema_markdown() -> str:
+    """The field table of targets/README.md, generated from the Profile declaration."""
+    from .schema import describe
+    lines = ["| field | type | default | meaning |", "|---|---|---|---|"]
+    lines += [f"| `{path}` | {kind} | `{default}` | {text} |" for path, kind, default, text in describe(Profile)]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(schema_markdown())

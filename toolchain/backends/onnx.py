@@ -15,8 +15,8 @@ RUNTIME = "onnxruntime"
 SOURCES = ("keras", "h5", "savedmodel", "onnx", "tflite")  # input kinds export() can convert from
 EXTRA = "onnx"
 OPSET = 17
-_UNSUPPORTED = re.compile(r"(Could not find an implementation for \S+|is not a registered function/op|"
-                          r"No opset import for domain \S+|Unrecognized attribute|NOT_IMPLEMENTED.*)")
+_UNSUPPORTED = re.compile(r"Could not find an implementation for (?P<a>[\w.:]+)|(?P<b>[\w.:]+)(\(\S*\))? is not a "
+                          r"registered function/op|No opset import for domain (?P<c>\S+)")
 
 
 def files(path: Path) -> list[Path]:
@@ -28,7 +28,7 @@ def runtime_version() -> str:
 
 
 class Session:
-    def __init__(self, path: Path, threads: int = 1):
+    def __init__(self, path: Path, threads: int = 1, display_name: str | None = None):
         ort = require("onnxruntime", EXTRA)
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
@@ -37,7 +37,7 @@ class Session:
         try:
             self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as exc:
-            raise _load_error(Path(path), str(exc)) from None
+            raise _load_error(display_name or Path(path).name, str(exc)) from None
         self.inputs = [(i.name, tuple(d if isinstance(d, int) else -1 for d in i.shape), _ort_dtype(i.type))
                        for i in self.session.get_inputs()]
         self._names = [i.name for i in self.session.get_inputs()]
@@ -51,13 +51,14 @@ def _ort_dtype(type_str: str) -> str:
     return {"float": "float32", "double": "float64", "float16": "float16"}.get(name, name)
 
 
-def _load_error(path: Path, text: str) -> EdgekitError:
+def _load_error(name: str, text: str) -> EdgekitError:
     match = _UNSUPPORTED.search(text)
     if match:
-        return EdgekitError(f"{path.name}: unsupported op ({match.group(1)[:200]})",
-                            "replace the op with standard ONNX ops or use a newer onnxruntime")
+        op = next(g for g in match.group("a", "b", "c") if g)
+        return EdgekitError(f"{name}: unsupported op {op} (onnxruntime has no kernel for it)",
+                            "replace it with standard ONNX ops, or register the custom-op library")
     first = text.strip().splitlines()[0][:200] if text.strip() else "no detail"
-    return EdgekitError(f"{path.name}: onnxruntime cannot load it ({first})", "check the file is a complete ONNX model")
+    return EdgekitError(f"{name}: onnxruntime cannot load it ({first})", "check the file is a complete ONNX model")
 
 
 def load_source(path: Path, opts):
@@ -83,7 +84,7 @@ def load_source(path: Path, opts):
         specs.append(TensorSpec(value.name, shape, dtype))
     fixed = opts.workdir / "source" / "fixed.onnx"
     onnx.save(_fix_outputs(onnx, model), str(fixed))
-    session = Session(fixed)
+    session = Session(fixed, display_name=path.name)
     source = Source("onnx", path, path.stem, specs, session.run, workdir=opts.workdir)
     source.onnx_fixed_path = fixed
     return source

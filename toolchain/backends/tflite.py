@@ -35,8 +35,8 @@ class Session:
             self.interpreter = interpreter_mod.Interpreter(model_path=str(path), num_threads=threads)
             self.interpreter.allocate_tensors()
         except (ValueError, RuntimeError) as exc:
-            raise EdgekitError(f"{Path(path).name}: LiteRT cannot load it ({str(exc).strip().splitlines()[0][:200]})",
-                               "check the file is a complete .tflite model") from None
+            raise EdgekitError(f"{Path(path).name} is truncated or corrupt (LiteRT: {str(exc).strip().splitlines()[0][:200]})",
+                               "re-export the .tflite model") from None
         self._in = self.interpreter.get_input_details()
         self._out = self.interpreter.get_output_details()
         self.inputs = [(d["name"], tuple(int(x) for x in d["shape"]), np.dtype(d["dtype"]).name) for d in self._in]

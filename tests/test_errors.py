@@ -1,0 +1,129 @@
+"""Every user error: one line naming the problem and the fix, exit code 2, nothing half-written."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from clihelp import assert_user_error, run_cli
+
+
+def convert(capsys, *args):
+    return run_cli(capsys, "convert", *args, "--runs", "1", "--warmup", "0")
+
+
+def truncated_copy(src, tmp_path, keep=0.5):
+    dst = tmp_path / f"cut{src.suffix}"
+    data = src.read_bytes()
+    dst.write_bytes(data[: int(len(data) * keep)])
+    return dst
+
+
+def test_missing_model_file(capsys):
+    assert_user_error(convert(capsys, "nope.keras"), "not found", "nope.keras")
+
+
+def test_empty_model_file(capsys, tmp_path):
+    (tmp_path / "empty.onnx").write_bytes(b"")
+    assert_user_error(convert(capsys, tmp_path / "empty.onnx"), "empty")
+
+
+@pytest.mark.parametrize("kind", ["keras", "onnx", "tflite", "h5"])
+def test_truncated_model(kind, make_model, capsys, tmp_path):
+    assert_user_error(convert(capsys, truncated_copy(make_model(kind), tmp_path)), "cut")
+
+
+def test_garbage_with_a_model_extension(capsys, tmp_path):
+    (tmp_path / "junk.onnx").write_bytes(b"\x08\x07this is not protobuf" * 10)
+    assert_user_error(convert(capsys, tmp_path / "junk.onnx"), "corrupt")
+
+
+def test_kind_comes_from_content_not_extension(make_model, capsys, tmp_path):
+    disguised = tmp_path / "model.bin"
+    disguised.write_bytes(make_model("tflite").read_bytes())
+    result = convert(capsys, disguised, "--format", "onnx", "--out", tmp_path / "o")
+    assert result.code == 0, result.err
+    assert '"kind": "tflite"' in (tmp_path / "o" / "report.json").read_text()
+
+
+def test_unknown_target(tiny_keras, capsys):
+    assert_user_error(convert(capsys, tiny_keras, "--target", "toaster"), "unknown target", "toaster", "cpu")
+
+
+def test_unknown_format(tiny_keras, capsys):
+    assert_user_error(convert(capsys, tiny_keras, "--format", "coreml"), "unknown artifact format", "coreml")
+
+
+def test_unsupported_onnx_op(capsys, tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+    node = helper.make_node("FancyOp", ["x"], ["y"], domain="com.example")
+    graph = helper.make_graph([node], "custom", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.example", 1)])
+    onnx.save(model, str(tmp_path / "custom.onnx"))
+    assert_user_error(convert(capsys, tmp_path / "custom.onnx"), "unsupported op", "FancyOp")
+
+
+def test_lambda_is_refused_without_trust(capsys, tmp_path):
+    import keras
+    from conftest import build_tiny_keras
+    path = tmp_path / "lambda.keras"
+    build_tiny_keras(keras, with_lambda=True).save(path)
+    assert_user_error(convert(capsys, path), "lambda", "--trust-model")
+    assert not (tmp_path / "edgekit-out").exists()
+    trusted = convert(capsys, path, "--trust-model", "--format", "tflite")
+    assert trusted.code == 0, trusted.err
+
+
+def test_dynamic_spatial_dims_need_a_shape(capsys, tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "dyn",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, "H", "W"])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3, "H", "W"])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "dyn.onnx"))
+    assert_user_error(convert(capsys, tmp_path / "dyn.onnx"), "dynamic dims", "--input-shape")
+    assert_user_error(convert(capsys, tmp_path / "dyn.onnx", "--input-shape", "1,3,x,8"), "not a list of integers")
+    assert_user_error(convert(capsys, tmp_path / "dyn.onnx", "--input-shape", "1,3,8"), "rank")
+    ok = convert(capsys, tmp_path / "dyn.onnx", "--input-shape", "1,3,8,8", "--format", "onnx")
+    assert ok.code == 0, ok.err
+
+
+def test_data_file_missing(tiny_keras, capsys):
+    assert_user_error(convert(capsys, tiny_keras, "--data", "val.npz"), "data file not found")
+
+
+def test_data_with_wrong_shape(tiny_keras, capsys, tmp_path):
+    np.savez(tmp_path / "bad.npz", x=np.zeros((4, 8, 8), np.float32), y=np.zeros(4))
+    assert_user_error(convert(capsys, tiny_keras, "--data", tmp_path / "bad.npz"), "shape", "(4, 8, 8)")
+
+
+def test_data_with_nan(tiny_keras, capsys, tmp_path):
+    x = np.zeros((4, 8, 8, 1), np.float32)
+    x[1, 2, 3, 0] = np.nan
+    np.savez(tmp_path / "nan.npz", x=x)
+    assert_user_error(convert(capsys, tiny_keras, "--data", tmp_path / "nan.npz"), "NaN")
+
+
+def test_data_without_x(tiny_keras, capsys, tmp_path):
+    np.savez(tmp_path / "nox.npz", inputs=np.zeros((4, 8, 8, 1), np.float32))
+    assert_user_error(convert(capsys, tiny_keras, "--data", tmp_path / "nox.npz"), "no array named 'x'", "inputs")
+
+
+def test_data_that_is_not_npz(tiny_keras, capsys, tmp_path):
+    (tmp_path / "val.npz").write_text("hello")
+    assert_user_error(convert(capsys, tiny_keras, "--data", tmp_path / "val.npz"), "not a readable .npz")
+
+
+def test_existing_out_dir_needs_force(tiny_keras, capsys, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    assert_user_error(convert(capsys, tiny_keras, "--out", out, "--format", "onnx"), "already exists", "--force")
+    assert (out / "keep.txt").read_text() == "mine"
+    assert convert(capsys, tiny_keras, "--out", out, "--format", "onnx", "--force").code == 0
+    assert not (out / "keep.txt").exists() and (out / "model.onnx").is_file()
+
+
+def test_bench_missing_artifact(capsys):
+    assert_user_error(run_cli(capsys, "bench", "missing.tflite"), "artifact not found")

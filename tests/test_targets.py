@@ -1,0 +1,86 @@
+"""Target profiles: built-ins load, bad profiles name file and field, user directories extend and override."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from clihelp import assert_user_error, run_cli
+from edgekit import targets
+from edgekit.errors import EdgekitError
+from edgekit.schema import describe
+
+GOOD = """name = "{name}"
+description = "test profile"
+[build]
+formats = ["onnx"]
+[bench]
+runs = 7
+"""
+
+
+def write_profile(directory, name, text=None):
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{name}.toml"
+    path.write_text(text if text is not None else GOOD.format(name=name))
+    return path
+
+
+def test_every_builtin_profile_is_valid():
+    found = targets.all_targets()
+    assert "cpu" in found
+    cpu = found["cpu"].profile
+    assert cpu.build.precision == "fp32" and cpu.build.formats == ["tflite", "onnx", "openvino"]
+    assert cpu.bench.threads >= 1 and cpu.bench.runs >= 1
+
+
+@pytest.mark.parametrize("text, words", [
+    ('name = "p"\nspeed = 3\n', ["field 'speed'", "unknown field"]),
+    ('name = "p"\n[bench]\nruns = "many"\n', ["field 'bench.runs'", "expected int"]),
+    ('name = "p"\n[build]\nprecision = "fp8"\n', ["field 'build.precision'", "fp8"]),
+    ('name = "p"\n[build]\nformats = ["coreml"]\n', ["field 'build.formats'", "coreml"]),
+    ('name = "p"\n[bench]\nthreads = 0\n', ["field 'bench.threads'", "out of range"]),
+    ('name = "other"\n', ["field 'name'", "p.toml"]),
+    ('description = "no name"\n', ["field 'name'", "missing"]),
+    ('name = "p"\n[build\n', ["invalid TOML"]),
+])
+def test_bad_profiles_name_the_file_and_field(tmp_path, text, words):
+    path = write_profile(tmp_path, "p", text)
+    with pytest.raises(EdgekitError) as err:
+        targets.load_profile(path)
+    message = str(err.value)
+    assert str(path) in message
+    for word in words:
+        assert word in message
+
+
+def test_user_directory_adds_and_overrides_profiles(tmp_path, monkeypatch):
+    write_profile(tmp_path / "mine", "edge-box")
+    write_profile(tmp_path / "mine", "cpu")  # shadows the built-in cpu
+    found = targets.all_targets(extra_dirs=(str(tmp_path / "mine"),))
+    assert found["edge-box"].profile.bench.runs == 7
+    assert found["cpu"].path == tmp_path / "mine" / "cpu.toml"
+    monkeypatch.setenv(targets.ENV_VAR, str(tmp_path / "mine"))
+    assert targets.get_target("edge-box").profile.build.formats == ["onnx"]
+
+
+def test_missing_targets_dir_is_a_user_error(capsys, tmp_path):
+    assert_user_error(run_cli(capsys, "targets", "--targets-dir", tmp_path / "nowhere"), "not found")
+
+
+def test_targets_cli_lists_and_shows(capsys, tmp_path):
+    write_profile(tmp_path / "mine", "edge-box")
+    listing = run_cli(capsys, "targets", "--targets-dir", tmp_path / "mine")
+    assert listing.code == 0 and "cpu" in listing.err and "edge-box" in listing.err
+    shown = run_cli(capsys, "targets", "show", "cpu")
+    assert shown.code == 0
+    profile = json.loads(shown.out.split("\n", 1)[1])
+    assert profile["name"] == "cpu" and profile["bench"]["warmup"] >= 0
+    assert_user_error(run_cli(capsys, "targets", "show", "nope"), "unknown target")
+
+
+def test_targets_readme_documents_the_current_schema():
+    """targets/README.md carries the table generated from the Profile fields (python -m edgekit.targets)."""
+    readme = (targets.builtin_dir() / "README.md").read_text()
+    assert targets.schema_markdown() in readme
+    assert len(describe(targets.Profile)) == targets.schema_markdown().count("\n| `")
