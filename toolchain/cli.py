@@ -123,8 +123,8 @@ def bench(artifact, threads, runs, warmup, inputs, json_path):
     result = run_bench(artifact, threads, warmup, runs, inputs)
     lat = result["latency_ms"]
     click.echo(f"{artifact.name} [{result['runtime']['name']} {result['runtime']['version']}] "
-               f"threads={threads} warmup={warmup} runs={runs}: median {lat['median']:.3f} ms, "
-               f"p90 {lat['p90']:.3f}, p99 {lat['p99']:.3f}, mean {lat['mean']:.3f} ± {lat['stdev']:.3f} ms; "
+               f"threads={threads} warmup={warmup} runs={runs}: median {lat['median']:.4g} ms, "
+               f"p90 {lat['p90']:.4g}, p99 {lat['p99']:.4g}, mean {lat['mean']:.4g} ± {lat['stdev']:.2g} ms; "
                f"peak RSS {result['memory']['peak_rss_mib']:.0f} MiB (measured on {result['host']['hostname']})")
     if json_path:
         json_path.write_text(json.dumps(result, indent=2) + "\n")

@@ -22,7 +22,7 @@ def _row(a: dict) -> tuple[str, ...]:
     lat, fid = a["latency_ms"], a["fidelity"]
     acc = a.get("accuracy")
     return (a["format"], a["precision"], kib(a["size"]["bytes"]), kib(a["size"]["gzip_bytes"]),
-            f"{lat['median']:.3f}", f"{lat['p90']:.3f}", f"{fid['max_abs_error']:.1e}",
+            f"{lat['median']:.4g}", f"{lat['p90']:.4g}", f"{fid['max_abs_error']:.1e}",
             f"{fid['top1_agreement']:.1%}", f"{acc['delta'] * 100:+.2f}pt" if acc else "n/a",
             "verified" if fid["verified"] else "MISMATCH")
 
@@ -61,7 +61,7 @@ def markdown(result: dict) -> str:
         if a["status"] == "ok":
             lat, mem = a["latency_ms"], a["memory"]
             lines.append(f"- **{a['format']}** ({a['runtime']['name']} {a['runtime']['version']}): latency mean "
-                         f"{lat['mean']:.3f} ms, stdev {lat['stdev']:.3f}, p99 {lat['p99']:.3f}; peak RSS "
+                         f"{lat['mean']:.4g} ms, stdev {lat['stdev']:.3g}, p99 {lat['p99']:.4g}; peak RSS "
                          f"{mem['peak_rss_mib']:.0f} MiB; cosine {a['fidelity']['cosine']:.6f}; {'; '.join(a['notes'])}.")
     return "\n".join(lines) + "\n"
 
