@@ -130,9 +130,10 @@ def _from_tf(source):
 
 
 def canonical_names(model):
-    """Rename internal nodes and tensors by position, so equal graphs give equal bytes.
+    """Make names independent of the converter's process-wide counters, so equal graphs give equal bytes.
 
-    tf2onnx numbers names with process-wide counters; graph inputs and outputs keep their names.
+    Node names keep their layer path (`model/conv1/BiasAdd`) without the counter suffix, made
+    unique by position; tensors other than graph inputs and outputs are renamed by position.
     """
     graph = model.graph
     graph.doc_string = ""  # tf2onnx records the traced function's numbered name here
@@ -148,10 +149,16 @@ def canonical_names(model):
 
     for init in graph.initializer:
         init.name = new(init.name)
+    seen: set[str] = set()
     for i, node in enumerate(graph.node):
-        node.name = f"{node.op_type}_{i}"
+        base = _COUNTER.sub("", node.name) or node.op_type
+        node.name = base if base not in seen else f"{base}#{i}"
+        seen.add(node.name)
         node.input[:] = [new(n) for n in node.input]
         node.output[:] = [new(n) for n in node.output]
     for info in graph.value_info:
         info.name = renamed.get(info.name, info.name)
     return model
+
+
+_COUNTER = re.compile(r"(__\d+)+$")

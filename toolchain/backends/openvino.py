@@ -1,6 +1,7 @@
 """OpenVINO IR: export (openvino.convert_model from any input kind), run (OpenVINO runtime)."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +40,16 @@ class Session:
         return [np.array(results[out]) for out in self.compiled.outputs]
 
 
+def canonical_names(model) -> None:
+    """Auto-generated names (`Constant_3137`) carry a process-wide counter: number them by position."""
+    for i, op in enumerate(model.get_ordered_ops()):
+        if _AUTO_NAME.fullmatch(op.get_friendly_name()):
+            op.set_friendly_name(f"{op.get_type_name()}_{i}")
+
+
+_AUTO_NAME = re.compile(r"[A-Z][A-Za-z0-9]*_\d+")  # op-type names are CamelCase
+
+
 def export(source, out_path: Path, ctx) -> list[str]:
     ov = require("openvino", EXTRA)
     if source.kind in ("onnx", "tflite"):
@@ -55,7 +66,6 @@ def export(source, out_path: Path, ctx) -> list[str]:
         model.reshape({port: ov.PartialShape(list(spec.shape)) for port, spec in zip(model.inputs, source.inputs)})
     except Exception as exc:
         raise ConversionError(f"OpenVINO could not fix the input shapes: {str(exc).strip().splitlines()[0][:300]}") from None
-    for i, op in enumerate(model.get_ordered_ops()):  # counters in names differ between runs
-        op.set_friendly_name(f"{op.get_type_name()}_{i}")
+    canonical_names(model)
     ov.save_model(model, str(out_path), compress_to_fp16=False)
     return [note + " (float32 IR)"]
