@@ -48,7 +48,7 @@ def test_impossible_conversion_is_reported_and_the_rest_still_built(fake_model, 
     assert artifacts[1] == {**artifacts[1], "status": "failed", "reason": "no converter from a fake model to onnx"}
     assert (tmp_path / "out" / "fake.npz").exists() is False and (tmp_path / "out" / "model.npz").is_file()
     assert not (tmp_path / "out" / "model.onnx").exists()
-    assert "failed: no converter" in result.err
+    assert "FAILED onnx fp32: no converter from a fake model to onnx" in result.err
 
 
 def test_nothing_built_is_an_error(fake_model, profiles, capsys, tmp_path):

@@ -30,14 +30,14 @@ def test_every_builtin_profile_is_valid():
     found = targets.all_targets()
     assert "cpu" in found
     cpu = found["cpu"].profile
-    assert cpu.build.precision == "fp32" and cpu.build.formats == ["tflite", "onnx", "openvino"]
+    assert cpu.quantize.precision == "fp32" and cpu.build.formats == ["tflite", "onnx", "openvino"]
     assert cpu.bench.threads >= 1 and cpu.bench.runs >= 1
 
 
 @pytest.mark.parametrize("text, words", [
     ('name = "p"\nspeed = 3\n', ["field 'speed'", "unknown field"]),
     ('name = "p"\n[bench]\nruns = "many"\n', ["field 'bench.runs'", "expected int"]),
-    ('name = "p"\n[build]\nprecision = "fp8"\n', ["field 'build.precision'", "fp8"]),
+    ('name = "p"\n[quantize]\nprecision = "fp8"\n', ["field 'quantize.precision'", "fp8"]),
     ('name = "p"\n[build]\nformats = ["coreml"]\n', ["field 'build.formats'", "coreml"]),
     ('name = "p"\n[bench]\nthreads = 0\n', ["field 'bench.threads'", "out of range"]),
     ('name = "other"\n', ["field 'name'", "p.toml"]),

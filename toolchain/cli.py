@@ -47,6 +47,14 @@ def cli():
 @click.option("--data", type=click.Path(path_type=Path), help=_help("data"))
 @click.option("--input-shape", multiple=True, help=_help("input_shape"))
 @click.option("--format", "formats", multiple=True, help=_help("formats"))
+@click.option("--precision", "-p", type=click.Choice(["fp32", "fp16", "dynamic", "int8", "int8-io", "int16x8"]),
+              help=_help("precision"))
+@click.option("--calib", help=_help("calib"))
+@click.option("--calib-samples", type=click.IntRange(min=1), help=_help("calib_samples"))
+@click.option("--calib-method", type=click.Choice(["minmax", "percentile", "entropy"]), help=_help("calib_method"))
+@click.option("--calib-scale", type=float, help=_help("calib_scale"))
+@click.option("--per-tensor", is_flag=True, help=_help("per_tensor"))
+@click.option("--keep-float", multiple=True, metavar="LAYER", help=_help("keep_float"))
 @click.option("--threads", type=click.IntRange(min=1), help=_help("threads"))
 @click.option("--runs", type=click.IntRange(min=1), help=_help("runs"))
 @click.option("--warmup", type=click.IntRange(min=0), help=_help("warmup"))
@@ -91,7 +99,7 @@ def targets(ctx, targets_dirs):
         table.add_column(column, overflow="fold")
     for name, t in all_targets(ctx.obj).items():
         p = t.profile
-        table.add_row(name, p.device.kind, p.device.arch, p.build.precision, ", ".join(p.build.formats),
+        table.add_row(name, p.device.kind, p.device.arch, p.quantize.precision, ", ".join(p.build.formats),
                       str(p.bench.threads), p.description)
     _console().print(table)
 

@@ -10,7 +10,14 @@ from pathlib import Path
 import numpy as np
 
 # Fidelity an artifact must reach against the source model to be marked "verified".
-TOLERANCE = {"fp32": {"min_cosine": 0.9999, "min_top1_agreement": 0.99}}
+TOLERANCE = {
+    "fp32": {"min_cosine": 0.9999, "min_top1_agreement": 0.99},
+    "fp16": {"min_cosine": 0.999, "min_top1_agreement": 0.98},
+    "dynamic": {"min_cosine": 0.99, "min_top1_agreement": 0.95},
+    "int16x8": {"min_cosine": 0.995, "min_top1_agreement": 0.95},
+    "int8": {"min_cosine": 0.98, "min_top1_agreement": 0.90},
+    "int8-io": {"min_cosine": 0.98, "min_top1_agreement": 0.90},
+}
 MEASURED, EMULATED, ESTIMATED, REMOTE = "measured on host", "emulated", "estimated", "measured on remote device"
 HOW = (MEASURED, EMULATED, ESTIMATED, REMOTE)
 

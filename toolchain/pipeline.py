@@ -1,13 +1,16 @@
 """convert(): load the input, build every artifact of the target, verify and measure each.
 
-    source = sources.load()  ->  for each format: backend.export() -> runner (subprocess)
-           -> measure.fidelity/accuracy/size  ->  report.json / report.md
+    source = sources.load()  ->  for each format: backend.export() [-> passes.quantize.run()]
+           -> runner (subprocess) -> measure.fidelity/accuracy/size  ->  report.json / report.md
 
-Everything is written into a staging directory beside the output and renamed into place
-at the end, so a failed or interrupted run leaves no half-written output.
+For a quantized precision each format also gets its fp32 baseline (in `fp32/`), so the
+report can give size and latency ratios against it. Everything is written into a staging
+directory beside the output and renamed into place at the end, so a failed or interrupted
+run leaves no half-written output.
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import hashlib
 import json
@@ -24,8 +27,9 @@ from typing import Callable
 
 import numpy as np
 
-from . import __version__, backends, measure, report, runner, sources, targets
+from . import __version__, backends, data, measure, report, runner, sources, targets
 from .errors import ConversionError, EdgekitError
+from .passes import quantize
 from .schema import option
 
 REPORT_SCHEMA = "edgekit.report/1"
@@ -41,6 +45,15 @@ class ConvertOptions:
     force: bool = option(False, "Replace an existing output directory.")
     trust_model: bool = option(False, "Allow Keras models that need unsafe deserialisation (Lambda with Python code).")
     formats: list[str] = option([], "Artifact formats to build instead of the profile's list.")
+    precision: str | None = option(None, "Precision instead of the profile's.", choices=quantize.PRECISIONS)
+    calib: str | None = option(None, "Calibration data: .npz/.npy, a folder of images, or 'random' (marked "
+                                     "uncalibrated). Default: a held-apart slice of --data.")
+    calib_samples: int | None = option(None, "Calibration samples, instead of the profile's.")
+    calib_method: str | None = option(None, "minmax, percentile or entropy, instead of the profile's.",
+                                      choices=quantize.CALIB_METHODS)
+    per_tensor: bool = option(False, "One weight scale per tensor instead of per channel.")
+    keep_float: list[str] = option([], "Layers to leave in float on every backend (adds to the profile's).")
+    calib_scale: float | None = option(None, "Pixel scale for image-folder calibration, instead of the profile's.")
     threads: int | None = option(None, "Inference threads for latency, instead of the profile's.")
     runs: int | None = option(None, "Timed runs, instead of the profile's.")
     warmup: int | None = option(None, "Warm-up runs, instead of the profile's.")
@@ -49,20 +62,15 @@ class ConvertOptions:
 
 
 @dataclass
-class EvalSet:
-    samples: list[list[np.ndarray]]
-    labels: np.ndarray | None
-    origin: str
-
-
-@dataclass
 class Context:
     source: sources.Source
     target: targets.Target
     options: ConvertOptions
+    qconfig: quantize.QuantizeConfig
     stage: Path
     workdir: Path
-    evalset: EvalSet
+    evalset: data.EvalSet
+    calib: quantize.Calibration | None
     reference: list[list[np.ndarray]]
     progress: Callable[[str], None] = field(default=lambda msg: None)
 
@@ -81,6 +89,7 @@ def convert(model: str | Path | None = None, progress: Callable[[str], None] | N
     options = ConvertOptions(**kwargs)
     progress = progress or (lambda msg: None)
     target = targets.get_target(options.target, tuple(options.targets_dirs))
+    qconfig = quantize_config(target.profile.quantize, options)
     name = None
     if model is None:
         progress("preparing the default model (digits CNN, trained once and cached)")
@@ -93,27 +102,61 @@ def convert(model: str | Path | None = None, progress: Callable[[str], None] | N
     if out.exists() and not options.force:
         raise EdgekitError(f"output directory {out} already exists", "pass --force to replace it, or choose --out")
     with _staging(out) as stage, tempfile.TemporaryDirectory(prefix="edgekit-") as work:
-        ctx = _prepare(model, name, target, options, stage, Path(work), progress)
+        ctx = _prepare(model, name, target, options, qconfig, stage, Path(work), progress)
         result = _report_header(ctx, model)
-        result["artifacts"] = [_build_artifact(ctx, fmt) for fmt in _formats(ctx)]
+        result["artifacts"] = [a for fmt in _formats(ctx) for a in _build_format(ctx, fmt)]
         report.write(stage, result)
         _replace(stage, out)
     result["out_dir"] = str(out)
     return result
 
 
-def _prepare(model: Path, name: str | None, target, options: ConvertOptions, stage: Path, work: Path, progress) -> Context:
-    build = target.profile.build
-    opts = sources.LoadOptions(workdir=work, batch=build.batch, trust_model=options.trust_model,
-                               input_shapes=parse_input_shapes(options.input_shape, build.input_shape))
+def quantize_config(profile_config: quantize.QuantizeConfig, options: ConvertOptions) -> quantize.QuantizeConfig:
+    overrides = {"precision": options.precision, "calib_samples": options.calib_samples,
+                 "calib_method": options.calib_method, "per_channel": False if options.per_tensor else None}
+    config = dataclasses.replace(profile_config, **{k: v for k, v in overrides.items() if v is not None})
+    if options.keep_float:
+        config = dataclasses.replace(config, keep_float=[*config.keep_float, *options.keep_float])
+    if config.calib_samples < 1:
+        raise EdgekitError("--calib-samples must be at least 1", "give a positive count")
+    return config
+
+
+def _prepare(model: Path, name: str | None, target, options: ConvertOptions, qconfig, stage: Path, work: Path,
+             progress) -> Context:
+    profile = target.profile
+    opts = sources.LoadOptions(workdir=work, batch=profile.build.batch, trust_model=options.trust_model,
+                               input_shapes=parse_input_shapes(options.input_shape, profile.build.input_shape))
     progress(f"loading {model}")
     source = sources.load(model, opts)
     source.name = name or source.name
-    evalset = load_evalset(options.data, source.inputs, target.profile.bench.eval_samples, options.seed)
+    evalset = data.load_evalset(options.data, source.inputs, options.seed)
+    evalset, calib = _calibration(evalset, source, profile, options, qconfig)
+    evalset = data.take(evalset, profile.bench.eval_samples)
     progress(f"running the source model on {len(evalset.samples)} samples")
     reference = source.predict(evalset.samples)
     _check_finite(reference, "the source model's outputs")
-    return Context(source, target, options, stage, work, evalset, reference, progress)
+    return Context(source, target, options, qconfig, stage, work, evalset, calib, reference, progress)
+
+
+def _calibration(evalset: data.EvalSet, source, profile, options: ConvertOptions, qconfig):
+    """The one calibration set every backend of this target is quantized from."""
+    if qconfig.precision not in quantize.CALIBRATED:
+        if options.calib:
+            raise EdgekitError(f"--calib was given but precision {qconfig.precision} is not calibrated",
+                               "use --precision int8, int8-io or int16x8, or drop --calib")
+        return evalset, None
+    if options.calib:
+        preprocess = profile.preprocess if options.calib_scale is None else \
+            dataclasses.replace(profile.preprocess, scale=options.calib_scale)
+        calib = data.load_calibration(options.calib, source.inputs, qconfig.calib_samples, preprocess, options.seed)
+        data.check_range(calib, evalset)
+        return evalset, calib
+    if options.data is None:
+        raise EdgekitError(f"precision {qconfig.precision} needs calibration data and none was given",
+                           "pass --calib data.npz, --data val.npz (a slice is held apart), or --calib random "
+                           "(uncalibrated, for plumbing only)")
+    return data.hold_out(evalset, qconfig.calib_samples)
 
 
 def _formats(ctx: Context) -> list[str]:
@@ -137,46 +180,6 @@ def parse_input_shapes(flags: list[str], profile_shape: list[int]) -> dict:
     return shapes
 
 
-def load_evalset(path: Path | None, specs: list[sources.TensorSpec], limit: int, seed: int) -> EvalSet:
-    if path is None:
-        return EvalSet(sources.make_inputs(specs, min(limit, 32), seed), None, f"random inputs (seed {seed})")
-    path = Path(path)
-    if not path.is_file():
-        raise EdgekitError(f"data file not found: {path}", "give an .npz with arrays x (and y)")
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            arrays = {k: npz[k] for k in npz.files}
-    except Exception as exc:
-        raise EdgekitError(f"{path} is not a readable .npz ({exc})", "save it with numpy.savez(path, x=..., y=...)") from None
-    keys = ["x"] if len(specs) == 1 else [s.name for s in specs]
-    missing = [k for k in keys if k not in arrays]
-    if missing:
-        raise EdgekitError(f"{path} has no array named {missing[0]!r} (has: {', '.join(arrays) or 'none'})",
-                           "save inputs as x (one input) or under each input's name")
-    columns = [_split_batches(arrays[k], s, path) for k, s in zip(keys, specs)]
-    count = min(len(columns[0]), limit)
-    samples = [[c[i] for c in columns] for i in range(count)]
-    labels = arrays.get("y")
-    if labels is not None:
-        batch = specs[0].shape[0]
-        if len(labels) < count * batch:
-            raise EdgekitError(f"{path}: y has {len(labels)} labels for {count * batch} inputs", "give one label per input")
-        labels = np.asarray(labels)[: count * batch: batch]
-    return EvalSet(samples, labels, str(path))
-
-
-def _split_batches(x: np.ndarray, spec: sources.TensorSpec, path: Path) -> list[np.ndarray]:
-    per_sample = spec.shape[1:]
-    if tuple(x.shape[1:]) != tuple(per_sample):
-        raise EdgekitError(f"{path}: x has shape {x.shape} but input '{spec.name}' takes (N, {', '.join(map(str, per_sample))})",
-                           "reshape the data to the model's input layout")
-    if np.issubdtype(x.dtype, np.floating) and not np.all(np.isfinite(x)):
-        raise EdgekitError(f"{path}: x contains NaN or infinite values", "clean the data before converting")
-    batch = spec.shape[0]
-    x = x.astype(spec.dtype, copy=False)
-    return [x[i:i + batch] for i in range(0, len(x) - batch + 1, batch)]
-
-
 def _check_finite(outputs: list[list[np.ndarray]], what: str) -> None:
     if any(not np.all(np.isfinite(o)) for s in outputs for o in s if np.issubdtype(o.dtype, np.floating)):
         raise EdgekitError(f"{what} contain NaN or infinite values", "check the model's weights and the input range")
@@ -191,15 +194,32 @@ def _report_header(ctx: Context, model: Path) -> dict:
         "model": {"path": str(model), "name": ctx.source.name, "kind": ctx.source.kind, "sha256": _sha256(model),
                   "inputs": [asdict(s) for s in ctx.source.inputs]},
         "target": {"name": profile.name, "profile": str(ctx.target.path), "device": asdict(profile.device),
-                   "precision": profile.build.precision},
+                   "precision": ctx.qconfig.precision, "quantize": asdict(ctx.qconfig)},
         "host": runner.host_info(),
         "data": {"origin": ctx.evalset.origin, "samples": len(ctx.evalset.samples),
                  "labelled": ctx.evalset.labels is not None},
+        "calibration": None if ctx.calib is None else {"origin": ctx.calib.origin, "samples": len(ctx.calib.samples),
+                                                       "uncalibrated": ctx.calib.uncalibrated},
         "source_accuracy": None,
+        "warnings": _warnings(ctx),
     }
     if ctx.evalset.labels is not None:
         header["source_accuracy"] = measure.accuracy(ctx.reference, ctx.evalset.labels)
     return header
+
+
+def _warnings(ctx: Context) -> list[str]:
+    device, host = ctx.target.profile.device, runner.host_info()
+    notes = []
+    if device.kind == "cpu" and device.arch != host["machine"] or device.kind in ("arm", "mcu", "fpga"):
+        notes.append(f"latency was measured on this {host['machine']} host, not on the target device "
+                     f"({device.description or device.arch}); it is not the device's latency")
+    if device.kind == "gpu":
+        notes.append("latency: not measured: no GPU found; fidelity and accuracy were measured on the host CPU")
+    if ctx.calib is not None and ctx.calib.uncalibrated:
+        notes.append("UNCALIBRATED: quantization ranges come from random inputs (--calib random); "
+                     "accuracy figures say nothing about real data")
+    return notes
 
 
 def _sha256(path: Path) -> str:
@@ -209,33 +229,83 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _build_artifact(ctx: Context, fmt: str) -> dict:
+def _build_format(ctx: Context, fmt: str) -> list[dict]:
+    """The target's artifact for one format, preceded by its fp32 baseline when the target quantizes."""
     backend = backends.get(fmt)
-    precision = ctx.target.profile.build.precision
-    entry = {"format": fmt, "precision": precision, "file": f"model{backend.SUFFIX}", "status": "ok", "notes": []}
-    artifact = ctx.stage / entry["file"]
+    if ctx.qconfig.precision == "fp32":
+        return [_artifact(ctx, backend, "fp32", ctx.stage, "target")]
+    baseline = _artifact(ctx, backend, "fp32", ctx.stage / "fp32", "baseline")
+    quantized = _artifact(ctx, backend, ctx.qconfig.precision, ctx.stage, "target", baseline)
+    if quantized["status"] == "ok" and baseline["status"] == "ok":
+        quantized["vs_fp32"] = {"size": quantized["size"]["bytes"] / baseline["size"]["bytes"],
+                                "latency": _ratio(quantized, baseline)}
+    return [baseline, quantized]
+
+
+def _ratio(artifact: dict, baseline: dict) -> float | None:
+    a, b = artifact["latency_ms"].get("median"), baseline["latency_ms"].get("median")
+    return a / b if a and b else None
+
+
+def _artifact(ctx: Context, backend, precision: str, directory: Path, role: str, baseline: dict | None = None) -> dict:
+    directory.mkdir(exist_ok=True)
+    path = directory / f"model{backend.SUFFIX}"
+    entry = {"format": backend.FORMAT, "precision": precision, "role": role,
+             "file": str(path.relative_to(ctx.stage)), "status": "ok", "notes": []}
     try:
         if ctx.source.kind not in backend.SOURCES:
-            raise ConversionError(f"no converter from a {ctx.source.kind} model to {fmt}")
-        ctx.progress(f"{fmt}: exporting")
+            raise ConversionError(f"no converter from a {ctx.source.kind} model to {backend.FORMAT}")
+        ctx.progress(f"{backend.FORMAT} {precision}: converting")
         started = time.perf_counter()
-        entry["notes"] = backend.export(ctx.source, artifact, ctx)
-        entry["export_seconds"] = round(time.perf_counter() - started, 2)
-        ctx.progress(f"{fmt}: verifying and benchmarking")
-        entry.update(_measure(ctx, backend, artifact))
+        if precision == "fp32":
+            entry["notes"] = backend.export(ctx.source, path, ctx)
+        else:
+            if baseline is None or baseline["status"] != "ok":
+                raise ConversionError(f"the fp32 {backend.FORMAT} baseline failed, so there is nothing to quantize")
+            entry.update(quantize.run(backend, ctx.source, ctx.stage / baseline["file"], path, ctx.qconfig, ctx.calib))
+        entry["convert_seconds"] = round(time.perf_counter() - started, 2)
+        ctx.progress(f"{backend.FORMAT} {precision}: verifying and benchmarking")
+        entry.update(_measure(ctx, backend, path, precision))
     except (ConversionError, EdgekitError) as exc:
-        for f in backend.files(artifact):
+        for f in backend.files(path):
             f.unlink(missing_ok=True)
         entry.update(status="failed", reason=str(exc))
-        ctx.progress(f"{fmt}: failed: {exc}")
+        ctx.progress(f"{backend.FORMAT} {precision}: failed: {exc}")
     return entry
 
 
-def _measure(ctx: Context, backend, artifact: Path) -> dict:
+def _measure(ctx: Context, backend, artifact: Path, precision: str) -> dict:
+    result, outputs = _run(ctx, backend, artifact)
+    try:
+        _check_finite(outputs, "the artifact's outputs")
+        figures = {"fidelity": measure.fidelity(ctx.reference, outputs, precision)}
+    except EdgekitError as exc:
+        raise ConversionError(exc.problem) from None
+    except ValueError as exc:
+        raise ConversionError(f"artifact outputs do not match the source model: {exc}") from None
+    where = f"{measure.MEASURED} ({result['host']['cpu']}, {result['host']['machine']})"
+    figures["size"] = measure.size(backend.files(artifact))
+    if ctx.target.profile.device.kind == "gpu":
+        figures["latency_ms"] = {"status": "not measured: no GPU found", "how": "not measured"}
+    else:
+        figures["latency_ms"] = {**result["latency_ms"], "threads": result["threads"], "warmup": result["warmup"],
+                                 "runs": result["runs"], "how": where}
+    figures["memory"] = {**result["memory"], "how": where}
+    figures["runtime"] = result["runtime"]
+    if hasattr(backend, "op_summary"):
+        figures["ops"] = backend.op_summary(artifact)
+    if ctx.evalset.labels is not None:
+        acc = measure.accuracy(outputs, ctx.evalset.labels)
+        source_acc = measure.accuracy(ctx.reference, ctx.evalset.labels)
+        figures["accuracy"] = {"value": acc, "delta": acc - source_acc, "samples": len(outputs), "how": measure.MEASURED}
+    return figures
+
+
+def _run(ctx: Context, backend, artifact: Path) -> tuple[dict, list[list[np.ndarray]]]:
+    """Run the artifact in the light runner, in its own process; returns its JSON and the outputs."""
     bench = ctx.target.profile.bench
     opts = ctx.options
-    run_dir = ctx.workdir / f"run-{backend.FORMAT}"
-    run_dir.mkdir(exist_ok=True)
+    run_dir = Path(tempfile.mkdtemp(prefix=f"run-{backend.FORMAT}-", dir=ctx.workdir))
     runner.save_stacked(run_dir / "in.npz", "in", ctx.evalset.samples)
     cmd = [sys.executable, "-m", "edgekit.runner", str(artifact),
            "--threads", str(opts.threads or bench.threads), "--warmup", str(bench.warmup if opts.warmup is None else opts.warmup),
@@ -251,26 +321,7 @@ def _measure(ctx: Context, backend, artifact: Path) -> dict:
     result = json.loads((run_dir / "result.json").read_text())
     with np.load(run_dir / "out.npz") as npz:
         columns = [npz[f"out{i}"] for i in range(len(npz.files))]
-    outputs = [[c[n] for c in columns] for n in range(len(columns[0]))]
-    try:
-        _check_finite(outputs, "the artifact's outputs")
-    except EdgekitError as exc:
-        raise ConversionError(exc.problem) from None
-    try:
-        figures = {"fidelity": measure.fidelity(ctx.reference, outputs, ctx.target.profile.build.precision)}
-    except ValueError as exc:
-        raise ConversionError(f"artifact outputs do not match the source model: {exc}") from None
-    where = f"{measure.MEASURED} ({result['host']['cpu']}, {result['host']['machine']})"
-    figures["size"] = measure.size(backend.files(artifact))
-    figures["latency_ms"] = {**result["latency_ms"], "threads": result["threads"], "warmup": result["warmup"],
-                             "runs": result["runs"], "how": where}
-    figures["memory"] = {**result["memory"], "how": where}
-    figures["runtime"] = result["runtime"]
-    if ctx.evalset.labels is not None:
-        acc = measure.accuracy(outputs, ctx.evalset.labels)
-        source_acc = measure.accuracy(ctx.reference, ctx.evalset.labels)
-        figures["accuracy"] = {"value": acc, "delta": acc - source_acc, "samples": len(outputs), "how": measure.MEASURED}
-    return figures
+    return result, [[c[n] for c in columns] for n in range(len(columns[0]))]
 
 
 @contextmanager

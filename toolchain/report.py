@@ -4,7 +4,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-COLUMNS = ("format", "prec", "size", "gzip", "median ms", "p90 ms", "max err", "top-1", "acc Δ", "status")
+from .measure import TOLERANCE
+
+COLUMNS = ("format", "precision", "size", "gzip", "median ms", "p90 ms", "× fp32 size/lat", "int ops",
+           "max err", "top-1", "acc Δ", "status")
 
 
 def write(out_dir: Path, result: dict) -> None:
@@ -17,14 +20,29 @@ def rows(result: dict) -> list[tuple[str, ...]]:
 
 
 def _row(a: dict) -> tuple[str, ...]:
+    precision = a["precision"] + (" base" if a.get("role") == "baseline" else "")
     if a["status"] != "ok":
-        return (a["format"], a["precision"], *["-"] * (len(COLUMNS) - 3), f"failed: {a['reason']}")
-    lat, fid = a["latency_ms"], a["fidelity"]
-    acc = a.get("accuracy")
-    return (a["format"], a["precision"], kib(a["size"]["bytes"]), kib(a["size"]["gzip_bytes"]),
-            f"{lat['median']:.4g}", f"{lat['p90']:.4g}", f"{fid['max_abs_error']:.1e}",
-            f"{fid['top1_agreement']:.1%}", f"{acc['delta'] * 100:+.2f}pt" if acc else "n/a",
-            "verified" if fid["verified"] else "MISMATCH")
+        return (a["format"], precision, *["-"] * (len(COLUMNS) - 3), "FAILED (see below)")
+    lat, fid, acc = a["latency_ms"], a["fidelity"], a.get("accuracy")
+    return (a["format"], precision, kib(a["size"]["bytes"]), kib(a["size"]["gzip_bytes"]),
+            _ms(lat, "median"), _ms(lat, "p90"), _vs_fp32(a.get("vs_fp32")), _int_ops(a.get("ops")),
+            f"{fid['max_abs_error']:.1e}", f"{fid['top1_agreement']:.1%}",
+            f"{acc['delta'] * 100:+.2f}pt" if acc else "n/a", "verified" if fid["verified"] else "MISMATCH")
+
+
+def _ms(latency: dict, key: str) -> str:
+    return f"{latency[key]:.4g}" if key in latency else "not measured"
+
+
+def _vs_fp32(ratios: dict | None) -> str:
+    if not ratios:
+        return ""
+    latency = f"{ratios['latency']:.2f}×" if ratios.get("latency") else "-"
+    return f"{ratios['size']:.2f}× / {latency}"
+
+
+def _int_ops(ops: dict | None) -> str:
+    return f"{ops['ops'] - ops['float_ops']}/{ops['ops']}" if ops else "-"
 
 
 def kib(n: int) -> str:
@@ -32,21 +50,29 @@ def kib(n: int) -> str:
 
 
 def title(result: dict) -> str:
-    return f"{result['model']['name']} → {result['target']['name']}"
+    return f"{result['model']['name']} → {result['target']['name']} ({result['target']['precision']})"
 
 
 def measurement_notes(result: dict) -> list[str]:
-    first = next((a for a in result["artifacts"] if a["status"] == "ok"), None)
-    notes = [f"Data: {result['data']['origin']} ({result['data']['samples']} samples)."]
+    first = next((a for a in result["artifacts"] if a["status"] == "ok" and "runs" in a["latency_ms"]), None)
+    notes = [f"WARNING: {w}" for w in result.get("warnings", [])]
+    notes += [f"FAILED {a['format']} {a['precision']}: {a['reason']}" for a in result["artifacts"] if a["status"] != "ok"]
+    notes.append(f"Data: {result['data']['origin']} ({result['data']['samples']} samples scored).")
+    if result.get("calibration"):
+        cal = result["calibration"]
+        methods = sorted({a["calibration"]["method"] for a in result["artifacts"] if a.get("calibration")})
+        notes.append(f"Calibration: {cal['origin']}; {cal['samples']} samples; method {', '.join(methods) or '-'}.")
     if result.get("source_accuracy") is not None:
         notes.append(f"Source model accuracy: {result['source_accuracy']:.2%}; acc Δ is artifact minus source, in points.")
     if first:
         lat = first["latency_ms"]
         notes.append(f"Latency: {lat['how']}; batch 1, {lat['threads']} thread(s), {lat['warmup']} warm-up runs, "
                      f"{lat['runs']} timed runs; each runtime in its own process.")
-    notes.append("Sizes: bytes on disk and gzip -9 of the same bytes (measured). Fidelity: artifact outputs "
-                 "against the source model on the same inputs (measured); 'verified' means within the "
-                 "precision's tolerance (cosine and top-1 agreement).")
+    tolerance = TOLERANCE[result["target"]["precision"]]
+    notes.append("Sizes: bytes on disk and gzip -9 of the same bytes (measured). × fp32: against the fp32 artifact of "
+                 "the same format. int ops: ops running in integer / all compute ops. Fidelity: outputs against the "
+                 f"source model on the same inputs; 'verified' means cosine ≥ {tolerance['min_cosine']} and top-1 "
+                 f"agreement ≥ {tolerance['min_top1_agreement']:.0%} for {result['target']['precision']}.")
     return notes
 
 
@@ -59,11 +85,16 @@ def markdown(result: dict) -> str:
     lines += ["", *[f"- {n}" for n in measurement_notes(result)], ""]
     for a in result["artifacts"]:
         if a["status"] == "ok":
-            lat, mem = a["latency_ms"], a["memory"]
-            lines.append(f"- **{a['format']}** ({a['runtime']['name']} {a['runtime']['version']}): latency mean "
-                         f"{lat['mean']:.4g} ms, stdev {lat['stdev']:.3g}, p99 {lat['p99']:.4g}; peak RSS "
-                         f"{mem['peak_rss_mib']:.0f} MiB; cosine {a['fidelity']['cosine']:.6f}; {'; '.join(a['notes'])}.")
+            lines.append(f"- **{a['format']} {a['precision']}** ({a['runtime']['name']} {a['runtime']['version']}): "
+                         f"{_latency_detail(a['latency_ms'])}; peak RSS {a['memory']['peak_rss_mib']:.0f} MiB; "
+                         f"cosine {a['fidelity']['cosine']:.6f}; {'; '.join(a['notes'])}.")
     return "\n".join(lines) + "\n"
+
+
+def _latency_detail(lat: dict) -> str:
+    if "mean" not in lat:
+        return f"latency {lat['status']}"
+    return f"latency mean {lat['mean']:.4g} ms, stdev {lat['stdev']:.3g}, p99 {lat['p99']:.4g}"
 
 
 def print_table(result: dict, console) -> None:
@@ -76,4 +107,5 @@ def print_table(result: dict, console) -> None:
         table.add_row(*row)
     console.print(table)
     for note in measurement_notes(result):
-        console.print(f"[dim]{note}[/dim]")
+        style = "yellow" if note.startswith(("WARNING", "FAILED")) else "dim"
+        console.print(f"[{style}]{note}[/{style}]", soft_wrap=True)

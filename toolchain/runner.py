@@ -85,6 +85,23 @@ def save_stacked(path: Path, prefix: str, samples: list[list[np.ndarray]]) -> No
     np.savez(path, **columns)
 
 
+def quantize_inputs(session, sample: list[np.ndarray]) -> list[np.ndarray]:
+    """Float samples into the model's integer input tensors, where it has them (int8-io models)."""
+    params = getattr(session, "input_quant", None) or [None] * len(sample)
+    out = []
+    for array, (_, _, dtype), qp in zip(sample, session.inputs, params):
+        if qp and np.issubdtype(np.asarray(array).dtype, np.floating):
+            info = np.iinfo(dtype)
+            array = np.clip(np.round(array / qp[0]) + qp[1], info.min, info.max).astype(dtype)
+        out.append(array)
+    return out
+
+
+def dequantize_outputs(session, outputs: list[np.ndarray]) -> list[np.ndarray]:
+    params = getattr(session, "output_quant", None) or [None] * len(outputs)
+    return [(o.astype(np.float32) - qp[1]) * qp[0] if qp else o for o, qp in zip(outputs, params)]
+
+
 def bench(model: Path, threads: int = 1, warmup: int = 10, runs: int = 100,
           inputs: Path | None = None, outputs: Path | None = None) -> dict:
     from .backends import for_artifact
@@ -94,9 +111,9 @@ def bench(model: Path, threads: int = 1, warmup: int = 10, runs: int = 100,
     start = time.perf_counter()
     session = backend.Session(model, threads=threads)
     load_ms = (time.perf_counter() - start) * 1000
-    samples = load_samples(inputs) if inputs else [random_inputs(session)]
+    samples = [quantize_inputs(session, s) for s in load_samples(inputs)] if inputs else [random_inputs(session)]
     if outputs:
-        save_stacked(outputs, "out", [session.run(s) for s in samples])
+        save_stacked(outputs, "out", [dequantize_outputs(session, session.run(s)) for s in samples])
     for _ in range(warmup):
         session.run(samples[0])
     timings = []

@@ -12,11 +12,12 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+from .data import Preprocess
 from .errors import EdgekitError
+from .passes.quantize import QuantizeConfig
 from .schema import SchemaError, from_dict, option
 
 FORMATS = ("tflite", "onnx", "openvino", "fake")
-PRECISIONS = ("fp32",)
 ENV_VAR = "EDGEKIT_TARGETS_PATH"
 
 
@@ -30,7 +31,6 @@ class DeviceSpec:
 @dataclass(frozen=True)
 class BuildSpec:
     formats: list[str] = option(["tflite", "onnx", "openvino"], "Artifact formats to produce.", choices=FORMATS)
-    precision: str = option("fp32", "Numeric precision recipe.", choices=PRECISIONS)
     batch: int = option(1, "Batch size that replaces a dynamic batch dimension.")
     input_shape: list[int] = option([], "Full input shape (batch first) replacing every dynamic dim; "
                                         "empty keeps the model's own. `--input-shape` overrides it.")
@@ -50,6 +50,8 @@ class Profile:
     description: str = option("", "One line shown by `edgekit targets`.")
     device: DeviceSpec = option(DeviceSpec, help="[device] table.")
     build: BuildSpec = option(BuildSpec, help="[build] table.")
+    quantize: QuantizeConfig = option(QuantizeConfig, help="[quantize] table: the precision recipe.")
+    preprocess: Preprocess = option(Preprocess, help="[preprocess] table: image folders given to --calib.")
     bench: BenchSpec = option(BenchSpec, help="[bench] table.")
 
 
@@ -95,7 +97,8 @@ def load_profile(path: Path) -> Target:
 def _check_numbers(p: Profile, path: Path) -> None:
     checks = {"bench.threads": p.bench.threads >= 1, "bench.runs": p.bench.runs >= 1, "bench.warmup": p.bench.warmup >= 0,
               "bench.eval_samples": p.bench.eval_samples >= 1, "build.batch": p.build.batch >= 1,
-              "build.input_shape": all(d >= 1 for d in p.build.input_shape), "build.formats": bool(p.build.formats)}
+              "build.input_shape": all(d >= 1 for d in p.build.input_shape), "build.formats": bool(p.build.formats),
+              "quantize.calib_samples": p.quantize.calib_samples >= 1}
     for field, ok in checks.items():
         if not ok:
             raise EdgekitError(f"{path}: field '{field}' is out of range", "use positive values; see targets/README.md")

@@ -13,6 +13,8 @@ FORMAT = "onnx"
 SUFFIX = ".onnx"
 RUNTIME = "onnxruntime"
 SOURCES = ("keras", "h5", "savedmodel", "onnx", "tflite")  # input kinds export() can convert from
+PRECISIONS = ("fp16", "dynamic", "int8", "int8-io")
+CALIB_METHODS = ("minmax", "percentile", "entropy")
 EXTRA = "onnx"
 OPSET = 17
 _UNSUPPORTED = re.compile(r"Could not find an implementation for (?P<a>[\w.:]+)|(?P<b>[\w.:]+)(\(\S*\))? is not a "
@@ -41,9 +43,20 @@ class Session:
         self.inputs = [(i.name, tuple(d if isinstance(d, int) else -1 for d in i.shape), _ort_dtype(i.type))
                        for i in self.session.get_inputs()]
         self._names = [i.name for i in self.session.get_inputs()]
+        meta = self.session.get_modelmeta().custom_metadata_map
+        self.input_quant = [_parse_qp(meta.get(f"edgekit.input_quant.{i}")) for i in range(len(self.inputs))]
+        self.output_quant = [_parse_qp(meta.get(f"edgekit.output_quant.{i}"))
+                             for i in range(len(self.session.get_outputs()))]
 
     def run(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
         return self.session.run(None, dict(zip(self._names, arrays)))
+
+
+def _parse_qp(text: str | None):
+    if not text:
+        return None
+    scale, zero_point = text.split(",")
+    return float(scale), int(zero_point)
 
 
 def _ort_dtype(type_str: str) -> str:
@@ -162,3 +175,127 @@ def canonical_names(model):
 
 
 _COUNTER = re.compile(r"(__\d+)+$")
+
+
+def quantize(source, float_artifact: Path, out_path: Path, config, calib, method: str) -> list[str]:
+    """onnxruntime.quantization: QDQ static (per-channel, pre-processed), dynamic, or float16."""
+    from ..passes.quantize import select
+    onnx = require("onnx", "full")
+    q = require("onnxruntime.quantization", EXTRA)
+    model = onnx.load(str(float_artifact))
+    excluded = select([n.name for n in model.graph.node], config.keep_float, "ONNX") if config.keep_float else []
+    notes = [f"onnxruntime.quantization {config.precision}"]
+    if config.precision == "fp16":
+        from onnxruntime.transformers.float16 import convert_float_to_float16
+        half = convert_float_to_float16(model, keep_io_types=True, node_block_list=excluded or None)
+        onnx.save(canonical_names(half), str(out_path))
+        return notes + ["float16 weights and compute, float32 I/O"]
+    pre = out_path.with_name(out_path.stem + ".pre.onnx")
+    try:
+        q.shape_inference.quant_pre_process(str(float_artifact), str(pre), skip_symbolic_shape=True)
+        if config.precision == "dynamic":
+            q.quantize_dynamic(str(pre), str(out_path), weight_type=q.QuantType.QInt8,
+                               per_channel=config.per_channel, nodes_to_exclude=excluded)
+        else:
+            q.quantize_static(str(pre), str(out_path), _Reader(model, calib.samples), quant_format=q.QuantFormat.QDQ,
+                              per_channel=config.per_channel, activation_type=q.QuantType.QInt8,
+                              weight_type=q.QuantType.QInt8, nodes_to_exclude=excluded,
+                              calibrate_method=_CALIBRATORS[method](q.CalibrationMethod),
+                              extra_options={"CalibMovingAverage": False})
+    except ConversionError:
+        raise
+    except Exception as exc:
+        raise ConversionError(f"onnxruntime quantization failed: {str(exc).strip().splitlines()[0][:300]}") from None
+    finally:
+        pre.unlink(missing_ok=True)
+    quantized = onnx.load(str(out_path))
+    if config.precision == "int8-io":
+        integer_io(quantized)
+        notes.append("int8 input and output tensors (scales in the model's metadata)")
+    onnx.save(canonical_names(quantized), str(out_path))
+    if excluded:
+        notes.append(f"kept in float: {', '.join(excluded)}")
+    return notes + [f"QDQ, {'per-channel' if config.per_channel else 'per-tensor'} int8 weights"
+                    if config.precision != "dynamic" else "int8 weights, activations quantized at run time"]
+
+
+_CALIBRATORS = {"minmax": lambda m: m.MinMax, "percentile": lambda m: m.Percentile, "entropy": lambda m: m.Entropy}
+
+
+class _Reader:
+    """onnxruntime's CalibrationDataReader protocol over our calibration samples."""
+
+    def __init__(self, model, samples):
+        names = [i.name for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}]
+        self._feeds = iter([dict(zip(names, s)) for s in samples])
+
+    def get_next(self):
+        return next(self._feeds, None)
+
+
+def integer_io(model) -> None:
+    """Turn QDQ graph edges into int8 graph inputs/outputs: drop the input Quantize and output Dequantize.
+
+    Their scale and zero point go into metadata (edgekit.input_quant.<i>) for the runner.
+    """
+    onnx = require("onnx", "full")
+    graph = model.graph
+    inits = {t.name: onnx.numpy_helper.to_array(t) for t in graph.initializer}
+    for i, value in enumerate(graph.input):
+        q_nodes = [n for n in graph.node if n.op_type == "QuantizeLinear" and n.input[0] == value.name]
+        users = [n for n in graph.node if value.name in n.input]
+        if len(q_nodes) != 1 or len(users) != 1:
+            raise ConversionError(f"int8-io: input {value.name} does not feed exactly one QuantizeLinear")
+        node = q_nodes[0]
+        _set_meta(model, f"edgekit.input_quant.{i}", inits[node.input[1]], inits[node.input[2]])
+        for other in graph.node:
+            other.input[:] = [value.name if n == node.output[0] else n for n in other.input]
+        graph.node.remove(node)
+        value.type.tensor_type.elem_type = onnx.TensorProto.INT8
+    for i, value in enumerate(graph.output):
+        dq = [n for n in graph.node if n.op_type == "DequantizeLinear" and n.output[0] == value.name]
+        if len(dq) != 1:
+            raise ConversionError(f"int8-io: output {value.name} does not come from a DequantizeLinear")
+        node = dq[0]
+        _set_meta(model, f"edgekit.output_quant.{i}", inits[node.input[1]], inits[node.input[2]])
+        for other in graph.node:
+            other.output[:] = [value.name if n == node.input[0] else n for n in other.output]
+            other.input[:] = [value.name if n == node.input[0] else n for n in other.input]
+        graph.node.remove(node)
+        value.type.tensor_type.elem_type = onnx.TensorProto.INT8
+
+
+def _set_meta(model, key: str, scale, zero_point) -> None:
+    entry = model.metadata_props.add()
+    entry.key, entry.value = key, f"{float(scale):.9g},{int(zero_point)}"
+
+
+def op_summary(path: Path) -> dict:
+    """Count compute ops that run in integer: in a QDQ graph, a node whose float inputs all come from
+    DequantizeLinear and whose outputs all go to QuantizeLinear is fused into an integer kernel."""
+    onnx = require("onnx", "full")
+    graph = onnx.load(str(path)).graph
+    producers = {o: n for n in graph.node for o in n.output}
+    consumers: dict[str, list] = {}
+    for n in graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    by_type: dict[str, int] = {}
+    float_ops = 0
+    boundary = {"QuantizeLinear", "DequantizeLinear"}
+    for node in graph.node:
+        by_type[node.op_type] = by_type.get(node.op_type, 0) + 1
+        if node.op_type in boundary or node.op_type in _INTEGER_OPS:
+            continue
+        feeds = [producers.get(i) for i in node.input if i in producers]
+        ins_quantized = all(p.op_type == "DequantizeLinear" for p in feeds) and feeds
+        outs_quantized = all(c.op_type == "QuantizeLinear" for o in node.output for c in consumers.get(o, [])) \
+            and all(consumers.get(o) for o in node.output)
+        if not (ins_quantized and outs_quantized):
+            float_ops += 1
+    compute = sum(v for k, v in by_type.items() if k not in boundary)
+    return {"ops": compute, "float_ops": float_ops, "by_type": by_type, "how": "graph inspection (QDQ fusion rules)"}
+
+
+_INTEGER_OPS = {"QLinearConv", "QLinearMatMul", "QGemm", "ConvInteger", "MatMulInteger", "DynamicQuantizeLinear",
+                "QLinearAdd", "QLinearMul", "QLinearSoftmax", "QLinearGlobalAveragePool", "QLinearConcat"}

@@ -13,6 +13,8 @@ FORMAT = "openvino"
 SUFFIX = ".xml"
 RUNTIME = "openvino"
 SOURCES = ("keras", "h5", "savedmodel", "onnx", "tflite")  # input kinds export() can convert from
+PRECISIONS = ("fp16", "dynamic", "int8")
+CALIB_METHODS = ("minmax", "percentile", "entropy")
 EXTRA = "openvino"
 
 
@@ -34,6 +36,17 @@ class Session:
         self.compiled = core.compile_model(str(path), device, config)
         self.request = self.compiled.create_infer_request()
         self.inputs = [(p.any_name, tuple(p.shape), p.element_type.to_dtype().name) for p in self.compiled.inputs]
+
+    def runtime_precisions(self) -> dict[str, int]:
+        """How many executed ops run in each precision, from the compiled (runtime) model."""
+        counts: dict[str, int] = {}
+        for op in self.compiled.get_runtime_model().get_ordered_ops():
+            info = op.get_rt_info()
+            if info["layerType"].astype(str) in ("Input", "Output", "Const"):
+                continue
+            precision = info["runtimePrecision"].astype(str)
+            counts[precision] = counts.get(precision, 0) + 1
+        return counts
 
     def run(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
         results = self.request.infer(list(arrays))
@@ -69,3 +82,50 @@ def export(source, out_path: Path, ctx) -> list[str]:
     canonical_names(model)
     ov.save_model(model, str(out_path), compress_to_fp16=False)
     return [note + " (float32 IR)"]
+
+
+def quantize(source, float_artifact: Path, out_path: Path, config, calib, method: str) -> list[str]:
+    """NNCF: quantize (int8 with calibration), compress_weights (int8 weights), or fp16 IR compression."""
+    from ..passes.quantize import select
+    ov = require("openvino", EXTRA)
+    model = ov.Core().read_model(str(float_artifact))
+    if config.precision == "fp16":
+        if config.keep_float:
+            raise ConversionError("--keep-float is not available for OpenVINO fp16 (the whole IR is compressed)")
+        ov.save_model(model, str(out_path), compress_to_fp16=True)
+        return ["OpenVINO IR with float16 weights (compress_to_fp16); the CPU plugin computes in its own precision"]
+    nncf = require("nncf", "full")
+    names = [op.get_friendly_name() for op in model.get_ordered_ops()]
+    ignored = nncf.IgnoredScope(names=select(names, config.keep_float, "OpenVINO"), validate=False) \
+        if config.keep_float else None
+    try:
+        if config.precision == "dynamic":
+            result = nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_SYM, ignored_scope=ignored)
+            notes = ["nncf.compress_weights INT8_SYM: int8 weights, float activations"]
+        else:
+            result = nncf.quantize(model, nncf.Dataset([list(s) for s in calib.samples]), subset_size=len(calib.samples),
+                                   ignored_scope=ignored, advanced_parameters=_advanced(nncf, config, method))
+            notes = [f"nncf.quantize int8, {'per-channel' if config.per_channel else 'per-tensor'} weights"]
+    except Exception as exc:
+        raise ConversionError(f"NNCF failed: {str(exc).strip().splitlines()[0][:300]}") from None
+    canonical_names(result)
+    ov.save_model(result, str(out_path), compress_to_fp16=False)
+    return notes + ([f"kept in float: {', '.join(config.keep_float)}"] if config.keep_float else [])
+
+
+def _advanced(nncf, config, method: str):
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, QuantizationParameters
+    from nncf.quantization.range_estimator import RangeEstimatorParametersSet
+    estimators = {"minmax": RangeEstimatorParametersSet.MINMAX, "percentile": RangeEstimatorParametersSet.MEAN_QUANTILE,
+                  "entropy": RangeEstimatorParametersSet.HISTOGRAM}
+    return AdvancedQuantizationParameters(
+        activations_range_estimator_params=estimators[method],
+        weights_quantization_params=QuantizationParameters(per_channel=config.per_channel))
+
+
+def op_summary(path: Path) -> dict:
+    """Precision of each op as the CPU plugin actually executes it (runtime model)."""
+    counts = Session(path).runtime_precisions()
+    integer = sum(v for k, v in counts.items() if k in ("i8", "u8", "i4", "u4"))
+    return {"ops": sum(counts.values()), "float_ops": sum(counts.values()) - integer, "by_precision": counts,
+            "how": "OpenVINO CPU runtime model (runtimePrecision)"}

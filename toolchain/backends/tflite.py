@@ -16,6 +16,8 @@ FORMAT = "tflite"
 SUFFIX = ".tflite"
 RUNTIME = "ai-edge-litert"
 SOURCES = ("keras", "h5", "savedmodel", "onnx", "tflite")  # input kinds export() can convert from
+PRECISIONS = ("fp16", "dynamic", "int8", "int8-io", "int16x8")
+CALIB_METHODS = ("minmax",)
 EXTRA = "tflite"
 
 
@@ -40,12 +42,20 @@ class Session:
         self._in = self.interpreter.get_input_details()
         self._out = self.interpreter.get_output_details()
         self.inputs = [(d["name"], tuple(int(x) for x in d["shape"]), np.dtype(d["dtype"]).name) for d in self._in]
+        self.input_quant = [_quant_params(d) for d in self._in]
+        self.output_quant = [_quant_params(d) for d in self._out]
 
     def run(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
         for detail, array in zip(self._in, arrays):
             self.interpreter.set_tensor(detail["index"], np.asarray(array, dtype=detail["dtype"]))
         self.interpreter.invoke()
         return [self.interpreter.get_tensor(d["index"]) for d in self._out]
+
+
+def _quant_params(detail: dict):
+    """(scale, zero_point) of an integer I/O tensor, None for a float one."""
+    scale, zero_point = detail["quantization"]
+    return (float(scale), int(zero_point)) if scale and np.issubdtype(detail["dtype"], np.integer) else None
 
 
 def load_source(path: Path, opts):
@@ -64,16 +74,67 @@ def export(source, out_path: Path, ctx) -> list[str]:
         return ["copied from the input model"]
     if source.kind == "onnx":
         return _from_onnx(source, out_path)
+    _write(out_path, _converter(source).convert)
+    return ["tf.lite.TFLiteConverter (float32)"]
+
+
+def _converter(source):
+    """A fresh TFLiteConverter for the source's float graph."""
     tf = require("tensorflow", "full")
-    fn, signature, _ = source.handle
     require("absl.logging", "full").set_verbosity("error")  # a deprecation notice per conversion
+    if source.kind == "onnx":
+        return tf.lite.TFLiteConverter.from_saved_model(str(source.workdir / "onnx2tf" / "out"))
+    if source.kind == "tflite":
+        raise ConversionError("a .tflite input is already converted and cannot be quantized again; "
+                              "give the float model (Keras, SavedModel or ONNX)")
+    fn, signature, _ = source.handle
     # No trackable object here: with one, the converter keeps variables unfrozen and the model reads NaNs.
-    converter = tf.lite.TFLiteConverter.from_concrete_functions([fn.get_concrete_function(*signature)])
+    return tf.lite.TFLiteConverter.from_concrete_functions([fn.get_concrete_function(*signature)])
+
+
+def _write(out_path: Path, convert) -> None:
     try:
-        out_path.write_bytes(converter.convert())
+        out_path.write_bytes(convert())
+    except ConversionError:
+        raise
     except Exception as exc:
         raise ConversionError(f"TFLite converter failed: {_last_error_line(str(exc))}") from None
-    return ["tf.lite.TFLiteConverter (float32)"]
+
+
+def quantize(source, float_artifact: Path, out_path: Path, config, calib, method: str) -> list[str]:
+    """Post-training quantization with the TFLite converter (see passes/quantize.py)."""
+    from ..passes.quantize import select
+    tf = require("tensorflow", "full")
+    converter = _converter(source)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter._experimental_disable_per_channel = not config.per_channel
+    ops = tf.lite.OpsSet
+    if config.precision == "fp16":
+        converter.target_spec.supported_types = [tf.float16]
+    if calib is not None:
+        converter.representative_dataset = lambda: iter([list(s) for s in calib.samples])
+        converter.target_spec.supported_ops = [ops.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8
+                                               if config.precision == "int16x8" else ops.TFLITE_BUILTINS_INT8]
+    if config.precision == "int8-io":
+        converter.inference_input_type = converter.inference_output_type = tf.int8
+    notes = [f"TFLite post-training {config.precision}, {'per-channel' if config.per_channel else 'per-tensor'} weights"]
+    if not config.keep_float:
+        _write(out_path, converter.convert)
+        return notes
+    if calib is None:
+        raise ConversionError(f"--keep-float needs a calibrated precision on TFLite, not {config.precision}")
+    denied = select([t["name"] for t in _tensor_details(float_artifact)], config.keep_float, "TFLite")
+    options = tf.lite.experimental.QuantizationDebugOptions(
+        denylisted_nodes=denied, fully_quantize=config.precision == "int8-io")
+    debugger = tf.lite.experimental.QuantizationDebugger(
+        converter=converter, debug_dataset=converter.representative_dataset, debug_options=options)
+    _write(out_path, debugger.get_nondebug_quantized_model)
+    return notes + [f"kept in float: {len(denied)} tensors of {', '.join(config.keep_float)}"]
+
+
+def _tensor_details(path: Path) -> list[dict]:
+    interpreter_mod = require("ai_edge_litert.interpreter", EXTRA)
+    return interpreter_mod.Interpreter(model_path=str(path)).get_tensor_details()
 
 
 def _from_onnx(source, out_path: Path) -> list[str]:
@@ -105,3 +166,22 @@ def _last_error_line(text: str) -> str:
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     errors = [ln for ln in lines if "error" in ln.lower()]
     return ((errors or lines or ["no output"])[-1])[:300]
+
+
+def op_summary(path: Path) -> dict:
+    """Count ops by output type, without delegates (XNNPACK would hide the ops behind DELEGATE)."""
+    interpreter_mod = require("ai_edge_litert.interpreter", EXTRA)
+    interpreter = interpreter_mod.Interpreter(
+        model_path=str(path), experimental_op_resolver_type=interpreter_mod.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    dtypes = {t["index"]: np.dtype(t["dtype"]) for t in interpreter.get_tensor_details()}
+    by_type: dict[str, int] = {}
+    float_ops = 0
+    for op in interpreter._get_ops_details():
+        name = op["op_name"]
+        by_type[name] = by_type.get(name, 0) + 1
+        outputs_float = any(np.issubdtype(dtypes[i], np.floating) for i in op["outputs"] if i >= 0)
+        if outputs_float and name not in ("DEQUANTIZE", "QUANTIZE"):
+            float_ops += 1
+    boundary = by_type.get("QUANTIZE", 0) + by_type.get("DEQUANTIZE", 0)
+    return {"ops": sum(by_type.values()) - boundary, "float_ops": float_ops, "by_type": by_type,
+            "how": "TFLite graph inspection (output tensor types)"}

@@ -1,0 +1,158 @@
+"""Evaluation and calibration data: loading, validation, and the held-apart calibration slice."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import EdgekitError
+from .passes.quantize import Calibration
+from .schema import option
+from .sources import TensorSpec, make_inputs
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".ppm", ".pgm")
+RANGE_SLACK = 4.0  # calibration values may span up to this many times the evaluation data's span
+
+
+@dataclass
+class EvalSet:
+    samples: list[list[np.ndarray]]
+    labels: np.ndarray | None
+    origin: str
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How raw calibration images become model inputs: (pixel * scale - mean) / std."""
+    scale: float = option(1 / 255, "Multiplier applied to 0..255 pixel values.")
+    mean: list[float] = option([], "Per-channel mean subtracted after scaling (one value or one per channel).")
+    std: list[float] = option([], "Per-channel divisor applied after the mean.")
+
+
+def load_npz_inputs(path: Path, specs: list[TensorSpec], what: str) -> tuple[list[list[np.ndarray]], dict]:
+    """Samples (batched like the model's inputs) from an .npz with `x` (or one array per input name) / an .npy."""
+    if not path.exists():
+        raise EdgekitError(f"{what} file not found: {path}", "give an .npz with arrays x (and y)")
+    try:
+        if path.suffix == ".npy":
+            arrays = {"x": np.load(path, allow_pickle=False)}
+        else:
+            with np.load(path, allow_pickle=False) as npz:
+                arrays = {k: npz[k] for k in npz.files}
+    except Exception as exc:
+        raise EdgekitError(f"{path} is not a readable .npz ({exc})", "save it with numpy.savez(path, x=..., y=...)") from None
+    keys = ["x"] if len(specs) == 1 else [s.name for s in specs]
+    if len(specs) == 1 and "x" not in arrays and len(arrays) == 1 and what == "calibration":
+        keys = list(arrays)
+    missing = [k for k in keys if k not in arrays]
+    if missing:
+        raise EdgekitError(f"{path} has no array named {missing[0]!r} (has: {', '.join(arrays) or 'none'})",
+                           "save inputs as x (one input) or under each input's name")
+    columns = [split_batches(arrays[k], s, path) for k, s in zip(keys, specs)]
+    return [list(c) for c in zip(*columns)], arrays
+
+
+def load_evalset(path: Path | None, specs: list[TensorSpec], seed: int) -> EvalSet:
+    if path is None:
+        return EvalSet(make_inputs(specs, 32, seed), None, f"random inputs (seed {seed})")
+    samples, arrays = load_npz_inputs(Path(path), specs, "data")
+    labels = arrays.get("y")
+    if labels is not None:
+        batch = specs[0].shape[0]
+        if len(labels) < len(samples) * batch:
+            raise EdgekitError(f"{path}: y has {len(labels)} labels for {len(samples) * batch} inputs",
+                               "give one label per input")
+        labels = np.asarray(labels)[: len(samples) * batch: batch]
+    return EvalSet(samples, labels, str(path))
+
+
+def split_batches(x: np.ndarray, spec: TensorSpec, path: Path) -> list[np.ndarray]:
+    per_sample = spec.shape[1:]
+    if not (np.issubdtype(x.dtype, np.number) or x.dtype == bool):
+        raise EdgekitError(f"{path}: arrays of dtype {x.dtype} cannot feed input '{spec.name}' ({spec.dtype})",
+                           "store numbers (e.g. float32)")
+    if tuple(x.shape[1:]) != tuple(per_sample):
+        raise EdgekitError(f"{path}: x has shape {x.shape} but input '{spec.name}' takes "
+                           f"(N, {', '.join(map(str, per_sample))})", "reshape the data to the model's input layout")
+    if np.issubdtype(x.dtype, np.floating) and not np.all(np.isfinite(x)):
+        raise EdgekitError(f"{path}: x contains NaN or infinite values", "clean the data before converting")
+    batch = spec.shape[0]
+    x = x.astype(spec.dtype, copy=False)
+    return [x[i:i + batch] for i in range(0, len(x) - batch + 1, batch)]
+
+
+def take(evalset: EvalSet, count: int) -> EvalSet:
+    labels = evalset.labels[:count] if evalset.labels is not None else None
+    return EvalSet(evalset.samples[:count], labels, evalset.origin)
+
+
+def hold_out(evalset: EvalSet, count: int) -> tuple[EvalSet, Calibration]:
+    """Split the last `count` samples off --data for calibration; they are never scored."""
+    total = len(evalset.samples)
+    count = min(count, total // 2)
+    if count < 1:
+        raise EdgekitError(f"--data has {total} sample(s): too few to hold some apart for calibration",
+                           "give more data, or a separate --calib file")
+    rest = total - count
+    labels = evalset.labels[:rest] if evalset.labels is not None else None
+    calib = Calibration(evalset.samples[rest:], f"last {count} samples of {evalset.origin}, held apart from scoring")
+    return EvalSet(evalset.samples[:rest], labels, evalset.origin), calib
+
+
+def load_calibration(spec: str, specs: list[TensorSpec], count: int, preprocess: Preprocess, seed: int) -> Calibration:
+    if spec == "random":
+        return Calibration(make_inputs(specs, count, seed), f"random inputs (seed {seed}): UNCALIBRATED", True)
+    path = Path(spec)
+    if path.is_dir():
+        return Calibration(load_images(path, specs, count, preprocess), f"{count}-image sample of {path}")
+    samples, _ = load_npz_inputs(path, specs, "calibration")
+    if not samples:
+        raise EdgekitError(f"{path} holds no calibration samples", "give at least one sample")
+    return Calibration(samples[:count], f"{path} ({min(count, len(samples))} samples)")
+
+
+def load_images(folder: Path, specs: list[TensorSpec], count: int, preprocess: Preprocess) -> list[list[np.ndarray]]:
+    if len(specs) != 1 or len(specs[0].shape) != 4:
+        raise EdgekitError("an image folder can calibrate only a model with one 4-D image input",
+                           "give the calibration data as an .npz instead")
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)[:count]
+    if not files:
+        raise EdgekitError(f"{folder} contains no images ({', '.join(IMAGE_SUFFIXES)})", "point --calib at image files")
+    from PIL import Image
+    shape = specs[0].shape
+    nchw = shape[1] in (1, 3, 4) and shape[3] not in (1, 3, 4)
+    height, width, channels = (shape[2], shape[3], shape[1]) if nchw else (shape[1], shape[2], shape[3])
+    mode = {1: "L", 3: "RGB", 4: "RGBA"}[channels]
+    samples = []
+    for f in files:
+        try:
+            with Image.open(f) as img:
+                pixels = np.asarray(img.convert(mode).resize((width, height), Image.BILINEAR), dtype=np.float32)
+        except OSError as exc:
+            raise EdgekitError(f"{f} is not a readable image ({exc})", "remove it from the calibration folder") from None
+        x = pixels.reshape(height, width, channels) * preprocess.scale
+        if preprocess.mean:
+            x = x - np.asarray(preprocess.mean, np.float32)
+        if preprocess.std:
+            x = x / np.asarray(preprocess.std, np.float32)
+        x = x.transpose(2, 0, 1) if nchw else x
+        samples.append([x[None].astype(specs[0].dtype)])
+    return samples
+
+
+def check_range(calib: Calibration, evalset: EvalSet) -> None:
+    """Calibration data far outside the evaluation data's range means different preprocessing."""
+    if calib.uncalibrated or evalset.origin.startswith("random"):
+        return
+    lo_c, hi_c = _range(calib.samples)
+    lo_e, hi_e = _range(evalset.samples)
+    span = max(hi_e - lo_e, 1e-6)
+    if (hi_c - lo_c) > RANGE_SLACK * span or hi_c < lo_e - span or lo_c > hi_e + span:
+        raise EdgekitError(f"calibration values span [{lo_c:.3g}, {hi_c:.3g}] but --data spans [{lo_e:.3g}, {hi_e:.3g}]",
+                           "preprocess the calibration data the same way (e.g. --calib-scale)")
+
+
+def _range(samples: list[list[np.ndarray]]) -> tuple[float, float]:
+    values = [a for s in samples for a in s]
+    return float(min(a.min() for a in values)), float(max(a.max() for a in values))

@@ -1,0 +1,80 @@
+"""Post-training quantization, written once; each backend module provides the `quantize` hook.
+
+A backend declares what it can do, and the pass checks a request against that before any work:
+
+    PRECISIONS    precision modes it implements (besides fp32)
+    CALIB_METHODS calibration methods it implements; others fall back to minmax, and the report says so
+    quantize(source, float_artifact, out_path, config, calib, layers) -> list[str] of notes
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import ConversionError
+from ..schema import option
+
+PRECISIONS = ("fp32", "fp16", "dynamic", "int8", "int8-io", "int16x8")
+CALIBRATED = ("int8", "int8-io", "int16x8")  # precisions that need activation ranges
+CALIB_METHODS = ("minmax", "percentile", "entropy")
+INTEGER = ("int8", "int8-io", "int16x8")
+
+
+@dataclass(frozen=True)
+class QuantizeConfig:
+    precision: str = option("fp32", "fp32, fp16 (weights and compute), dynamic (int8 weights, float activations), "
+                                    "int8 (calibrated, float I/O), int8-io (int8 I/O too), int16x8 "
+                                    "(int16 activations, int8 weights).", choices=PRECISIONS)
+    calib_method: str = option("minmax", "How activation ranges are taken from the calibration set.",
+                               choices=CALIB_METHODS)
+    calib_samples: int = option(100, "Calibration samples used.")
+    per_channel: bool = option(True, "Per-channel weight scales (else one scale per tensor).")
+    keep_float: list[str] = option([], "Layers left in float (names as in the source model).")
+
+
+@dataclass
+class Calibration:
+    samples: list[list[np.ndarray]]
+    origin: str
+    uncalibrated: bool = False  # random inputs chosen explicitly with --calib random
+
+
+def run(backend, source, float_artifact, out_path, config: QuantizeConfig, calib: Calibration | None) -> dict:
+    """Quantize `float_artifact` into `out_path` with the backend's hook; returns the report entries."""
+    if config.precision not in getattr(backend, "PRECISIONS", ()):
+        raise ConversionError(f"{backend.FORMAT} has no {config.precision} mode "
+                              f"(it has: {', '.join(getattr(backend, 'PRECISIONS', ())) or 'fp32 only'})")
+    method = config.calib_method if config.calib_method in getattr(backend, "CALIB_METHODS", ()) else "minmax"
+    needs_calib = config.precision in CALIBRATED
+    notes = backend.quantize(source, float_artifact, out_path, config, calib if needs_calib else None, method)
+    entry = {"notes": notes, "calibration": None}
+    if needs_calib:
+        entry["calibration"] = {"method": method, "requested": config.calib_method, "samples": len(calib.samples),
+                                "origin": calib.origin, "uncalibrated": calib.uncalibrated}
+        if method != config.calib_method:
+            notes.append(f"{backend.FORMAT} supports only {', '.join(backend.CALIB_METHODS)}: used {method} "
+                         f"instead of {config.calib_method}")
+    return entry
+
+
+def matches_layer(layer: str, op_name: str) -> bool:
+    """Does an op/tensor name belong to a source layer? Matches whole path components.
+
+    TF scopes add a numeric suffix to layer names (`conv1` -> `model/conv1_1/Conv2D`), and
+    TFLite fuses several names into one with `;`.
+    """
+    pattern = rf"(^|[/;]){re.escape(layer)}(_\d+)?([/;:]|$)"
+    return op_name == layer or re.search(pattern, op_name) is not None
+
+
+def select(names: list[str], layers: list[str], where: str) -> list[str]:
+    """The names belonging to any of `layers`; a layer that matches nothing is an error for that artifact."""
+    chosen = []
+    for layer in layers:
+        hits = [n for n in names if matches_layer(layer, n)]
+        if not hits:
+            raise ConversionError(f"--keep-float {layer}: no op of the {where} graph belongs to that layer")
+        chosen += hits
+    return list(dict.fromkeys(chosen))
