@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -116,30 +117,30 @@ def _fix_outputs(onnx, model):
 
 
 def export(source, out_path: Path, ctx) -> list[str]:
-    onnx = require("onnx", "full")
+    path, note = float_model(source)
+    shutil.copyfile(path, out_path)
+    return [note]
+
+
+def float_model(source) -> tuple[Path, str]:
+    """A fixed-shape float ONNX file of the source (converted once, cached in the workdir), and how it was made."""
     if source.kind == "onnx":
-        model, notes = onnx.load(str(source.onnx_fixed_path)), ["input model with fixed input shapes"]
-    elif source.kind == "tflite":
+        return source.onnx_fixed_path, "input model with fixed input shapes"
+    path = source.workdir / "float.onnx"
+    note = f"tf2onnx from {'TFLite' if source.kind == 'tflite' else 'the TF graph'}, opset {OPSET}"
+    if not path.exists():
+        onnx = require("onnx", "full")
         tf2onnx = require("tf2onnx", "full")
         try:
-            model, _ = tf2onnx.convert.from_tflite(str(source.path), opset=OPSET)
+            if source.kind == "tflite":
+                model, _ = tf2onnx.convert.from_tflite(str(source.path), opset=OPSET)
+            else:
+                fn, signature, _ = source.handle
+                model, _ = tf2onnx.convert.from_function(fn, input_signature=signature, opset=OPSET)
         except Exception as exc:
-            raise ConversionError(f"tf2onnx failed on the TFLite model: {str(exc).splitlines()[0][:300]}") from None
-        notes = [f"tf2onnx from TFLite, opset {OPSET}"]
-    else:
-        model, notes = _from_tf(source), [f"tf2onnx from the TF graph, opset {OPSET}"]
-    onnx.save(canonical_names(model), str(out_path))
-    return notes
-
-
-def _from_tf(source):
-    tf2onnx = require("tf2onnx", "full")
-    fn, signature, _ = source.handle
-    try:
-        model, _ = tf2onnx.convert.from_function(fn, input_signature=signature, opset=OPSET)
-    except Exception as exc:
-        raise ConversionError(f"tf2onnx failed: {str(exc).splitlines()[0][:300]}") from None
-    return model
+            raise ConversionError(f"tf2onnx failed: {str(exc).strip().splitlines()[0][:300]}") from None
+        onnx.save(canonical_names(model), str(path))
+    return path, note
 
 
 def canonical_names(model):
@@ -236,33 +237,58 @@ class _Reader:
 def integer_io(model) -> None:
     """Turn QDQ graph edges into int8 graph inputs/outputs: drop the input Quantize and output Dequantize.
 
-    Their scale and zero point go into metadata (edgekit.input_quant.<i>) for the runner.
+    Layout ops between the input and its QuantizeLinear (tf2onnx's NHWC->NCHW Transpose) then run
+    on int8. The scale and zero point go into metadata (edgekit.input_quant.<i>) for the runner.
     """
     onnx = require("onnx", "full")
     graph = model.graph
     inits = {t.name: onnx.numpy_helper.to_array(t) for t in graph.initializer}
+    retyped: set[str] = set()
     for i, value in enumerate(graph.input):
-        q_nodes = [n for n in graph.node if n.op_type == "QuantizeLinear" and n.input[0] == value.name]
-        users = [n for n in graph.node if value.name in n.input]
-        if len(q_nodes) != 1 or len(users) != 1:
-            raise ConversionError(f"int8-io: input {value.name} does not feed exactly one QuantizeLinear")
-        node = q_nodes[0]
+        node, chain = _walk(graph, value.name, "QuantizeLinear", downstream=True)
         _set_meta(model, f"edgekit.input_quant.{i}", inits[node.input[1]], inits[node.input[2]])
-        for other in graph.node:
-            other.input[:] = [value.name if n == node.output[0] else n for n in other.input]
-        graph.node.remove(node)
-        value.type.tensor_type.elem_type = onnx.TensorProto.INT8
+        _bypass(graph, node, keep=node.input[0], drop=node.output[0])
+        retyped |= {value.name, *chain}
     for i, value in enumerate(graph.output):
-        dq = [n for n in graph.node if n.op_type == "DequantizeLinear" and n.output[0] == value.name]
-        if len(dq) != 1:
-            raise ConversionError(f"int8-io: output {value.name} does not come from a DequantizeLinear")
-        node = dq[0]
+        node, chain = _walk(graph, value.name, "DequantizeLinear", downstream=False)
         _set_meta(model, f"edgekit.output_quant.{i}", inits[node.input[1]], inits[node.input[2]])
-        for other in graph.node:
-            other.output[:] = [value.name if n == node.input[0] else n for n in other.output]
-            other.input[:] = [value.name if n == node.input[0] else n for n in other.input]
-        graph.node.remove(node)
-        value.type.tensor_type.elem_type = onnx.TensorProto.INT8
+        _bypass(graph, node, keep=node.output[0], drop=node.input[0])
+        retyped |= {value.name, *chain}
+    for value in [*graph.input, *graph.output]:
+        if value.name in retyped:
+            value.type.tensor_type.elem_type = onnx.TensorProto.INT8
+    kept = [v for v in graph.value_info if v.name not in retyped]
+    del graph.value_info[:]
+    graph.value_info.extend(kept)
+
+
+_LAYOUT_OPS = {"Transpose", "Reshape", "Identity", "Squeeze", "Unsqueeze", "Flatten"}
+
+
+def _walk(graph, tensor: str, wanted: str, downstream: bool):
+    """Follow single-use layout ops from a graph input (or back from an output) to the QDQ node."""
+    chain = []
+    while True:
+        if downstream:
+            nodes = [n for n in graph.node if tensor in n.input]
+        else:
+            nodes = [n for n in graph.node if tensor in n.output]
+        if len(nodes) != 1 or nodes[0].op_type not in {wanted, *_LAYOUT_OPS}:
+            side = "input" if downstream else "output"
+            raise ConversionError(f"int8-io: graph {side} {tensor} is not quantized through one {wanted}")
+        node = nodes[0]
+        if node.op_type == wanted:
+            return node, chain
+        tensor = node.output[0] if downstream else node.input[0]
+        chain.append(tensor)
+
+
+def _bypass(graph, node, keep: str, drop: str) -> None:
+    """Remove `node`, pointing every use of tensor `drop` at tensor `keep`."""
+    graph.node.remove(node)
+    for other in graph.node:
+        other.input[:] = [keep if n == drop else n for n in other.input]
+        other.output[:] = [keep if n == drop else n for n in other.output]
 
 
 def _set_meta(model, key: str, scale, zero_point) -> None:
@@ -271,8 +297,9 @@ def _set_meta(model, key: str, scale, zero_point) -> None:
 
 
 def op_summary(path: Path) -> dict:
-    """Count compute ops that run in integer: in a QDQ graph, a node whose float inputs all come from
-    DequantizeLinear and whose outputs all go to QuantizeLinear is fused into an integer kernel."""
+    """Count compute ops that run in integer. In a QDQ graph a node whose inputs all come from
+    DequantizeLinear (or int8 graph inputs) and whose outputs all go to Quantize/DequantizeLinear
+    (or int8 graph outputs) is fused into an integer kernel by onnxruntime."""
     onnx = require("onnx", "full")
     graph = onnx.load(str(path)).graph
     producers = {o: n for n in graph.node for o in n.output}
@@ -280,20 +307,23 @@ def op_summary(path: Path) -> dict:
     for n in graph.node:
         for i in n.input:
             consumers.setdefault(i, []).append(n)
+    floating = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE}
+    int_io = {v.name for v in [*graph.input, *graph.output] if v.type.tensor_type.elem_type not in floating}
+    constants = {t.name for t in graph.initializer}
+    qdq = {"QuantizeLinear", "DequantizeLinear"}
     by_type: dict[str, int] = {}
     float_ops = 0
-    boundary = {"QuantizeLinear", "DequantizeLinear"}
     for node in graph.node:
         by_type[node.op_type] = by_type.get(node.op_type, 0) + 1
-        if node.op_type in boundary or node.op_type in _INTEGER_OPS:
+        if node.op_type in qdq or node.op_type in _INTEGER_OPS:
             continue
-        feeds = [producers.get(i) for i in node.input if i in producers]
-        ins_quantized = all(p.op_type == "DequantizeLinear" for p in feeds) and feeds
-        outs_quantized = all(c.op_type == "QuantizeLinear" for o in node.output for c in consumers.get(o, [])) \
-            and all(consumers.get(o) for o in node.output)
-        if not (ins_quantized and outs_quantized):
-            float_ops += 1
-    compute = sum(v for k, v in by_type.items() if k not in boundary)
+        ins = [i for i in node.input if i and i not in constants]
+        ins_integer = bool(ins) and all(i in int_io or (i in producers and producers[i].op_type == "DequantizeLinear")
+                                        for i in ins)
+        outs_integer = all(o in int_io or (consumers.get(o) and all(c.op_type in qdq for c in consumers[o]))
+                           for o in node.output)
+        float_ops += not (ins_integer and outs_integer)
+    compute = sum(v for k, v in by_type.items() if k not in qdq)
     return {"ops": compute, "float_ops": float_ops, "by_type": by_type, "how": "graph inspection (QDQ fusion rules)"}
 
 

@@ -63,14 +63,23 @@ def canonical_names(model) -> None:
 _AUTO_NAME = re.compile(r"[A-Z][A-Za-z0-9]*_\d+")  # op-type names are CamelCase
 
 
+def _origin(source):
+    """What convert_model reads. TF graphs go through ONNX, whose node names keep the layer names
+    (the TF frontend renames convolutions to Convolution_<n>), unless tf2onnx cannot convert them."""
+    if source.kind == "tflite":
+        return str(source.path), "openvino.convert_model from the TFLite input"
+    from . import onnx as onnx_backend
+    try:
+        path, how = onnx_backend.float_model(source)
+        return str(path), f"openvino.convert_model from ONNX ({how})"
+    except ConversionError:
+        fn, signature, _ = source.handle
+        return fn.get_concrete_function(*signature), "openvino.convert_model from the TF graph"
+
+
 def export(source, out_path: Path, ctx) -> list[str]:
     ov = require("openvino", EXTRA)
-    if source.kind in ("onnx", "tflite"):
-        origin = source.onnx_fixed_path if source.kind == "onnx" else source.path
-        convert_from, note = str(origin), f"openvino.convert_model from the {source.kind} input"
-    else:
-        fn, signature, _ = source.handle
-        convert_from, note = fn.get_concrete_function(*signature), "openvino.convert_model from the TF graph"
+    convert_from, note = _origin(source)
     try:
         model = ov.convert_model(convert_from)
     except Exception as exc:
