@@ -65,6 +65,26 @@ def tiny_keras(models_dir) -> Path:
 
 
 @pytest.fixture(scope="session")
+def small_keras(models_dir) -> Path:
+    """Big enough (about 38k weights) that quantized sizes are not dominated by container overhead."""
+    import keras
+    keras.utils.set_random_seed(0)
+    layers = keras.layers
+    model = keras.Sequential([keras.Input((8, 8, 1), name="image"),
+                              layers.Conv2D(16, 3, padding="same", activation="relu", name="conv1"),
+                              layers.Conv2D(32, 3, padding="same", activation="relu", name="conv2"),
+                              layers.MaxPooling2D(name="pool"), layers.Flatten(name="flat"),
+                              layers.Dense(64, activation="relu", name="fc"),
+                              layers.Dense(4, activation="softmax", name="probs")], name="small")
+    model.compile("adam", "sparse_categorical_crossentropy")
+    x, y = tiny_data(256, seed=1)
+    model.fit(x, y, epochs=10, verbose=0)  # trained, so top-1 is not a coin toss between near-equal classes
+    path = models_dir / "small.keras"
+    model.save(path)
+    return path
+
+
+@pytest.fixture(scope="session")
 def make_model(models_dir, tiny_keras):
     """make_model(kind) -> path of a tiny model of that input kind (built once per session)."""
     cache: dict[str, Path] = {"keras": tiny_keras}

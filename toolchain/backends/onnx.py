@@ -262,9 +262,6 @@ def integer_io(model) -> None:
     graph.value_info.extend(kept)
 
 
-_LAYOUT_OPS = {"Transpose", "Reshape", "Identity", "Squeeze", "Unsqueeze", "Flatten"}
-
-
 def _walk(graph, tensor: str, wanted: str, downstream: bool):
     """Follow single-use layout ops from a graph input (or back from an output) to the QDQ node."""
     chain = []
@@ -273,7 +270,7 @@ def _walk(graph, tensor: str, wanted: str, downstream: bool):
             nodes = [n for n in graph.node if tensor in n.input]
         else:
             nodes = [n for n in graph.node if tensor in n.output]
-        if len(nodes) != 1 or nodes[0].op_type not in {wanted, *_LAYOUT_OPS}:
+        if len(nodes) != 1 or nodes[0].op_type not in {wanted, *LAYOUT_OPS}:
             side = "input" if downstream else "output"
             raise ConversionError(f"int8-io: graph {side} {tensor} is not quantized through one {wanted}")
         node = nodes[0]
@@ -296,6 +293,9 @@ def _set_meta(model, key: str, scale, zero_point) -> None:
     entry.key, entry.value = key, f"{float(scale):.9g},{int(zero_point)}"
 
 
+LAYOUT_OPS = {"Transpose", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity"}  # move data, compute nothing: not counted as ops
+
+
 def op_summary(path: Path) -> dict:
     """Count compute ops that run in integer. In a QDQ graph a node whose inputs all come from
     DequantizeLinear (or int8 graph inputs) and whose outputs all go to Quantize/DequantizeLinear
@@ -315,7 +315,7 @@ def op_summary(path: Path) -> dict:
     float_ops = 0
     for node in graph.node:
         by_type[node.op_type] = by_type.get(node.op_type, 0) + 1
-        if node.op_type in qdq or node.op_type in _INTEGER_OPS:
+        if node.op_type in qdq or node.op_type in _INTEGER_OPS or node.op_type in LAYOUT_OPS:
             continue
         ins = [i for i in node.input if i and i not in constants]
         ins_integer = bool(ins) and all(i in int_io or (i in producers and producers[i].op_type == "DequantizeLinear")
@@ -323,7 +323,7 @@ def op_summary(path: Path) -> dict:
         outs_integer = all(o in int_io or (consumers.get(o) and all(c.op_type in qdq for c in consumers[o]))
                            for o in node.output)
         float_ops += not (ins_integer and outs_integer)
-    compute = sum(v for k, v in by_type.items() if k not in qdq)
+    compute = sum(v for k, v in by_type.items() if k not in qdq and k not in LAYOUT_OPS)
     return {"ops": compute, "float_ops": float_ops, "by_type": by_type, "how": "graph inspection (QDQ fusion rules)"}
 
 

@@ -42,7 +42,7 @@ class Session:
         counts: dict[str, int] = {}
         for op in self.compiled.get_runtime_model().get_ordered_ops():
             info = op.get_rt_info()
-            if info["layerType"].astype(str) in ("Input", "Output", "Const"):
+            if info["layerType"].astype(str) in ("Input", "Output", "Const", *LAYOUT_OPS):
                 continue
             precision = info["runtimePrecision"].astype(str)
             counts[precision] = counts.get(precision, 0) + 1
@@ -130,6 +130,9 @@ def _advanced(nncf, config, method: str):
     return AdvancedQuantizationParameters(
         activations_range_estimator_params=estimators[method],
         weights_quantization_params=QuantizationParameters(per_channel=config.per_channel))
+
+
+LAYOUT_OPS = {"Reshape", "Transpose", "Squeeze", "Unsqueeze", "Reorder"}  # move data, compute nothing: not counted as ops
 
 
 def op_summary(path: Path) -> dict:

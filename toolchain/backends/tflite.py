@@ -168,6 +168,9 @@ def _last_error_line(text: str) -> str:
     return ((errors or lines or ["no output"])[-1])[:300]
 
 
+LAYOUT_OPS = {"RESHAPE", "TRANSPOSE", "SQUEEZE", "EXPAND_DIMS"}  # move data, compute nothing: not counted as ops
+
+
 def op_summary(path: Path) -> dict:
     """Count ops by output type, without delegates (XNNPACK would hide the ops behind DELEGATE)."""
     interpreter_mod = require("ai_edge_litert.interpreter", EXTRA)
@@ -180,8 +183,8 @@ def op_summary(path: Path) -> dict:
         name = op["op_name"]
         by_type[name] = by_type.get(name, 0) + 1
         outputs_float = any(np.issubdtype(dtypes[i], np.floating) for i in op["outputs"] if i >= 0)
-        if outputs_float and name not in ("DEQUANTIZE", "QUANTIZE"):
+        if outputs_float and name not in ("DEQUANTIZE", "QUANTIZE") and name not in LAYOUT_OPS:
             float_ops += 1
-    boundary = by_type.get("QUANTIZE", 0) + by_type.get("DEQUANTIZE", 0)
-    return {"ops": sum(by_type.values()) - boundary, "float_ops": float_ops, "by_type": by_type,
+    skipped = sum(v for k, v in by_type.items() if k in ("QUANTIZE", "DEQUANTIZE") or k in LAYOUT_OPS)
+    return {"ops": sum(by_type.values()) - skipped, "float_ops": float_ops, "by_type": by_type,
             "how": "TFLite graph inspection (output tensor types)"}

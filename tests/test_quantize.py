@@ -1,0 +1,217 @@
+"""Quantization on every backend: structural asserts (op counts, dtypes) plus a tolerance check
+against the float model, written once and run for each backend x precision."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from clihelp import assert_user_error, run_cli
+from conftest import tree_digest
+
+SUPPORTED = [("tflite", p) for p in ("fp16", "dynamic", "int8", "int8-io", "int16x8")] + \
+            [("onnx", p) for p in ("fp16", "dynamic", "int8", "int8-io")] + \
+            [("openvino", p) for p in ("fp16", "dynamic", "int8")]
+
+
+def convert(capsys, model, out, *args):
+    result = run_cli(capsys, "convert", model, "--out", out, "--runs", "2", "--warmup", "0", *args)
+    assert result.code == 0, result.err
+    return json.loads((out / "report.json").read_text())
+
+
+def target(report, fmt):
+    return next(a for a in report["artifacts"] if a["format"] == fmt and a["role"] == "target")
+
+
+@pytest.fixture(scope="module")
+def tiny_onnx_data(tmp_path_factory):
+    rng = np.random.default_rng(3)
+    x = rng.random((40, 3, 16, 16), dtype=np.float32)
+    path = tmp_path_factory.mktemp("onnxdata") / "val.npz"
+    np.savez(path, x=x, y=rng.integers(0, 5, 40))
+    return path
+
+
+@pytest.mark.parametrize("fmt, precision", SUPPORTED)
+def test_precision_on_backend(fmt, precision, small_keras, tiny_eval, capsys, tmp_path):
+    report = convert(capsys, small_keras, tmp_path / "o", "--format", fmt, "--precision", precision,
+                     "--data", tiny_eval, "--calib-samples", "16")
+    baseline, artifact = report["artifacts"]
+    assert baseline["role"] == "baseline" and baseline["precision"] == "fp32" and baseline["status"] == "ok"
+    assert artifact["status"] == "ok", artifact.get("reason")
+    assert artifact["fidelity"]["verified"], artifact["fidelity"]
+    assert artifact["vs_fp32"]["size"] < MAX_SIZE_RATIO[precision] * (1.25 if fmt == "openvino" else 1)  # IR text
+    assert artifact["vs_fp32"]["latency"] > 0
+    ops = artifact["ops"]
+    assert ops["ops"] > 0
+    if precision in ("int8", "int8-io", "int16x8"):
+        assert ops["float_ops"] <= (2 if fmt == "openvino" else 0), ops
+        assert artifact["calibration"]["samples"] == 16 and artifact["calibration"]["method"] == "minmax"
+        assert report["data"]["samples"] == 32  # 48 given, 16 held apart for calibration
+    else:
+        assert ops["float_ops"] > 0 and artifact["calibration"] is None
+    STRUCTURE[fmt](tmp_path / "o" / artifact["file"], precision)
+
+
+MAX_SIZE_RATIO = {"fp16": 0.6, "dynamic": 0.4, "int8": 0.4, "int8-io": 0.4, "int16x8": 0.4}
+
+
+def _tflite_structure(path, precision):
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+    interpreter = Interpreter(model_path=str(path),
+                              experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    dtypes = {d["name"]: np.dtype(d["dtype"]).name for d in interpreter.get_tensor_details()}
+    by_index = {d["index"]: np.dtype(d["dtype"]).name for d in interpreter.get_tensor_details()}
+    weights = [by_index[op["inputs"][1]] for op in interpreter._get_ops_details()
+               if op["op_name"] in ("CONV_2D", "FULLY_CONNECTED")]
+    expected_io = {"int8-io": "int8"}.get(precision, "float32")
+    assert np.dtype(interpreter.get_input_details()[0]["dtype"]).name == expected_io
+    assert np.dtype(interpreter.get_output_details()[0]["dtype"]).name == expected_io
+    if precision == "fp16":
+        assert "float16" in dtypes.values()
+    elif precision == "int16x8":
+        assert "int16" in dtypes.values() and set(weights) == {"int8"}
+    elif precision == "dynamic":  # the converter leaves tensors under 1024 weights in float
+        assert weights.count("int8") == 2, weights
+    else:
+        assert len(weights) == 4 and set(weights) == {"int8"}, weights
+
+
+def _onnx_structure(path, precision):
+    import onnx
+    model = onnx.load(str(path))
+    ops = [n.op_type for n in model.graph.node]
+    init_types = {onnx.helper.tensor_dtype_to_np_dtype(t.data_type).name for t in model.graph.initializer}
+    if precision == "fp16":
+        assert "float16" in init_types and ops.count("Cast") >= 2  # float32 I/O kept
+    elif precision == "dynamic":
+        assert "DynamicQuantizeLinear" in ops and "int8" in init_types
+    else:
+        assert ops.count("QuantizeLinear") >= 3 and ops.count("DequantizeLinear") >= ops.count("QuantizeLinear")
+        assert "int8" in init_types
+        io_type = model.graph.input[0].type.tensor_type.elem_type
+        assert io_type == (onnx.TensorProto.INT8 if precision == "int8-io" else onnx.TensorProto.FLOAT)
+        if precision == "int8-io":
+            assert {p.key for p in model.metadata_props} >= {"edgekit.input_quant.0", "edgekit.output_quant.0"}
+
+
+def _openvino_structure(path, precision):
+    import openvino as ov
+    model = ov.Core().read_model(str(path))
+    types = [op.get_type_name() for op in model.get_ordered_ops()]
+    const_types = {op.get_output_element_type(0).get_type_name() for op in model.get_ordered_ops()
+                   if op.get_type_name() == "Constant"}
+    if precision == "fp16":
+        assert "f16" in const_types
+    elif precision == "dynamic":
+        assert "i8" in const_types and "FakeQuantize" not in types
+    else:
+        assert types.count("FakeQuantize") >= 2 and "i8" in const_types
+
+
+STRUCTURE = {"tflite": _tflite_structure, "onnx": _onnx_structure, "openvino": _openvino_structure}
+
+
+@pytest.mark.parametrize("fmt, precision", [("onnx", "int16x8"), ("openvino", "int8-io"), ("openvino", "int16x8")])
+def test_unsupported_mode_is_reported_for_that_artifact_only(fmt, precision, tiny_keras, capsys, tmp_path):
+    report = convert(capsys, tiny_keras, tmp_path / "o", "--precision", precision, "--calib", "random",
+                     "--calib-samples", "4")
+    assert target(report, "tflite")["status"] == "ok"
+    failed = target(report, fmt)
+    assert failed["status"] == "failed" and f"has no {precision} mode" in failed["reason"]
+
+
+def test_onnx_input_quantized_on_all_backends(make_model, tiny_onnx_data, capsys, tmp_path):
+    report = convert(capsys, make_model("onnx"), tmp_path / "o", "--target", "cpu-int8", "--data", tiny_onnx_data,
+                     "--calib-samples", "10", "--calib-method", "entropy")
+    for fmt in ("tflite", "onnx", "openvino"):
+        artifact = target(report, fmt)
+        assert artifact["status"] == "ok", artifact.get("reason")
+        assert artifact["fidelity"]["cosine"] > 0.99
+        expected = "minmax" if fmt == "tflite" else "entropy"
+        assert artifact["calibration"]["method"] == expected and artifact["calibration"]["requested"] == "entropy"
+    assert any("supports only minmax" in n for n in target(report, "tflite")["notes"])
+
+
+def test_keep_float_on_every_backend(small_keras, tiny_eval, capsys, tmp_path):
+    plain = convert(capsys, small_keras, tmp_path / "a", "--target", "cpu-int8", "--data", tiny_eval, "--calib-samples", "8")
+    kept = convert(capsys, small_keras, tmp_path / "b", "--target", "cpu-int8", "--data", tiny_eval, "--calib-samples", "8",
+                   "--keep-float", "conv2")
+    for fmt in ("tflite", "onnx", "openvino"):
+        before, after = target(plain, fmt), target(kept, fmt)
+        assert after["status"] == "ok", after.get("reason")
+        assert after["ops"]["float_ops"] > before["ops"]["float_ops"], fmt
+        assert any("kept in float" in n for n in after["notes"])
+
+
+def test_keep_float_of_a_missing_layer_names_it(tiny_keras, tiny_eval, capsys, tmp_path):
+    report = convert(capsys, tiny_keras, tmp_path / "o", "--target", "cpu-int8", "--data", tiny_eval,
+                     "--keep-float", "no_such_layer", "--format", "onnx")
+    assert "--keep-float no_such_layer" in target(report, "onnx")["reason"]
+
+
+def test_quantized_artifacts_are_reproducible(tiny_keras, tiny_eval, capsys, tmp_path):
+    for out in ("a", "b"):
+        convert(capsys, tiny_keras, tmp_path / out, "--target", "cpu-int8", "--data", tiny_eval, "--calib-samples", "8")
+    for name in ("model.tflite", "model.onnx", "model.xml", "model.bin"):
+        assert tree_digest(tmp_path / "a" / name) == tree_digest(tmp_path / "b" / name), name
+
+
+def test_random_calibration_must_be_asked_for_and_is_marked(tiny_keras, capsys, tmp_path):
+    assert_user_error(run_cli(capsys, "convert", tiny_keras, "--target", "cpu-int8"),
+                      "needs calibration data", "--calib random")
+    report = convert(capsys, tiny_keras, tmp_path / "o", "--target", "cpu-int8", "--calib", "random",
+                     "--calib-samples", "4", "--format", "tflite")
+    assert report["calibration"]["uncalibrated"] and any("UNCALIBRATED" in w for w in report["warnings"])
+    assert "UNCALIBRATED" in (tmp_path / "o" / "report.md").read_text()
+
+
+@pytest.mark.parametrize("calib, words", [
+    (np.zeros((8, 8, 8), np.float32), ["shape"]),
+    (np.full((8, 8, 8, 1), np.nan, np.float32), ["NaN"]),
+    (np.array(["a"] * 8), ["dtype"]),
+    (np.random.default_rng(0).random((8, 8, 8, 1)).astype(np.float32) * 255, ["calibration values span", "--calib-scale"]),
+])
+def test_bad_calibration_data(calib, words, tiny_keras, tiny_eval, capsys, tmp_path):
+    np.savez(tmp_path / "calib.npz", x=calib)
+    result = run_cli(capsys, "convert", tiny_keras, "--target", "cpu-int8", "--data", tiny_eval,
+                     "--calib", tmp_path / "calib.npz")
+    assert_user_error(result, *words)
+
+
+def test_calib_with_a_float_precision_is_refused(tiny_keras, tiny_eval, capsys):
+    assert_user_error(run_cli(capsys, "convert", tiny_keras, "--calib", tiny_eval), "not calibrated")
+
+
+def test_image_folder_calibration(tiny_keras, tiny_eval, capsys, tmp_path):
+    from PIL import Image
+    folder = tmp_path / "images"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        Image.fromarray(rng.integers(0, 256, (20, 20), dtype=np.uint8)).save(folder / f"{i}.png")
+    report = convert(capsys, tiny_keras, tmp_path / "o", "--target", "cpu-int8", "--data", tiny_eval,
+                     "--calib", folder, "--format", "tflite")
+    assert report["calibration"]["samples"] == 6 and "image" in report["calibration"]["origin"]
+    assert target(report, "tflite")["status"] == "ok"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert_user_error(run_cli(capsys, "convert", tiny_keras, "--target", "cpu-int8", "--calib", empty), "no images")
+
+
+def test_tflite_input_cannot_be_requantized_but_other_formats_can(make_model, capsys, tmp_path):
+    report = convert(capsys, make_model("tflite"), tmp_path / "o", "--target", "cpu-int8", "--calib", "random",
+                     "--calib-samples", "4")
+    assert "cannot be quantized again" in target(report, "tflite")["reason"]
+    assert target(report, "onnx")["status"] == "ok" and target(report, "openvino")["status"] == "ok"
+
+
+def test_gpu_profile_never_reports_a_cpu_latency(tiny_keras, capsys, tmp_path):
+    report = convert(capsys, tiny_keras, tmp_path / "o", "--target", "gpu", "--format", "onnx")
+    artifact = target(report, "onnx")
+    assert artifact["precision"] == "fp16" and artifact["status"] == "ok"
+    assert artifact["latency_ms"] == {"status": "not measured: no GPU found", "how": "not measured"}
+    assert "median" not in json.dumps(artifact["latency_ms"])
+    assert any("no GPU found" in w for w in report["warnings"])
