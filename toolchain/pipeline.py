@@ -59,6 +59,7 @@ class ConvertOptions:
     warmup: int | None = option(None, "Warm-up runs, instead of the profile's.")
     targets_dirs: list[str] = option([], "Extra directories searched for target profiles.")
     seed: int = option(0, "Seed for generated inputs when no --data is given.")
+    sensitivity: bool = option(False, "Add per-layer int8 sensitivity (which layers to keep in float) to the report.")
 
 
 @dataclass
@@ -67,7 +68,7 @@ class Context:
     target: targets.Target
     options: ConvertOptions
     qconfig: quantize.QuantizeConfig
-    stage: Path
+    stage: Path | None
     workdir: Path
     evalset: data.EvalSet
     calib: quantize.Calibration | None
@@ -89,26 +90,58 @@ def convert(model: str | Path | None = None, progress: Callable[[str], None] | N
     options = ConvertOptions(**kwargs)
     progress = progress or (lambda msg: None)
     target = targets.get_target(options.target, tuple(options.targets_dirs))
-    qconfig = quantize_config(target.profile.quantize, options)
-    name = None
-    if model is None:
-        progress("preparing the default model (digits CNN, trained once and cached)")
-        model, default_data = default_model()
-        options.data = options.data or default_data
-        name = "digits_cnn"
-    model = Path(model)
-    sources.detect_kind(model)  # fail fast on a missing or unknown file, before any heavy import
-    out = Path(options.out or Path("edgekit-out") / f"{name or model.stem}-{target.name}")
+    model, name = _resolve_model(model, options, progress)
+    out = Path(options.out or Path("edgekit-out") / f"{name}-{target.name}")
     if out.exists() and not options.force:
         raise EdgekitError(f"output directory {out} already exists", "pass --force to replace it, or choose --out")
     with _staging(out) as stage, tempfile.TemporaryDirectory(prefix="edgekit-") as work:
-        ctx = _prepare(model, name, target, options, qconfig, stage, Path(work), progress)
+        ctx = prepare(model, name, target, options, Path(work), progress)
+        ctx.stage = stage
         result = _report_header(ctx, model)
         result["artifacts"] = [a for fmt in _formats(ctx) for a in _build_format(ctx, fmt)]
+        if options.sensitivity:
+            result["sensitivity"] = layer_sensitivity(ctx)
         report.write(stage, result)
         _replace(stage, out)
     result["out_dir"] = str(out)
     return result
+
+
+def analyze_layers(model: str | Path | None = None, progress: Callable[[str], None] | None = None, **kwargs) -> dict:
+    """Per-layer int8 sensitivity of a model, with the same data and calibration rules as convert()."""
+    options = ConvertOptions(**kwargs)
+    progress = progress or (lambda msg: None)
+    target = targets.get_target(options.target, tuple(options.targets_dirs))
+    model, name = _resolve_model(model, options, progress)
+    options.precision = "int8"
+    with tempfile.TemporaryDirectory(prefix="edgekit-") as work:
+        ctx = prepare(model, name, target, options, Path(work), progress)
+        return {"model": str(model), "name": name, "calibration": ctx.calib.origin, "data": ctx.evalset.origin,
+                "layers": layer_sensitivity(ctx)}
+
+
+def layer_sensitivity(ctx: Context) -> list[dict]:
+    from .passes import sensitivity
+    if ctx.calib is None:
+        raise EdgekitError("layer sensitivity needs calibration data", "pass --data or --calib (or use an int8 target)")
+    ctx.progress("per-layer sensitivity: quantizing one layer at a time")
+    try:
+        return sensitivity.analyze(ctx.source, ctx.evalset.samples, ctx.calib)
+    except ConversionError as exc:
+        raise EdgekitError(f"layer sensitivity needs the ONNX form of the model: {exc}", "check `edgekit convert "
+                           "--format onnx` works on this model") from None
+
+
+def _resolve_model(model, options: ConvertOptions, progress) -> tuple[Path, str]:
+    """The model path and its short name; no model means the bundled default and its eval data."""
+    if model is None:
+        progress("preparing the default model (digits CNN, trained once and cached)")
+        model, default_data = default_model()
+        options.data = options.data or default_data
+        return Path(model), "digits_cnn"
+    model = Path(model)
+    sources.detect_kind(model)  # fail fast on a missing or unknown file, before any heavy import
+    return model, model.stem
 
 
 def quantize_config(profile_config: quantize.QuantizeConfig, options: ConvertOptions) -> quantize.QuantizeConfig:
@@ -122,21 +155,22 @@ def quantize_config(profile_config: quantize.QuantizeConfig, options: ConvertOpt
     return config
 
 
-def _prepare(model: Path, name: str | None, target, options: ConvertOptions, qconfig, stage: Path, work: Path,
-             progress) -> Context:
+def prepare(model: Path, name: str, target, options: ConvertOptions, work: Path, progress) -> Context:
+    """Load the source, the evaluation data and the calibration set; run the source for reference outputs."""
     profile = target.profile
+    qconfig = quantize_config(profile.quantize, options)
     opts = sources.LoadOptions(workdir=work, batch=profile.build.batch, trust_model=options.trust_model,
                                input_shapes=parse_input_shapes(options.input_shape, profile.build.input_shape))
     progress(f"loading {model}")
     source = sources.load(model, opts)
-    source.name = name or source.name
+    source.name = name
     evalset = data.load_evalset(options.data, source.inputs, options.seed)
     evalset, calib = _calibration(evalset, source, profile, options, qconfig)
     evalset = data.take(evalset, profile.bench.eval_samples)
     progress(f"running the source model on {len(evalset.samples)} samples")
     reference = source.predict(evalset.samples)
     _check_finite(reference, "the source model's outputs")
-    return Context(source, target, options, qconfig, stage, work, evalset, calib, reference, progress)
+    return Context(source, target, options, qconfig, None, work, evalset, calib, reference, progress)
 
 
 def _calibration(evalset: data.EvalSet, source, profile, options: ConvertOptions, qconfig):

@@ -83,6 +83,11 @@ def markdown(result: dict) -> str:
              "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     lines += ["| " + " | ".join(r) + " |" for r in rows(result)]
     lines += ["", *[f"- {n}" for n in measurement_notes(result)], ""]
+    if result.get("sensitivity"):
+        from .passes.sensitivity import markdown as sensitivity_table
+        lines += ["## Per-layer int8 sensitivity", "",
+                  "Each layer quantized alone (the rest float), most sensitive first: candidates for --keep-float.",
+                  "", *sensitivity_table(result["sensitivity"]), ""]
     for a in result["artifacts"]:
         if a["status"] == "ok":
             lines.append(f"- **{a['format']} {a['precision']}** ({a['runtime']['name']} {a['runtime']['version']}): "
