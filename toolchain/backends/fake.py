@@ -38,6 +38,12 @@ class Session:
             self.w, self.b, shape = data["w"], data["b"], tuple(int(d) for d in data["input_shape"])
         self.inputs = [("x", shape, "float32")]
 
+    def bind(self, arrays: list[np.ndarray]) -> None:
+        self._bound = arrays
+
+    def invoke(self) -> None:
+        self.run(self._bound)
+
     def run(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
         logits = arrays[0].reshape(arrays[0].shape[0], -1) @ self.w + self.b
         e = np.exp(logits - logits.max(axis=1, keepdims=True))

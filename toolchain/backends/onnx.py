@@ -52,6 +52,17 @@ class Session:
     def run(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
         return self.session.run(None, dict(zip(self._names, arrays)))
 
+    def bind(self, arrays: list[np.ndarray]) -> None:
+        """Pre-bind inputs and outputs, so invoke() times the model, not the copies."""
+        self._binding = self.session.io_binding()
+        for name, array in zip(self._names, arrays):
+            self._binding.bind_cpu_input(name, np.ascontiguousarray(array))
+        for out in self.session.get_outputs():
+            self._binding.bind_output(out.name)
+
+    def invoke(self) -> None:
+        self.session.run_with_iobinding(self._binding)
+
 
 def _parse_qp(text: str | None):
     if not text:

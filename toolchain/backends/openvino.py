@@ -52,6 +52,14 @@ class Session:
         results = self.request.infer(list(arrays))
         return [np.array(results[out]) for out in self.compiled.outputs]
 
+    def bind(self, arrays: list[np.ndarray]) -> None:
+        ov = require("openvino", EXTRA)
+        for i, array in enumerate(arrays):
+            self.request.set_input_tensor(i, ov.Tensor(np.ascontiguousarray(array)))
+
+    def invoke(self) -> None:
+        self.request.infer()
+
 
 def canonical_names(model) -> None:
     """Auto-generated names (`Constant_3137`) carry a process-wide counter: number them by position."""

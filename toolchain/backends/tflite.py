@@ -45,10 +45,16 @@ class Session:
         self.input_quant = [_quant_params(d) for d in self._in]
         self.output_quant = [_quant_params(d) for d in self._out]
 
-    def run(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
+    def bind(self, arrays: list[np.ndarray]) -> None:
         for detail, array in zip(self._in, arrays):
             self.interpreter.set_tensor(detail["index"], np.asarray(array, dtype=detail["dtype"]))
+
+    def invoke(self) -> None:
         self.interpreter.invoke()
+
+    def run(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
+        self.bind(arrays)
+        self.invoke()
         return [self.interpreter.get_tensor(d["index"]) for d in self._out]
 
 
