@@ -99,6 +99,7 @@ def convert(model: str | Path | None = None, progress: Callable[[str], None] | N
         ctx.stage = stage
         result = _report_header(ctx, model)
         result["artifacts"] = [a for fmt in _formats(ctx) for a in _build_format(ctx, fmt)]
+        result["warnings"] += _slower_than_fp32(result["artifacts"])
         if options.sensitivity:
             result["sensitivity"] = layer_sensitivity(ctx)
         report.write(stage, result)
@@ -158,7 +159,7 @@ def quantize_config(profile_config: quantize.QuantizeConfig, options: ConvertOpt
 def prepare(model: Path, name: str, target, options: ConvertOptions, work: Path, progress) -> Context:
     """Load the source, the evaluation data and the calibration set; run the source for reference outputs."""
     profile = target.profile
-    qconfig = quantize_config(profile.quantize, options)
+    qconfig = quantize.resolve(quantize_config(profile.quantize, options), profile.device.arch)
     opts = sources.LoadOptions(workdir=work, batch=profile.build.batch, trust_model=options.trust_model,
                                input_shapes=parse_input_shapes(options.input_shape, profile.build.input_shape))
     progress(f"loading {model}")
@@ -254,6 +255,13 @@ def _warnings(ctx: Context) -> list[str]:
         notes.append("UNCALIBRATED: quantization ranges come from random inputs (--calib random); "
                      "accuracy figures say nothing about real data")
     return notes
+
+
+def _slower_than_fp32(artifacts: list[dict]) -> list[str]:
+    """Quantized artifacts that run slower than their fp32 baseline here: users should know before shipping."""
+    return [f"{a['format']} {a['precision']} runs {a['vs_fp32']['latency']:.2f}x the fp32 latency on this host; "
+            f"the fp32 artifact is faster here" for a in artifacts
+            if a.get("vs_fp32") and (a["vs_fp32"].get("latency") or 0) > 1.0]
 
 
 def _sha256(path: Path) -> str:

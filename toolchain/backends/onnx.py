@@ -210,7 +210,8 @@ def quantize(source, float_artifact: Path, out_path: Path, config, calib, method
                                per_channel=config.per_channel, nodes_to_exclude=excluded)
         else:
             q.quantize_static(str(pre), str(out_path), _Reader(model, calib.samples), quant_format=q.QuantFormat.QDQ,
-                              per_channel=config.per_channel, activation_type=q.QuantType.QInt8,
+                              per_channel=config.per_channel,
+                              activation_type=q.QuantType.QUInt8 if config.activations == "uint8" else q.QuantType.QInt8,
                               weight_type=q.QuantType.QInt8, nodes_to_exclude=excluded,
                               calibrate_method=_CALIBRATORS[method](q.CalibrationMethod),
                               extra_options={"CalibMovingAverage": False})
@@ -227,8 +228,8 @@ def quantize(source, float_artifact: Path, out_path: Path, config, calib, method
     onnx.save(canonical_names(quantized), str(out_path))
     if excluded:
         notes.append(f"kept in float: {', '.join(excluded)}")
-    return notes + [f"QDQ, {'per-channel' if config.per_channel else 'per-tensor'} int8 weights"
-                    if config.precision != "dynamic" else "int8 weights, activations quantized at run time"]
+    return notes + [f"QDQ, {config.activations} activations, {'per-channel' if config.per_channel else 'per-tensor'} "
+                    f"int8 weights" if config.precision != "dynamic" else "int8 weights, activations quantized at run time"]
 
 
 _CALIBRATORS = {"minmax": lambda m: m.MinMax, "percentile": lambda m: m.Percentile, "entropy": lambda m: m.Entropy}

@@ -8,6 +8,7 @@ A backend declares what it can do, and the pass checks a request against that be
 """
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass
 
@@ -31,6 +32,9 @@ class QuantizeConfig:
                                choices=CALIB_METHODS)
     calib_samples: int = option(100, "Calibration samples used.")
     per_channel: bool = option(True, "Per-channel weight scales (else one scale per tensor).")
+    activations: str = option("auto", "Activation integer type where the backend lets us choose (onnxruntime): "
+                                      "auto is uint8 on x86-64 (U8S8, its fast path there) and int8 elsewhere "
+                                      "and for int8-io.", choices=("auto", "int8", "uint8"))
     keep_float: list[str] = option([], "Layers left in float (names as in the source model).")
 
 
@@ -39,6 +43,14 @@ class Calibration:
     samples: list[list[np.ndarray]]
     origin: str
     uncalibrated: bool = False  # random inputs chosen explicitly with --calib random
+
+
+def resolve(config: QuantizeConfig, arch: str) -> QuantizeConfig:
+    """Settle 'auto' choices for the target's architecture."""
+    if config.activations != "auto":
+        return config
+    fast = "uint8" if arch == "x86_64" and config.precision == "int8" else "int8"
+    return dataclasses.replace(config, activations=fast)
 
 
 def run(backend, source, float_artifact, out_path, config: QuantizeConfig, calib: Calibration | None) -> dict:
