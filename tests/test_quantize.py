@@ -221,7 +221,7 @@ def test_layer_sensitivity_from_analyze_and_in_the_report(small_keras, tiny_eval
     result = run_cli(capsys, "analyze", small_keras, "--layers", "--data", tiny_eval, "--calib-samples", "8",
                      "--json", tmp_path / "s.json")
     assert result.code == 0, result.err
-    rows = json.loads((tmp_path / "s.json").read_text())["layers"]
+    rows = json.loads((tmp_path / "s.json").read_text())["sensitivity"]
     assert sorted(r["layer"] for r in rows) == ["conv1", "conv2", "fc", "probs"]
     assert [r["cosine"] for r in rows] == sorted(r["cosine"] for r in rows)
     assert all(0.9 < r["cosine"] <= 1.0 and r["samples"] == 40 for r in rows)
@@ -230,4 +230,3 @@ def test_layer_sensitivity_from_analyze_and_in_the_report(small_keras, tiny_eval
                      "--calib-samples", "8", "--format", "onnx", "--sensitivity")
     assert [r["layer"] for r in report["sensitivity"]] == [r["layer"] for r in rows]
     assert "Per-layer int8 sensitivity" in (tmp_path / "o" / "report.md").read_text()
-    assert_user_error(run_cli(capsys, "analyze", small_keras), "--layers")

@@ -86,36 +86,43 @@ def convert(model, quiet, **options):
 
 @cli.command()
 @click.argument("model", required=False, type=click.Path(path_type=Path))
-@click.option("--layers", is_flag=True, help="Per-layer int8 sensitivity: which layers to keep in float.")
+@click.option("--layers", is_flag=True, help="Add per-layer int8 sensitivity: which layers to keep in float.")
 @click.option("--target", "-t", default="cpu-int8", show_default=True, help="Profile whose calibration settings apply.")
 @click.option("--data", type=click.Path(path_type=Path), help=_help("data"))
 @click.option("--calib", help=_help("calib"))
 @click.option("--calib-samples", type=click.IntRange(min=1), help=_help("calib_samples"))
 @click.option("--input-shape", multiple=True, help=_help("input_shape"))
 @click.option("--trust-model", is_flag=True, help=_help("trust_model"))
-@click.option("--json", "json_path", type=click.Path(path_type=Path, dir_okay=False), help="Write the rows as JSON here.")
+@click.option("--json", "json_path", type=click.Path(path_type=Path, dir_okay=False), help="Write the result as JSON here.")
 @targets_dir_option
 def analyze(model, layers, json_path, **options):
-    """Show which layers lose the most fidelity when quantized to int8 (keep those in float)."""
+    """Parameters and MACs per layer; with --layers, how much each layer suffers from int8."""
     from rich.table import Table
 
     from . import pipeline
-    if not layers:
-        raise EdgekitError("nothing to analyze", "pass --layers for per-layer int8 sensitivity")
     options = {k: list(v) if isinstance(v, tuple) else v for k, v in options.items()}
     console = _console()
     with console.status("analyzing") as status:
-        result = pipeline.analyze_layers(model, progress=lambda msg: status.update(msg), **options)
-    table = Table(title=f"int8 sensitivity per layer: {result['name']} (most sensitive first)")
-    for column in ("rank", "layer", "cosine", "max err", "top-1 agree"):
-        table.add_column(column)
-    for i, row in enumerate(result["layers"], 1):
-        table.add_row(str(i), row["layer"], f"{row['cosine']:.6f}", f"{row['max_abs_error']:.2e}",
-                      f"{row['top1_agreement']:.1%}")
+        result = pipeline.analyze(model, sensitivity=layers, progress=lambda msg: status.update(msg), **options)
+    table = Table(title=f"{result['name']}: parameters and MACs per layer")
+    for column in ("layer", "ops", "params", "MACs", "weight KiB", "activation KiB"):
+        table.add_column(column, overflow="fold")
+    for row in [*result["layers"], {"layer": "total", "ops": [], **result["totals"]}]:
+        table.add_row(row["layer"], ",".join(dict.fromkeys(row["ops"])), f"{row['params']:,}", f"{row['macs']:,}",
+                      f"{row['weight_bytes'] / 1024:.1f}", f"{row['activation_bytes'] / 1024:.1f}")
     console.print(table)
-    console.print(f"[dim]Each layer quantized alone (QDQ int8, onnxruntime), others float; calibration: "
-                  f"{result['calibration']}; scored on {result['data']}. Keep the top rows in float with "
-                  f"--keep-float LAYER.[/dim]", soft_wrap=True)
+    console.print(f"[dim]{result['how']}[/dim]")
+    if layers:
+        sens = Table(title="int8 sensitivity per layer (most sensitive first)")
+        for column in ("rank", "layer", "cosine", "max err", "top-1 agree"):
+            sens.add_column(column)
+        for i, row in enumerate(result["sensitivity"], 1):
+            sens.add_row(str(i), row["layer"], f"{row['cosine']:.6f}", f"{row['max_abs_error']:.2e}",
+                         f"{row['top1_agreement']:.1%}")
+        console.print(sens)
+        console.print(f"[dim]Each layer quantized alone (QDQ int8, onnxruntime), others float; calibration: "
+                      f"{result['calibration']}; scored on {result['data']}. Keep the top rows in float with "
+                      f"--keep-float LAYER.[/dim]", soft_wrap=True)
     if json_path:
         json_path.write_text(json.dumps(result, indent=2) + "\n")
 

@@ -108,17 +108,29 @@ def convert(model: str | Path | None = None, progress: Callable[[str], None] | N
     return result
 
 
-def analyze_layers(model: str | Path | None = None, progress: Callable[[str], None] | None = None, **kwargs) -> dict:
-    """Per-layer int8 sensitivity of a model, with the same data and calibration rules as convert()."""
+def analyze(model: str | Path | None = None, sensitivity: bool = False,
+            progress: Callable[[str], None] | None = None, **kwargs) -> dict:
+    """Parameters and MACs per layer; with `sensitivity`, also the per-layer int8 sensitivity
+    (same data and calibration rules as convert())."""
+    from . import analysis
+    from .backends import onnx as onnx_backend
     options = ConvertOptions(**kwargs)
     progress = progress or (lambda msg: None)
     target = targets.get_target(options.target, tuple(options.targets_dirs))
     model, name = _resolve_model(model, options, progress)
-    options.precision = "int8"
+    options.precision = "int8" if sensitivity else "fp32"
     with tempfile.TemporaryDirectory(prefix="edgekit-") as work:
         ctx = prepare(model, name, target, options, Path(work), progress)
-        return {"model": str(model), "name": name, "calibration": ctx.calib.origin, "data": ctx.evalset.origin,
-                "layers": layer_sensitivity(ctx)}
+        try:
+            stats = analysis.layer_stats(onnx_backend.float_model(ctx.source)[0])
+        except ConversionError as exc:
+            raise EdgekitError(f"analysis reads the ONNX form of the model: {exc}", "check `edgekit convert "
+                               "--format onnx` works on this model") from None
+        result = {"model": str(model), "name": name, "layers": stats, "totals": analysis.totals(stats),
+                  "how": "counted from the ONNX graph (shapes inferred at batch 1)"}
+        if sensitivity:
+            result.update(sensitivity=layer_sensitivity(ctx), calibration=ctx.calib.origin, data=ctx.evalset.origin)
+        return result
 
 
 def layer_sensitivity(ctx: Context) -> list[dict]:
@@ -129,7 +141,7 @@ def layer_sensitivity(ctx: Context) -> list[dict]:
     try:
         return sensitivity.analyze(ctx.source, ctx.evalset.samples, ctx.calib)
     except ConversionError as exc:
-        raise EdgekitError(f"layer sensitivity needs the ONNX form of the model: {exc}", "check `edgekit convert "
+        raise EdgekitError(f"analysis reads the ONNX form of the model: {exc}", "check `edgekit convert "
                            "--format onnx` works on this model") from None
 
 

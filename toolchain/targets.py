@@ -129,5 +129,11 @@ def schema_markdown() -> str:
     return "\n".join(lines)
 
 
-if __name__ == "__main__":
-    print(schema_markdown())
+if __name__ == "__main__":  # python -m edgekit.targets [--update targets/README.md]
+    import sys
+    if sys.argv[1:2] == ["--update"]:
+        readme = Path(sys.argv[2])
+        text = readme.read_text()
+        readme.write_text(text[: text.index("| field | type |")] + schema_markdown() + "\n")
+    else:
+        print(schema_markdown())

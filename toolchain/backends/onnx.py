@@ -172,11 +172,15 @@ def canonical_names(model):
             return name
         return renamed.setdefault(name, f"t{len(renamed)}")
 
+    scoped_inits = {t.name for t in graph.initializer if "/" in t.name}
     for init in graph.initializer:
         init.name = new(init.name)
     seen: set[str] = set()
     for i, node in enumerate(graph.node):
         base = _COUNTER.sub("", node.name) or node.op_type
+        if "/" not in base:  # a node the converter made (e.g. Conv with BatchNorm folded in): name it by its weights
+            scope = next((n.rsplit(":", 1)[0] for n in node.input if n in scoped_inits), None)
+            base = f"{scope}/{node.op_type}" if scope else base
         node.name = base if base not in seen else f"{base}#{i}"
         seen.add(node.name)
         node.input[:] = [new(n) for n in node.input]

@@ -22,10 +22,16 @@ QUANTIZABLE = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
 
 
 def layer_of(node_name: str) -> str:
-    """The source layer a node belongs to: `model_1/conv2_1/BiasAdd` -> conv2, `/layer1/conv/Conv` -> conv."""
-    parts = [p for p in node_name.split("/") if p]
-    name = parts[-2] if len(parts) >= 2 else parts[0]
-    return re.sub(r"(_\d+)?(#\d+)?$", "", name)
+    """The source layer a node belongs to.
+
+    TF scopes (tf2onnx): `model_1/conv2_1/BiasAdd` -> conv2 (Keras adds the _1 suffixes).
+    PyTorch exports: `/layer1/conv/Conv` -> layer1/conv (the module path without the op).
+    """
+    parts = [p for p in re.sub(r"#\d+$", "", node_name).split("/") if p]
+    if node_name.startswith("/"):
+        return "/".join(parts[:-1]) or parts[0]
+    name = parts[1] if len(parts) >= 3 else parts[0]
+    return re.sub(r"_\d+$", "", name)
 
 
 def analyze(source, samples: list[list[np.ndarray]], calib: Calibration, limit: int = 100) -> list[dict]:
