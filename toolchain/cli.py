@@ -61,6 +61,11 @@ def cli():
 @click.option("--force", is_flag=True, help=_help("force"))
 @click.option("--trust-model", is_flag=True, help=_help("trust_model"))
 @click.option("--sensitivity", is_flag=True, help=_help("sensitivity"))
+@click.option("--prune", metavar="METHOD:AMOUNT", help=_help("prune"))
+@click.option("--prune-scope", type=click.Choice(["per-layer", "global"]), help=_help("prune_scope"))
+@click.option("--prune-skip", multiple=True, metavar="LAYER", help=_help("prune_skip"))
+@click.option("--finetune-epochs", type=click.IntRange(min=0), help=_help("finetune_epochs"))
+@click.option("--train-data", type=click.Path(path_type=Path), help=_help("train_data"))
 @targets_dir_option
 @click.option("--quiet", "-q", is_flag=True, help="No progress or table; only errors.")
 def convert(model, quiet, **options):

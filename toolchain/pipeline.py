@@ -29,7 +29,7 @@ import numpy as np
 
 from . import __version__, backends, data, measure, report, runner, sources, targets
 from .errors import ConversionError, EdgekitError
-from .passes import quantize
+from .passes import prune, quantize
 from .schema import option
 
 REPORT_SCHEMA = "edgekit.report/1"
@@ -60,6 +60,12 @@ class ConvertOptions:
     targets_dirs: list[str] = option([], "Extra directories searched for target profiles.")
     seed: int = option(0, "Seed for generated inputs when no --data is given.")
     sensitivity: bool = option(False, "Add per-layer int8 sensitivity (which layers to keep in float) to the report.")
+    prune: str | None = option(None, "Pruning before quantization: magnitude:S (unstructured, sparsity S) or "
+                                     "channels:R (structured, remove fraction R of channels).")
+    prune_scope: str | None = option(None, "magnitude: per-layer or global ranking.", choices=("per-layer", "global"))
+    prune_skip: list[str] = option([], "Layer names or types never pruned (adds to the profile's).")
+    finetune_epochs: int | None = option(None, "Fine-tune a pruned Keras model for N epochs (needs labels).")
+    train_data: Path | None = option(None, "Labelled .npz (x, y) for fine-tuning; default: a held-apart half of --data.")
 
 
 @dataclass
@@ -74,6 +80,9 @@ class Context:
     calib: quantize.Calibration | None
     reference: list[list[np.ndarray]]
     progress: Callable[[str], None] = field(default=lambda msg: None)
+    stages: list[tuple[str, sources.Source]] = field(default_factory=list)  # original, pruned, fine-tuned
+    pruning: dict | None = None
+    source_accuracy: float | None = None  # of the original model, before any pass
 
 
 def cache_dir() -> Path:
@@ -100,6 +109,8 @@ def convert(model: str | Path | None = None, progress: Callable[[str], None] | N
         result = _report_header(ctx, model)
         result["artifacts"] = [a for fmt in _formats(ctx) for a in _build_format(ctx, fmt)]
         result["warnings"] += _slower_than_fp32(result["artifacts"])
+        if ctx.pruning:
+            result["pruning"] = {**ctx.pruning, "stages": _stage_figures(ctx, result["artifacts"])}
         if options.sensitivity:
             result["sensitivity"] = layer_sensitivity(ctx)
         report.write(stage, result)
@@ -179,11 +190,43 @@ def prepare(model: Path, name: str, target, options: ConvertOptions, work: Path,
     source.name = name
     evalset = data.load_evalset(options.data, source.inputs, options.seed)
     evalset, calib = _calibration(evalset, source, profile, options, qconfig)
+    prune_config = prune.with_overrides(profile.prune, options.prune, options.prune_scope, options.prune_skip,
+                                        options.finetune_epochs)
+    train = None
+    if prune_config.method != "none" and prune_config.finetune_epochs:
+        evalset, train = _training_data(options, evalset, source)
     evalset = data.take(evalset, profile.bench.eval_samples)
+    stages, pruning = [("original", source)], None
+    if prune_config.method != "none":
+        progress(f"pruning ({prune_config.method}:{prune_config.amount:g})")
+        pruned, pruning = prune.apply(source, prune_config, opts, train)
+        stages += pruned
+        if train is not None:
+            pruning["finetune"]["data"] = train[2]
     progress(f"running the source model on {len(evalset.samples)} samples")
-    reference = source.predict(evalset.samples)
+    reference = stages[-1][1].predict(evalset.samples)
     _check_finite(reference, "the source model's outputs")
-    return Context(source, target, options, qconfig, None, work, evalset, calib, reference, progress)
+    ctx = Context(stages[-1][1], target, options, qconfig, None, work, evalset, calib, reference, progress)
+    ctx.stages, ctx.pruning = stages, pruning
+    if evalset.labels is not None:
+        original = source.predict(evalset.samples) if len(stages) > 1 else reference
+        ctx.source_accuracy = measure.accuracy(original, evalset.labels)
+    return ctx
+
+
+def _training_data(options: ConvertOptions, evalset: data.EvalSet, source) -> tuple[data.EvalSet, tuple]:
+    """(x, y, origin) for fine-tuning: --train-data, else a held-apart half of --data (never scored)."""
+    if options.train_data:
+        samples, arrays = data.load_npz_inputs(Path(options.train_data), source.inputs, "training")
+        if "y" not in arrays:
+            raise EdgekitError(f"{options.train_data} has no labels (y)", "save it with numpy.savez(path, x=..., y=...)")
+        return evalset, (np.concatenate([s[0] for s in samples]), arrays["y"][: len(samples)], str(options.train_data))
+    if evalset.labels is None:
+        raise EdgekitError("fine-tuning needs labelled data", "pass --train-data train.npz or --data with y")
+    half = len(evalset.samples) // 2
+    x = np.concatenate([s[0] for s in evalset.samples[:half]])
+    rest = data.EvalSet(evalset.samples[half:], evalset.labels[half:], evalset.origin)
+    return rest, (x, evalset.labels[:half], f"first {half} samples of {evalset.origin}, held apart from scoring")
 
 
 def _calibration(evalset: data.EvalSet, source, profile, options: ConvertOptions, qconfig):
@@ -247,11 +290,9 @@ def _report_header(ctx: Context, model: Path) -> dict:
                  "labelled": ctx.evalset.labels is not None},
         "calibration": None if ctx.calib is None else {"origin": ctx.calib.origin, "samples": len(ctx.calib.samples),
                                                        "uncalibrated": ctx.calib.uncalibrated},
-        "source_accuracy": None,
         "warnings": _warnings(ctx),
     }
-    if ctx.evalset.labels is not None:
-        header["source_accuracy"] = measure.accuracy(ctx.reference, ctx.evalset.labels)
+    header["source_accuracy"] = ctx.source_accuracy
     return header
 
 
@@ -267,6 +308,33 @@ def _warnings(ctx: Context) -> list[str]:
         notes.append("UNCALIBRATED: quantization ranges come from random inputs (--calib random); "
                      "accuracy figures say nothing about real data")
     return notes
+
+
+def _stage_figures(ctx: Context, artifacts: list[dict]) -> list[dict]:
+    """Params, MACs, size, latency and accuracy of the float model at each stage, then the target artifact."""
+    from . import analysis
+    from .backends import onnx as onnx_backend
+    fmt = _formats(ctx)[0]
+    backend = backends.get(fmt)
+    rows = []
+    for i, (name, source) in enumerate(ctx.stages):
+        ctx.progress(f"measuring stage: {name}")
+        row = {"stage": name, "format": f"{fmt} fp32", **analysis.totals(analysis.layer_stats(
+            onnx_backend.float_model(source)[0]))}
+        path = ctx.workdir / f"stage-{i}" / f"model{backend.SUFFIX}"
+        path.parent.mkdir()
+        backend.export(source, path, ctx)
+        result, outputs = _run(ctx, backend, path)
+        row.update(size=measure.size(backend.files(path)), latency_ms=result["latency_ms"]["median"],
+                   accuracy=measure.accuracy(outputs, ctx.evalset.labels) if ctx.evalset.labels is not None else None)
+        rows.append(row)
+    final = next((a for a in artifacts if a["format"] == fmt and a["role"] == "target" and a["status"] == "ok"), None)
+    if final and final["precision"] != "fp32":
+        rows.append({"stage": f"{rows[-1]['stage']} + {final['precision']}", "format": f"{fmt} {final['precision']}",
+                     **{k: rows[-1][k] for k in ("params", "macs")}, "size": final["size"],
+                     "latency_ms": final["latency_ms"].get("median"),
+                     "accuracy": final.get("accuracy", {}).get("value")})
+    return rows
 
 
 def _slower_than_fp32(artifacts: list[dict]) -> list[str]:
@@ -350,8 +418,8 @@ def _measure(ctx: Context, backend, artifact: Path, precision: str) -> dict:
         figures["ops"] = backend.op_summary(artifact)
     if ctx.evalset.labels is not None:
         acc = measure.accuracy(outputs, ctx.evalset.labels)
-        source_acc = measure.accuracy(ctx.reference, ctx.evalset.labels)
-        figures["accuracy"] = {"value": acc, "delta": acc - source_acc, "samples": len(outputs), "how": measure.MEASURED}
+        figures["accuracy"] = {"value": acc, "delta": acc - ctx.source_accuracy, "samples": len(outputs),
+                               "how": measure.MEASURED}
     return figures
 
 

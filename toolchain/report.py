@@ -83,6 +83,8 @@ def markdown(result: dict) -> str:
              "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     lines += ["| " + " | ".join(r) + " |" for r in rows(result)]
     lines += ["", *[f"- {n}" for n in measurement_notes(result)], ""]
+    if result.get("pruning"):
+        lines += ["## Pruning stages", "", *stage_lines(result["pruning"]), ""]
     if result.get("sensitivity"):
         from .passes.sensitivity import markdown as sensitivity_table
         lines += ["## Per-layer int8 sensitivity", "",
@@ -94,6 +96,28 @@ def markdown(result: dict) -> str:
                          f"{_latency_detail(a['latency_ms'])}; peak RSS {a['memory']['peak_rss_mib']:.0f} MiB; "
                          f"cosine {a['fidelity']['cosine']:.6f}; {'; '.join(a['notes'])}.")
     return "\n".join(lines) + "\n"
+
+
+STAGE_COLUMNS = ("stage", "measured as", "params", "MACs", "size", "gzip", "median ms", "accuracy")
+
+
+def stage_rows(pruning: dict) -> list[tuple[str, ...]]:
+    return [(s["stage"], s["format"], f"{s['params']:,}", f"{s['macs']:,}", kib(s["size"]["bytes"]),
+             kib(s["size"]["gzip_bytes"]), f"{s['latency_ms']:.4g}" if s["latency_ms"] else "-",
+             f"{s['accuracy']:.2%}" if s["accuracy"] is not None else "n/a") for s in pruning["stages"]]
+
+
+def stage_lines(pruning: dict) -> list[str]:
+    lines = ["| " + " | ".join(STAGE_COLUMNS) + " |", "|" + "---|" * len(STAGE_COLUMNS)]
+    lines += ["| " + " | ".join(r) + " |" for r in stage_rows(pruning)]
+    if pruning.get("layers"):
+        lines += ["", "| layer | params | sparsity |", "|---|---|---|"]
+        lines += [f"| {r['layer']} | {r['params']:,} | {r['sparsity']:.1%} |" for r in pruning["layers"]]
+    for layer, why in pruning.get("not_pruned", {}).items():
+        lines.append(f"- {layer}: channels kept, they reach {why}")
+    lines.append("- Params and MACs are counted from the graph; size, latency (1 run set, this host) and accuracy "
+                 "are measured. Unstructured sparsity shrinks the gzip size, not the dense size or latency.")
+    return lines
 
 
 def _latency_detail(lat: dict) -> str:
@@ -111,6 +135,13 @@ def print_table(result: dict, console) -> None:
     for row in rows(result):
         table.add_row(*row)
     console.print(table)
+    if result.get("pruning"):
+        stages = Table(title="pruning stages")
+        for column in STAGE_COLUMNS:
+            stages.add_column(column, overflow="fold")
+        for row in stage_rows(result["pruning"]):
+            stages.add_row(*row)
+        console.print(stages)
     for note in measurement_notes(result):
         style = "yellow" if note.startswith(("WARNING", "FAILED")) else "dim"
         console.print(f"[{style}]{note}[/{style}]", soft_wrap=True)

@@ -86,10 +86,10 @@ def _keras_zip_kind(path: Path) -> str:
     raise EdgekitError(f"{path} is a zip archive but not a Keras model (no config.json)", "give a .keras file saved by Keras 3")
 
 
-def load(path: Path, opts: LoadOptions) -> Source:
+def load(path: Path, opts: LoadOptions, copy_to: str = "source") -> Source:
     path = Path(path)
     kind = detect_kind(path)
-    copy = opts.workdir / "source" / path.name
+    copy = opts.workdir / copy_to / path.name
     copy.parent.mkdir(parents=True, exist_ok=True)
     (shutil.copytree if path.is_dir() else shutil.copy2)(path, copy)
     if kind in ("keras", "h5", "savedmodel"):

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from .data import Preprocess
 from .errors import EdgekitError
+from .passes.prune import PruneConfig
 from .passes.quantize import QuantizeConfig
 from .schema import SchemaError, from_dict, option
 
@@ -50,6 +51,7 @@ class Profile:
     description: str = option("", "One line shown by `edgekit targets`.")
     device: DeviceSpec = option(DeviceSpec, help="[device] table.")
     build: BuildSpec = option(BuildSpec, help="[build] table.")
+    prune: PruneConfig = option(PruneConfig, help="[prune] table: pruning before quantization.")
     quantize: QuantizeConfig = option(QuantizeConfig, help="[quantize] table: the precision recipe.")
     preprocess: Preprocess = option(Preprocess, help="[preprocess] table: image folders given to --calib.")
     bench: BenchSpec = option(BenchSpec, help="[bench] table.")

@@ -107,7 +107,7 @@ def load_source(path: Path, opts):
             d.dim_value = size
         dtype = onnx.helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type).name
         specs.append(TensorSpec(value.name, shape, dtype))
-    fixed = opts.workdir / "source" / "fixed.onnx"
+    fixed = path.parent / "fixed.onnx"
     onnx.save(_fix_outputs(onnx, model), str(fixed))
     session = Session(fixed, display_name=path.name)
     source = Source("onnx", path, path.stem, specs, session.run, workdir=opts.workdir)
@@ -137,7 +137,7 @@ def float_model(source) -> tuple[Path, str]:
     """A fixed-shape float ONNX file of the source (converted once, cached in the workdir), and how it was made."""
     if source.kind == "onnx":
         return source.onnx_fixed_path, "input model with fixed input shapes"
-    path = source.workdir / "float.onnx"
+    path = source.path.parent / "float.onnx"  # per source: a pruned model gets its own
     note = f"tf2onnx from {'TFLite' if source.kind == 'tflite' else 'the TF graph'}, opset {OPSET}"
     if not path.exists():
         onnx = require("onnx", "full")

@@ -89,7 +89,7 @@ def _converter(source):
     tf = require("tensorflow", "full")
     require("absl.logging", "full").set_verbosity("error")  # a deprecation notice per conversion
     if source.kind == "onnx":
-        return tf.lite.TFLiteConverter.from_saved_model(str(source.workdir / "onnx2tf" / "out"))
+        return tf.lite.TFLiteConverter.from_saved_model(str(source.path.parent / "onnx2tf" / "out"))
     if source.kind == "tflite":
         raise ConversionError("a .tflite input is already converted and cannot be quantized again; "
                               "give the float model (Keras, SavedModel or ONNX)")
@@ -150,7 +150,7 @@ def _from_onnx(source, out_path: Path) -> list[str]:
     is in its working directory, so it gets both a copy and a locally generated sample.
     """
     require("onnx2tf", "full")
-    work = source.workdir / "onnx2tf"
+    work = source.path.parent / "onnx2tf"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     model = work / "model.onnx"
