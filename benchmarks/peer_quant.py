@@ -6,8 +6,8 @@ For the bundled digits model and the MLPerf-Tiny-shaped reference models it buil
     the TFLite converter's int8 recipe (optimizations + representative dataset),
     `onnxruntime.quantization.quantize_static` with default arguments, and
     `nncf.quantize` with default arguments;
-then measures accuracy (digits: real labels; reference models have random weights, so their
-"accuracy" is top-1 agreement with the float Keras model), size and 1-thread median latency
+then measures test accuracy (every model is trained on the bundled digits, resized to its input
+shape: edgekit.zoo.trained_reference), size and 1-thread median latency
 with edgekit's runner, and times edgekit's artifacts with `litert-benchmark` and OpenVINO's
 `benchmark_app` at the same thread count.
 
@@ -31,7 +31,7 @@ import numpy as np
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 BIN = Path(sys.executable).parent
-MODELS = {"digits": None, "resnet8": "resnet8", "ds-cnn": "ds-cnn", "mobilenet": "mobilenet-v1-0.25"}
+MODELS = {"digits": "digits-cnn", "resnet8": "resnet8", "ds-cnn": "ds-cnn", "mobilenet": "mobilenet-v1-0.25"}
 
 
 def main() -> None:
@@ -85,24 +85,11 @@ def bench_model(name: str, args) -> dict:
 
 
 def prepare(name: str, work: Path, calib_samples: int) -> tuple[Path, Path, bool]:
-    """A float Keras model and an .npz (x, y). Reference models get random inputs and float-model labels."""
-    import keras
-
+    """A trained float Keras model (trained once and cached by edgekit.zoo) and its test split (x, y)."""
     from edgekit import pipeline, zoo
     work.mkdir(parents=True, exist_ok=True)
-    if MODELS[name] is None:
-        model_path, data_path = pipeline.default_model()
-        return model_path, data_path, True
-    model = zoo.build(MODELS[name])
-    model_path = work / f"{name}.keras"
-    model.save(model_path)
-    rng = np.random.default_rng(0)
-    x = rng.random((300 + calib_samples, *model.input_shape[1:]), dtype=np.float32)
-    y = np.argmax(model.predict(x, verbose=0), axis=-1)  # agreement with the float model, not accuracy
-    data_path = work / "data.npz"
-    np.savez(data_path, x=x, y=y)
-    keras.backend.clear_session()
-    return model_path, data_path, False
+    paths = zoo.trained_reference(MODELS[name], pipeline.cache_dir())
+    return paths["model"], paths["eval"], True
 
 
 def peer_tflite(model_path: Path, work: Path, calib: np.ndarray, fp32_dir: Path) -> Path:

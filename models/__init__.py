@@ -27,15 +27,16 @@ def build(name, seed=0):
     return builder(seed=seed)
 
 
-def _recipe_key():
-    """Short hash of everything the trained default model depends on."""
+def _recipe_key(module=digits_cnn, extra=""):
+    """Short hash of everything a trained model depends on: ``module``'s source, the data, versions."""
     import keras
     import tensorflow as tf
 
     h = hashlib.sha256()
-    for path in (Path(digits_cnn.__file__), Path(datasets.__file__), datasets.DIGITS_PATH):
+    for path in (Path(module.__file__), Path(datasets.__file__), datasets.DIGITS_PATH):
         h.update(path.read_bytes())
     h.update(f"keras={keras.__version__} tf={tf.__version__}".encode())
+    h.update(extra.encode())
     return h.hexdigest()[:12]
 
 
@@ -69,3 +70,42 @@ def default_model(cache_dir: Path) -> tuple[Path, Path]:
     _atomic_write(eval_path, lambda tmp: datasets.save_eval_npz(tmp, data["x_test"], data["y_test"]))
     _atomic_write(model_path, lambda tmp: model.save(tmp))
     return model_path, eval_path
+
+
+def trained_reference(name: str, cache_dir: Path) -> dict[str, Path]:
+    """Paths of a trained reference model and its data, training it on first use.
+
+    Returns a dict: ``model`` (a ``.keras`` file), ``eval`` and ``train`` (``.npz`` with keys
+    ``x``, ``y`` of the test and train split of ``datasets.digits_as_images`` for the model's
+    input shape and classes). "digits-cnn" is ``default_model`` plus its train split. Files are
+    cached in ``cache_dir`` as ``<name>-<key>.keras``, ``<name>_eval-<key>.npz`` and
+    ``<name>_train-<key>.npz``, ``key`` a hash of the recipe.
+    """
+    cache_dir = Path(cache_dir)
+    if name == "digits-cnn":
+        model_path, eval_path = default_model(cache_dir)
+        train_path = cache_dir / f"digits_train-{_recipe_key()}.npz"
+        if not train_path.is_file():
+            data = datasets.load_digits_split()
+            _atomic_write(train_path, lambda tmp: datasets.save_eval_npz(tmp, data["x_train"], data["y_train"]))
+        return {"model": model_path, "eval": eval_path, "train": train_path}
+
+    if name not in reference.TRAINING_EPOCHS:
+        valid = ", ".join(["digits-cnn", *reference.TRAINING_EPOCHS])
+        raise KeyError(f"unknown model {name!r}; valid names: {valid}")
+    key = _recipe_key(reference, extra=f"name={name}")
+    paths = {
+        "model": cache_dir / f"{name}-{key}.keras",
+        "eval": cache_dir / f"{name}_eval-{key}.npz",
+        "train": cache_dir / f"{name}_train-{key}.npz",
+    }
+    if all(path.is_file() for path in paths.values()):
+        return paths
+
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    model, data, _ = reference.train(REFERENCE_MODELS[name], reference.TRAINING_EPOCHS[name])
+    for part in ("train", "eval"):
+        x, y = (data["x_train"], data["y_train"]) if part == "train" else (data["x_test"], data["y_test"])
+        _atomic_write(paths[part], lambda tmp: datasets.save_eval_npz(tmp, x, y))
+    _atomic_write(paths["model"], lambda tmp: model.save(tmp))
+    return paths

@@ -94,3 +94,79 @@ def test_default_model_is_cached_and_accurate(tmp_path):
     assert x.shape == (397, 8, 8, 1)
     accuracy = np.mean(model.predict(x, verbose=0).argmax(axis=1) == y)
     assert accuracy >= 0.9
+
+    # trained_reference("digits-cnn") is the default model plus its train split
+    paths = zoo.trained_reference("digits-cnn", tmp_path / "cache")
+    assert (paths["model"], paths["eval"]) == (model_path, eval_path)
+    assert (model_path.stat().st_mtime_ns, eval_path.stat().st_mtime_ns) == mtimes
+    with np.load(paths["train"]) as data:
+        assert data["x"].shape == (1400, 8, 8, 1) and data["y"].shape == (1400,)
+
+
+@pytest.mark.parametrize("shape, classes", [((32, 32, 3), 10), ((49, 10, 1), 12), ((96, 96, 3), 2)])
+def test_digits_as_images(shape, classes):
+    images, digits = datasets.digits_as_images(shape, classes), datasets.load_digits_split()
+    for part, n in (("train", 1400), ("test", 397)):
+        x, y = images[f"x_{part}"], images[f"y_{part}"]
+        assert x.shape == (n, *shape) and y.shape == (n,)
+        assert x.dtype == np.float32 and y.dtype == np.int64
+        assert 0.0 <= x.min() and x.max() <= 1.0 and x.max() > 0.9
+        assert np.array_equal(x, np.repeat(x[..., :1], shape[2], axis=-1))  # channels are copies
+        digit = digits[f"y_{part}"]
+        np.testing.assert_array_equal(y, (digit >= 5).astype(np.int64) if classes == 2 else digit)
+        # the same images as the 8x8 split: average intensity close to the original's
+        np.testing.assert_allclose(x.mean(axis=(1, 2, 3)), digits[f"x_{part}"].mean(axis=(1, 2, 3)), atol=0.05)
+    assert set(np.unique(images["y_test"])) == set(range(2 if classes == 2 else 10))
+
+    again, other = datasets.digits_as_images(shape, classes), datasets.digits_as_images(shape, classes, seed=1)
+    assert all(np.array_equal(images[k], again[k]) for k in images)
+    assert not np.array_equal(images["x_test"], other["x_test"])
+
+
+def test_digits_as_images_identity_and_errors():
+    np.testing.assert_array_equal(datasets.digits_as_images((8, 8, 1), 10)["x_test"],
+                                  datasets.load_digits_split()["x_test"])
+    with pytest.raises(ValueError, match="classes"):
+        datasets.digits_as_images((32, 32, 3), 5)
+
+
+@needs_keras
+def test_digits_as_images_matches_tf_bilinear_resize():
+    import tensorflow as tf
+
+    x = datasets.load_digits_split()["x_test"][:16]
+    for size in ((32, 32), (49, 10), (96, 96), (5, 12)):
+        expected = tf.image.resize(x, size, method="bilinear").numpy()
+        actual = datasets.digits_as_images((*size, 1), 10)["x_test"][:16]
+        np.testing.assert_allclose(actual, np.clip(expected, 0, 1), atol=1e-6)
+
+
+def test_trained_reference_unknown_name_lists_valid_names(tmp_path):
+    with pytest.raises(KeyError, match="mobilenet-v1-0.25"):
+        zoo.trained_reference("no-such-model", tmp_path)
+    assert not any(tmp_path.iterdir())
+
+
+@needs_keras
+def test_trained_reference_resnet8_is_cached_and_accurate(tmp_path):
+    import keras
+
+    cache = tmp_path / "cache"
+    paths = zoo.trained_reference("resnet8", cache)
+    assert set(paths) == {"model", "eval", "train"}
+    assert paths["model"].suffix == ".keras" and paths["eval"].suffix == paths["train"].suffix == ".npz"
+    assert paths["model"].name.startswith("resnet8-")
+    assert sorted(p.name for p in cache.iterdir()) == sorted(p.name for p in paths.values())
+    mtimes = {k: p.stat().st_mtime_ns for k, p in paths.items()}
+
+    assert zoo.trained_reference("resnet8", cache) == paths
+    assert {k: p.stat().st_mtime_ns for k, p in paths.items()} == mtimes
+
+    with np.load(paths["train"]) as data:
+        assert data["x"].shape == (1400, 32, 32, 3) and data["y"].shape == (1400,)
+    with np.load(paths["eval"]) as data:
+        x, y = data["x"], data["y"]
+    assert x.shape == (397, 32, 32, 3) and x.dtype == np.float32
+    model = keras.saving.load_model(paths["model"])
+    accuracy = np.mean(model.predict(x, verbose=0).argmax(axis=1) == y)
+    assert accuracy >= 0.9

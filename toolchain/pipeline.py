@@ -89,9 +89,10 @@ def cache_dir() -> Path:
     return Path(os.environ.get("EDGEKIT_CACHE", Path.home() / ".cache" / "edgekit"))
 
 
-def default_model() -> tuple[Path, Path]:
+def default_model() -> dict[str, Path]:
+    """The bundled digits CNN (trained once, cached): paths of `model`, `eval` and `train` data."""
     from . import zoo
-    return zoo.default_model(cache_dir())
+    return zoo.trained_reference("digits-cnn", cache_dir())
 
 
 def convert(model: str | Path | None = None, progress: Callable[[str], None] | None = None, **kwargs) -> dict:
@@ -160,9 +161,10 @@ def _resolve_model(model, options: ConvertOptions, progress) -> tuple[Path, str]
     """The model path and its short name; no model means the bundled default and its eval data."""
     if model is None:
         progress("preparing the default model (digits CNN, trained once and cached)")
-        model, default_data = default_model()
-        options.data = options.data or default_data
-        return Path(model), "digits_cnn"
+        paths = default_model()
+        options.data = options.data or paths["eval"]
+        options.train_data = options.train_data or paths["train"]
+        return paths["model"], "digits_cnn"
     model = Path(model)
     sources.detect_kind(model)  # fail fast on a missing or unknown file, before any heavy import
     return model, model.stem
