@@ -159,8 +159,10 @@ def native_median(path: Path, runs: int) -> float | None:
                            check=True, capture_output=True)
             return json.loads(Path(tmp, "r.json").read_text())["latency"]["median_ms"]
     if path.suffix == ".xml":
+        # -infer_precision f32: edgekit pins f32 too; on bf16-capable CPUs benchmark_app would otherwise run bf16
         proc = subprocess.run([str(BIN / "benchmark_app"), "-m", str(path), "-d", "CPU", "-hint", "none",
-                               "-nstreams", "1", "-nthreads", "1", "-niter", str(runs), "-api", "sync"],
+                               "-nstreams", "1", "-nthreads", "1", "-niter", str(runs), "-api", "sync",
+                               "-infer_precision", "f32"],
                               check=True, capture_output=True, text=True)
         match = re.search(r"Median:\s+([\d.]+) (ms|us)", proc.stdout)
         return float(match.group(1)) / (1000 if match.group(2) == "us" else 1) if match else None

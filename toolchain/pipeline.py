@@ -201,7 +201,8 @@ def prepare(model: Path, name: str, target, options: ConvertOptions, work: Path,
     stages, pruning = [("original", source)], None
     if prune_config.method != "none":
         progress(f"pruning ({prune_config.method}:{prune_config.amount:g})")
-        pruned, pruning = prune.apply(source, prune_config, opts, train)
+        unlabelled = np.concatenate([s[0] for s in calib.samples]) if calib and len(source.inputs) == 1 else None
+        pruned, pruning = prune.apply(source, prune_config, opts, train, unlabelled)
         stages += pruned
         if train is not None:
             pruning["finetune"]["data"] = train[2]

@@ -133,11 +133,11 @@ def quantize(source, float_artifact: Path, out_path: Path, config, calib, method
 def _advanced(nncf, config, method: str):
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, QuantizationParameters
     from nncf.quantization.range_estimator import RangeEstimatorParametersSet
-    estimators = {"minmax": RangeEstimatorParametersSet.MINMAX, "percentile": RangeEstimatorParametersSet.MEAN_QUANTILE,
-                  "entropy": RangeEstimatorParametersSet.HISTOGRAM}
+    # minmax keeps NNCF's own default estimator (min/max statistics, tuned per preset)
+    estimators = {"percentile": RangeEstimatorParametersSet.MEAN_QUANTILE, "entropy": RangeEstimatorParametersSet.HISTOGRAM}
+    extra = {"activations_range_estimator_params": estimators[method]} if method in estimators else {}
     return AdvancedQuantizationParameters(
-        activations_range_estimator_params=estimators[method],
-        weights_quantization_params=QuantizationParameters(per_channel=config.per_channel))
+        weights_quantization_params=QuantizationParameters(per_channel=config.per_channel), **extra)
 
 
 LAYOUT_OPS = {"Reshape", "Transpose", "Squeeze", "Unsqueeze", "Reorder"}  # move data, compute nothing: not counted as ops

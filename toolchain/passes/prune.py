@@ -178,12 +178,14 @@ def with_overrides(config: PruneConfig, spec: str | None, scope: str | None, ski
 
 # --- running the pass on a loaded source ----------------------------------------------------------
 
-def apply(source, config: PruneConfig, load_opts, train: tuple | None = None):
+def apply(source, config: PruneConfig, load_opts, train: tuple | None = None, unlabelled=None):
     """Prune (and optionally fine-tune) `source`.
 
     Returns the stages as [(name, Source)] (pruned, then fine-tuned when asked) and what was
-    done. `train` is (x, y) for fine-tuning. Each stage is saved in the workdir and loaded again
-    like any input, so every backend converts the pruned model.
+    done. `train` is (x, y) for fine-tuning; `unlabelled` (inputs only, e.g. the calibration set)
+    re-estimates BatchNorm statistics after structured pruning when there is no `train`. Each
+    stage is saved in the workdir and loaded again like any input, so every backend converts
+    the pruned model.
     """
     from .sensitivity import layer_of
     if source.kind in ("keras", "h5"):
@@ -207,12 +209,18 @@ def apply(source, config: PruneConfig, load_opts, train: tuple | None = None):
         pruned, plan = hooks.channels(model, config)
         info.update(criterion="L1 norm of each output filter", groups=len(plan.keep),
                     not_pruned={layer_of(k): v for k, v in plan.blocked.items()})
+        stats_from = train[0] if train is not None else unlabelled
+        if hasattr(hooks, "recalibrate_batchnorm") and stats_from is not None:
+            if hooks.recalibrate_batchnorm(pruned, stats_from):
+                info["batchnorm_recalibrated_on"] = "training data" if train is not None else "calibration data"
     stages = [(f"pruned ({config.method}:{config.amount:g})", _reload(pruned, path, load_opts, source))]
     if config.finetune_epochs:
         if source.kind == "onnx" or train is None:
             raise EdgekitError("--finetune-epochs needs a Keras model and labelled training data",
                                "give a .keras/.h5 model and --train-data (or labelled --data)")
         hooks.finetune(pruned, train[0], train[1], config.finetune_epochs, masks)
+        if config.method == "channels":
+            hooks.recalibrate_batchnorm(pruned, train[0])
         info["finetune"] = {"epochs": config.finetune_epochs, "samples": len(train[0])}
         tuned_path = path.with_name("finetuned" + path.suffix)
         stages.append((f"fine-tuned ({config.finetune_epochs} epochs)", _reload(pruned, tuned_path, load_opts, source)))

@@ -138,3 +138,20 @@ def finetune(model, x: np.ndarray, y: np.ndarray, epochs: int, masks: dict[str, 
     model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy")
     model.fit(x, y, batch_size=32, epochs=epochs, shuffle=True, verbose=0, callbacks=[KeepZeros()] if masks else [])
     return model
+
+
+def recalibrate_batchnorm(model, x: np.ndarray, limit: int = 512) -> bool:
+    """Re-estimate every BatchNorm's moving statistics from `x` (no labels needed).
+
+    Removing a layer's input channels shifts its output distribution, so the moving mean and
+    variance learned before pruning no longer fit; one forward pass in training mode with
+    momentum 0 replaces them by the statistics of `x`. Returns whether the model has BatchNorm.
+    """
+    norms = [layer for layer in model.layers if _kind(layer) == "BatchNormalization"]
+    saved = [layer.momentum for layer in norms]
+    for layer in norms:
+        layer.momentum = 0.0
+    model(x[:limit], training=True)
+    for layer, momentum in zip(norms, saved):
+        layer.momentum = momentum
+    return bool(norms)
