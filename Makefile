@@ -6,9 +6,17 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: setup demo test clean
+.PHONY: setup sysdeps demo test clean
 
-setup: $(STAMP)
+setup: sysdeps $(STAMP)
+
+# Debian packages (requirements/apt.txt): QEMU user mode and debootstrap for the emulated ARM targets.
+sysdeps:
+	@if ! command -v qemu-aarch64-static >/dev/null || ! command -v debootstrap >/dev/null; then \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$(cat requirements/apt.txt); \
+	fi
 
 $(STAMP): requirements/lock.txt requirements/no-deps.txt setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

@@ -19,6 +19,9 @@ def isolated(tmp_path, monkeypatch, tmp_path_factory):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("EDGEKIT_CACHE", str(tmp_path_factory.getbasetemp() / "edgekit-cache"))
     monkeypatch.delenv("EDGEKIT_TARGETS_PATH", raising=False)
+    # The provisioned aarch64 environment is kept between runs (keyed by runtime versions).
+    monkeypatch.setenv("EDGEKIT_EMULATION_CACHE", os.environ.get("EDGEKIT_EMULATION_CACHE",
+                                                               str(Path.home() / ".cache" / "edgekit" / "emulation")))
 
 
 def tree_digest(path: Path) -> str:

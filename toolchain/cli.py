@@ -61,6 +61,7 @@ def cli():
 @click.option("--force", is_flag=True, help=_help("force"))
 @click.option("--trust-model", is_flag=True, help=_help("trust_model"))
 @click.option("--sensitivity", is_flag=True, help=_help("sensitivity"))
+@click.option("--emulate/--no-emulate", default=None, help=_help("emulate"))
 @click.option("--prune", metavar="METHOD:AMOUNT", help=_help("prune"))
 @click.option("--prune-scope", type=click.Choice(["per-layer", "global"]), help=_help("prune_scope"))
 @click.option("--prune-skip", multiple=True, metavar="LAYER", help=_help("prune_skip"))

@@ -66,6 +66,8 @@ class ConvertOptions:
     prune_skip: list[str] = option([], "Layer names or types never pruned (adds to the profile's).")
     finetune_epochs: int | None = option(None, "Fine-tune a pruned Keras model for N epochs (needs labels).")
     train_data: Path | None = option(None, "Labelled .npz (x, y) for fine-tuning; default: a held-apart half of --data.")
+    emulate: bool | None = option(None, "Also run TFLite/ONNX artifacts on emulated aarch64 (QEMU) and compare with "
+                                        "the host; default: on for aarch64 targets when QEMU is installed.")
 
 
 @dataclass
@@ -327,7 +329,7 @@ def _stage_figures(ctx: Context, artifacts: list[dict]) -> list[dict]:
         path = ctx.workdir / f"stage-{i}" / f"model{backend.SUFFIX}"
         path.parent.mkdir()
         backend.export(source, path, ctx)
-        result, outputs = _run(ctx, backend, path)
+        result, outputs, _ = _run(ctx, backend, path)
         row.update(size=measure.size(backend.files(path)), latency_ms=result["latency_ms"]["median"],
                    accuracy=measure.accuracy(outputs, ctx.evalset.labels) if ctx.evalset.labels is not None else None)
         rows.append(row)
@@ -400,7 +402,7 @@ def _artifact(ctx: Context, backend, precision: str, directory: Path, role: str,
 
 
 def _measure(ctx: Context, backend, artifact: Path, precision: str) -> dict:
-    result, outputs = _run(ctx, backend, artifact)
+    result, outputs, run_dir = _run(ctx, backend, artifact)
     try:
         _check_finite(outputs, "the artifact's outputs")
         figures = {"fidelity": measure.fidelity(ctx.reference, outputs, precision)}
@@ -419,6 +421,8 @@ def _measure(ctx: Context, backend, artifact: Path, precision: str) -> dict:
     figures["runtime"] = result["runtime"]
     if hasattr(backend, "op_summary"):
         figures["ops"] = backend.op_summary(artifact)
+    if _emulating(ctx):
+        figures["aarch64"] = _emulated(ctx, backend, artifact, run_dir, outputs)
     if ctx.evalset.labels is not None:
         acc = measure.accuracy(outputs, ctx.evalset.labels)
         figures["accuracy"] = {"value": acc, "delta": acc - ctx.source_accuracy, "samples": len(outputs),
@@ -443,10 +447,38 @@ def _run(ctx: Context, backend, artifact: Path) -> tuple[dict, list[list[np.ndar
     if proc.returncode != 0:
         lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
         raise ConversionError(f"{backend.RUNTIME} could not run the artifact: {(lines or ['no output'])[-1][:300]}")
-    result = json.loads((run_dir / "result.json").read_text())
-    with np.load(run_dir / "out.npz") as npz:
+    return json.loads((run_dir / "result.json").read_text()), _load_outputs(run_dir / "out.npz"), run_dir
+
+
+def _load_outputs(path: Path) -> list[list[np.ndarray]]:
+    with np.load(path) as npz:
         columns = [npz[f"out{i}"] for i in range(len(npz.files))]
-    return result, [[c[n] for c in columns] for n in range(len(columns[0]))]
+    return [[c[n] for c in columns] for n in range(len(columns[0]))]
+
+
+def _emulating(ctx: Context) -> bool:
+    from . import emulate
+    if ctx.options.emulate is not None:
+        return ctx.options.emulate
+    return ctx.target.profile.device.arch == "aarch64" and not emulate.missing_tools()
+
+
+def _emulated(ctx: Context, backend, artifact: Path, run_dir: Path, host_outputs) -> dict:
+    """Run the artifact on emulated aarch64 and compare with the host run. Never a latency."""
+    from . import emulate
+    if backend.FORMAT not in emulate.RUNTIMES:
+        return {"runs": None, "reason": f"only {', '.join(emulate.RUNTIMES)} artifacts run under emulation",
+                "how": emulate.HOW}
+    try:
+        home = emulate.environment(Path(os.environ.get("EDGEKIT_EMULATION_CACHE", cache_dir() / "emulation")),
+                                   ctx.progress)
+        ctx.progress(f"{backend.FORMAT}: running on emulated aarch64")
+        result = emulate.run(home, artifact, run_dir / "in.npz", run_dir / "out-aarch64.npz")
+    except ConversionError as exc:
+        return {"runs": False, "reason": str(exc), "how": emulate.HOW}
+    fid = measure.fidelity(host_outputs, _load_outputs(run_dir / "out-aarch64.npz"))
+    return {"runs": True, "max_abs_diff_vs_host": fid["max_abs_error"], "top1_agreement_vs_host": fid["top1_agreement"],
+            "samples": fid["samples"], "runtime": result["runtime"], "how": emulate.HOW}
 
 
 @contextmanager

@@ -68,6 +68,15 @@ def measurement_notes(result: dict) -> list[str]:
         lat = first["latency_ms"]
         notes.append(f"Latency: {lat['how']}; batch 1, {lat['threads']} thread(s), {lat['warmup']} warm-up runs, "
                      f"{lat['runs']} timed runs; each runtime in its own process.")
+    for a in result["artifacts"]:
+        arm = a.get("aarch64")
+        if arm and arm["runs"]:
+            notes.append(f"aarch64 ({arm['how']}): {a['format']} {a['precision']} runs: yes; max abs diff vs host "
+                         f"{arm['max_abs_diff_vs_host']:.1e}, top-1 agreement {arm['top1_agreement_vs_host']:.1%} "
+                         f"on {arm['samples']} samples (no latency: emulation says nothing about speed)")
+        elif arm:
+            notes.append(f"aarch64: {a['format']} {a['precision']} runs: {'no' if arm['runs'] is False else 'not run'}"
+                         f" ({arm['reason']})")
     tolerance = TOLERANCE[result["target"]["precision"]]
     notes.append("Sizes: bytes on disk and gzip -9 of the same bytes (measured). × fp32: against the fp32 artifact of "
                  "the same format. int ops: ops running in integer / all compute ops. Fidelity: outputs against the "
