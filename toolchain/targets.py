@@ -27,6 +27,16 @@ class DeviceSpec:
     kind: str = option("cpu", "Device class the profile describes.", choices=("cpu", "gpu", "arm", "mcu", "fpga"))
     arch: str = option("x86_64", "CPU architecture the artifacts run on.", choices=("x86_64", "aarch64", "armv7"))
     description: str = option("", "Human description of the device, e.g. 'Raspberry Pi 4 (4x Cortex-A72)'.")
+    cores: int = option(1, "Cores the runtime can use (device model for estimates).")
+    clock_ghz: float = option(0.0, "Core clock; 0 means no device model, so no estimates.")
+    fp32_macs_per_cycle: float = option(0.0, "Peak float32 multiply-accumulates per cycle per core (SIMD width x pipes).")
+    int8_macs_per_cycle: float = option(0.0, "Peak int8 multiply-accumulates per cycle per core.")
+    memory_gbps: float = option(0.0, "Sustained memory bandwidth in GB/s.")
+    compute_efficiency: float = option(0.15, "Fraction of peak MAC rate the runtime's kernels reach (docs/COSTMODEL.md).")
+    parallel_efficiency: float = option(0.4, "Speed-up each extra thread adds, as a fraction of one core.")
+    op_overhead_us: float = option(2.0, "Fixed cost per op (dispatch, setup) in microseconds.")
+    ram_kib: int = option(0, "RAM budget for activations in KiB; 0 means no budget.")
+    flash_kib: int = option(0, "Flash/storage budget for the model in KiB; 0 means no budget.")
 
 
 @dataclass(frozen=True)
