@@ -42,7 +42,8 @@ def cli():
 
 @cli.command()
 @click.argument("model", required=False, type=click.Path(path_type=Path))
-@click.option("--target", "-t", default="cpu", show_default=True, help=_help("target"))
+@click.option("--target", "-t", default="cpu", show_default=True,
+              help=_help("target") + " `all` or a comma-separated list builds several and compares them.")
 @click.option("--out", "-o", type=click.Path(path_type=Path), help=_help("out"))
 @click.option("--data", type=click.Path(path_type=Path), help=_help("data"))
 @click.option("--input-shape", multiple=True, help=_help("input_shape"))
@@ -79,6 +80,15 @@ def convert(model, quiet, **options):
 
     console = _console()
     options = {k: list(v) if isinstance(v, tuple) else v for k, v in options.items()}
+    if options["target"] == "all" or "," in options["target"]:
+        with console.status("starting") as status:
+            summary = pipeline.convert_targets(model, progress=None if quiet else status.update, **options)
+        if not quiet:
+            report.print_summary(summary, console)
+            console.print(f"wrote {summary['out_dir']}/ (summary.json, summary.md, one directory per target)")
+        if not any(a["status"] == "ok" for r in summary["targets"] for a in r["artifacts"]):
+            raise EdgekitError("no artifact could be built for any target", f"see {summary['out_dir']}/summary.md")
+        return
     if quiet:
         result = pipeline.convert(model, **options)
     else:

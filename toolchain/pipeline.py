@@ -114,12 +114,49 @@ def convert(model: str | Path | None = None, progress: Callable[[str], None] | N
         result["warnings"] += _slower_than_fp32(result["artifacts"])
         if ctx.pruning:
             result["pruning"] = {**ctx.pruning, "stages": _stage_figures(ctx, result["artifacts"])}
+        result["estimate"] = _estimate(ctx, result["artifacts"])
         if options.sensitivity:
             result["sensitivity"] = layer_sensitivity(ctx)
         report.write(stage, result)
         _replace(stage, out)
     result["out_dir"] = str(out)
     return result
+
+
+def target_names(spec: str, dirs: tuple[str, ...] = ()) -> list[str]:
+    """`all`, one name, or a comma-separated list."""
+    if spec == "all":
+        return sorted(targets.all_targets(dirs))
+    return [name.strip() for name in spec.split(",") if name.strip()]
+
+
+def convert_targets(model: str | Path | None = None, progress: Callable[[str], None] | None = None,
+                    **kwargs) -> dict:
+    """Build several targets in one run (`target="all"` or "a,b,c"): each gets its own report in
+    <out>/<target>/, and <out>/summary.json + summary.md compare them side by side."""
+    options = ConvertOptions(**kwargs)
+    progress = progress or (lambda msg: None)
+    names = target_names(options.target, tuple(options.targets_dirs))
+    for name in names:
+        targets.get_target(name, tuple(options.targets_dirs))  # unknown names fail before any work
+    model, name = _resolve_model(model, options, progress)
+    out = Path(options.out or Path("edgekit-out") / f"{name}-{options.target.replace(',', '+')}")
+    if out.exists() and not options.force:
+        raise EdgekitError(f"output directory {out} already exists", "pass --force to replace it, or choose --out")
+    results = []
+    with _staging(out) as stage:
+        for target in names:
+            progress(f"target {target}")
+            single = {**dataclasses.asdict(options), "target": target, "out": stage / target, "force": False}
+            try:
+                results.append(convert(model, progress, **single))
+            except EdgekitError as exc:
+                results.append({"target": {"name": target}, "error": exc.one_line(), "artifacts": []})
+        summary = {"schema": "edgekit.summary/1", "model": str(model), "targets": results}
+        report.write_summary(stage, summary)
+        _replace(stage, out)
+    summary["out_dir"] = str(out)
+    return summary
 
 
 def analyze(model: str | Path | None = None, sensitivity: bool = False,
@@ -313,6 +350,23 @@ def _warnings(ctx: Context) -> list[str]:
         notes.append("UNCALIBRATED: quantization ranges come from random inputs (--calib random); "
                      "accuracy figures say nothing about real data")
     return notes
+
+
+def _estimate(ctx: Context, artifacts: list[dict]) -> dict | None:
+    """Latency and memory on the profile's device model, for devices that are not here."""
+    from . import costmodel
+    from .backends import onnx as onnx_backend
+    device = ctx.target.profile.device
+    if not costmodel.has_device_model(device):
+        return None
+    target = next((a for a in artifacts if a["role"] == "target" and a["status"] == "ok"), None)
+    try:
+        float_path = onnx_backend.float_model(ctx.source)[0]
+    except ConversionError as exc:
+        return {"error": f"no estimate: {exc}", "how": costmodel.HOW}
+    threads = ctx.options.threads or ctx.target.profile.bench.threads
+    return costmodel.for_model(float_path, device, ctx.qconfig.precision, threads,
+                               target["size"]["bytes"] if target else None)
 
 
 def _stage_figures(ctx: Context, artifacts: list[dict]) -> list[dict]:

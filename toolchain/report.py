@@ -68,6 +68,14 @@ def measurement_notes(result: dict) -> list[str]:
         lat = first["latency_ms"]
         notes.append(f"Latency: {lat['how']}; batch 1, {lat['threads']} thread(s), {lat['warmup']} warm-up runs, "
                      f"{lat['runs']} timed runs; each runtime in its own process.")
+    est = result.get("estimate")
+    if est and "latency_ms" in est:
+        notes.append(f"ESTIMATED on {est['device']}: {est['latency_ms']:.3g} ms per inference ({est['precision']}, "
+                     f"{est['threads']} thread(s)); peak activations {kib(est['peak_activation_bytes'])}"
+                     f"{_budget(est['fits_ram'], est['ram_budget_bytes'], 'RAM')}; model {kib(est['model_bytes'])}"
+                     f"{_budget(est['fits_flash'], est['flash_budget_bytes'], 'flash')} ({est['how']})")
+    elif est:
+        notes.append(est["error"])
     for a in result["artifacts"]:
         arm = a.get("aarch64")
         if arm and arm["runs"]:
@@ -83,6 +91,60 @@ def measurement_notes(result: dict) -> list[str]:
                  f"source model on the same inputs; 'verified' means cosine ≥ {tolerance['min_cosine']} and top-1 "
                  f"agreement ≥ {tolerance['min_top1_agreement']:.0%} for {result['target']['precision']}.")
     return notes
+
+
+SUMMARY_COLUMNS = ("target", "device", "format", "precision", "size", "median ms (host)", "estimated ms (device)",
+                   "acc Δ", "aarch64", "status")
+
+
+def summary_rows(summary: dict) -> list[tuple[str, ...]]:
+    rows = []
+    for result in summary["targets"]:
+        name = result["target"]["name"]
+        if "error" in result:
+            rows.append((name, "-", "-", "-", "-", "-", "-", "-", "-", f"FAILED: {result['error']}"))
+            continue
+        device = f"{result['target']['device']['kind']} ({result['target']['device']['arch']})"
+        est = result.get("estimate") or {}
+        for a in (a for a in result["artifacts"] if a["role"] == "target"):
+            if a["status"] != "ok":
+                rows.append((name, device, a["format"], a["precision"], "-", "-", "-", "-", "-", "FAILED"))
+                continue
+            arm = a.get("aarch64")
+            rows.append((name, device, a["format"], a["precision"], kib(a["size"]["bytes"]), _ms(a["latency_ms"], "median"),
+                         f"{est['latency_ms']:.3g}" if "latency_ms" in est else "-",
+                         f"{a['accuracy']['delta'] * 100:+.2f}pt" if a.get("accuracy") else "n/a",
+                         {True: "yes", False: "no", None: "-"}[arm["runs"]] if arm else "-",
+                         "verified" if a["fidelity"]["verified"] else "MISMATCH"))
+    return rows
+
+
+def write_summary(out_dir: Path, summary: dict) -> None:
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True, default=str) + "\n")
+    lines = [f"# edgekit: {summary['model']} on {len(summary['targets'])} targets", "",
+             "| " + " | ".join(SUMMARY_COLUMNS) + " |", "|" + "---|" * len(SUMMARY_COLUMNS)]
+    lines += ["| " + " | ".join(r) + " |" for r in summary_rows(summary)]
+    lines += ["", "- median ms (host): measured on this host, whatever the target device. estimated ms (device): "
+              "the profile's device model (docs/COSTMODEL.md). aarch64: the artifact ran on emulated aarch64 with "
+              "the same answers as the host. Each target's full report is in its own directory.", ""]
+    (out_dir / "summary.md").write_text("\n".join(lines))
+
+
+def print_summary(summary: dict, console) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"{Path(summary['model']).name} on {len(summary['targets'])} targets")
+    for column in SUMMARY_COLUMNS:
+        table.add_column(column, overflow="fold")
+    for row in summary_rows(summary):
+        table.add_row(*row)
+    console.print(table)
+
+
+def _budget(fits: bool | None, budget: int | None, what: str) -> str:
+    if fits is None:
+        return ""
+    return f" of a {kib(budget)} {what} budget ({'fits' if fits else 'DOES NOT FIT'})"
 
 
 def markdown(result: dict) -> str:
