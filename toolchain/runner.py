@@ -103,13 +103,13 @@ def dequantize_outputs(session, outputs: list[np.ndarray]) -> list[np.ndarray]:
 
 
 def bench(model: Path, threads: int = 1, warmup: int = 10, runs: int = 100,
-          inputs: Path | None = None, outputs: Path | None = None) -> dict:
+          inputs: Path | None = None, outputs: Path | None = None, device: str = "cpu") -> dict:
     from .backends import for_artifact
 
     backend = for_artifact(model)
     baseline = rss_mib()
     start = time.perf_counter()
-    session = backend.Session(model, threads=threads)
+    session = backend.Session(model, threads=threads, device=device)
     load_ms = (time.perf_counter() - start) * 1000
     samples = [quantize_inputs(session, s) for s in load_samples(inputs)] if inputs else [random_inputs(session)]
     if outputs:
@@ -128,7 +128,7 @@ def bench(model: Path, threads: int = 1, warmup: int = 10, runs: int = 100,
         "model": str(model), "format": backend.FORMAT,
         "runtime": {"name": backend.RUNTIME, "version": backend.runtime_version()},
         "host": host_info(),
-        "threads": threads, "warmup": warmup, "runs": runs,
+        "device": device, "threads": threads, "warmup": warmup, "runs": runs,
         "load_ms": load_ms,
         "latency_ms": latency_stats(timings),
         "memory": {"peak_rss_mib": peak_rss_mib(), "baseline_rss_mib": baseline},
@@ -145,10 +145,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--inputs", type=Path)
     parser.add_argument("--outputs", type=Path)
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
     args = parser.parse_args(argv)
     from .errors import EdgekitError
     try:
-        result = bench(args.model, args.threads, args.warmup, args.runs, args.inputs, args.outputs)
+        result = bench(args.model, args.threads, args.warmup, args.runs, args.inputs, args.outputs, args.device)
     except EdgekitError as exc:
         print(f"error: {exc.one_line()}", file=sys.stderr)
         return exc.exit_code

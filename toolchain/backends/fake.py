@@ -33,7 +33,7 @@ def save_model(path: Path, input_shape: tuple[int, ...], classes: int, seed: int
 
 
 class Session:
-    def __init__(self, path: Path, threads: int = 1):
+    def __init__(self, path: Path, threads: int = 1, device: str = "cpu"):
         with np.load(path) as data:
             self.w, self.b, shape = data["w"], data["b"], tuple(int(d) for d in data["input_shape"])
         self.inputs = [("x", shape, "float32")]

@@ -30,15 +30,29 @@ def runtime_version() -> str:
     return require("onnxruntime", EXTRA).__version__
 
 
+def gpu_name() -> str | None:
+    """The GPU this runtime would use, or None (onnxruntime-gpu with the CUDA provider)."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return None
+    return "CUDA GPU (onnxruntime CUDAExecutionProvider)" if "CUDAExecutionProvider" in ort.get_available_providers() else None
+
+
 class Session:
-    def __init__(self, path: Path, threads: int = 1, display_name: str | None = None):
+    def __init__(self, path: Path, threads: int = 1, display_name: str | None = None, device: str = "cpu"):
         ort = require("onnxruntime", EXTRA)
+        providers = ["CPUExecutionProvider"]
+        if device == "gpu":
+            if "CUDAExecutionProvider" not in ort.get_available_providers():
+                raise EdgekitError("no GPU: onnxruntime has no CUDA provider here", "pip install onnxruntime-gpu")
+            providers = ["CUDAExecutionProvider"]
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.log_severity_level = 3
         try:
-            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+            self.session = ort.InferenceSession(str(path), options, providers=providers)
         except Exception as exc:
             raise _load_error(display_name or Path(path).name, str(exc)) from None
         self.inputs = [(i.name, tuple(d if isinstance(d, int) else -1 for d in i.shape), _ort_dtype(i.type))

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import ConversionError
+from ..errors import ConversionError, EdgekitError
 from . import require
 
 FORMAT = "openvino"
@@ -26,12 +26,25 @@ def runtime_version() -> str:
     return require("openvino", EXTRA).get_version()
 
 
+def gpu_name() -> str | None:
+    try:
+        import openvino as ov
+    except ImportError:
+        return None
+    core = ov.Core()
+    return core.get_property("GPU", "FULL_DEVICE_NAME") if "GPU" in core.available_devices else None
+
+
 class Session:
-    def __init__(self, path: Path, threads: int = 1, device: str = "CPU"):
+    def __init__(self, path: Path, threads: int = 1, device: str = "cpu"):
         ov = require("openvino", EXTRA)
         core = ov.Core()
-        config = {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1}
+        device = device.upper()
+        if device == "GPU" and "GPU" not in core.available_devices:
+            raise EdgekitError("no GPU: OpenVINO sees no GPU device here", "install the GPU driver (OpenCL/Level Zero)")
+        config = {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1}
         if device == "CPU":
+            config["INFERENCE_NUM_THREADS"] = threads
             config["INFERENCE_PRECISION_HINT"] = "f32"  # never silently run bf16/fp16 on a float32 artifact
         self.compiled = core.compile_model(str(path), device, config)
         self.request = self.compiled.create_infer_request()

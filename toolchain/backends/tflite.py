@@ -31,8 +31,11 @@ def runtime_version() -> str:
 
 
 class Session:
-    def __init__(self, path: Path, threads: int = 1):
+    def __init__(self, path: Path, threads: int = 1, device: str = "cpu"):
         interpreter_mod = require("ai_edge_litert.interpreter", EXTRA)
+        if device != "cpu":
+            raise EdgekitError("no GPU runs for .tflite here: the LiteRT wheel has no desktop GPU delegate",
+                               "measure the ONNX or OpenVINO artifact on the GPU")
         try:
             self.interpreter = interpreter_mod.Interpreter(model_path=str(path), num_threads=threads)
             self.interpreter.allocate_tensors()
