@@ -224,6 +224,8 @@ def prepare(model: Path, name: str, target, options: ConvertOptions, work: Path,
     """Load the source, the evaluation data and the calibration set; run the source for reference outputs."""
     profile = target.profile
     qconfig = quantize.resolve(quantize_config(profile.quantize, options), profile.device.arch)
+    if profile.device.kind == "fpga":  # the accelerator's scale granularity decides
+        qconfig = dataclasses.replace(qconfig, per_channel=profile.accelerator.scales == "per-channel")
     opts = sources.LoadOptions(workdir=work, batch=profile.build.batch, trust_model=options.trust_model,
                                input_shapes=parse_input_shapes(options.input_shape, profile.build.input_shape))
     progress(f"loading {model}")
@@ -444,6 +446,11 @@ def _artifact(ctx: Context, backend, precision: str, directory: Path, role: str,
             if baseline is None or baseline["status"] != "ok":
                 raise ConversionError(f"the fp32 {backend.FORMAT} baseline failed, so there is nothing to quantize")
             entry.update(quantize.run(backend, ctx.source, ctx.stage / baseline["file"], path, ctx.qconfig, ctx.calib))
+            if _accelerated(ctx, backend) and ctx.target.profile.accelerator.requant == "shift":
+                from . import accel
+                accel.power_of_two_scales(path)
+                entry["notes"].append("scales rounded up to powers of two, weights and biases requantized "
+                                      "(the accelerator requantizes by shifts only)")
         entry["convert_seconds"] = round(time.perf_counter() - started, 2)
         ctx.progress(f"{backend.FORMAT} {precision}: verifying and benchmarking")
         entry.update(_measure(ctx, backend, path, precision))
@@ -477,6 +484,8 @@ def _measure(ctx: Context, backend, artifact: Path, precision: str) -> dict:
         figures["ops"] = backend.op_summary(artifact)
     if _emulating(ctx):
         figures["aarch64"] = _emulated(ctx, backend, artifact, run_dir, outputs)
+    if _accelerated(ctx, backend) and precision != "fp32":
+        figures["accelerator"] = _accelerator_figures(ctx, artifact, outputs)
     if ctx.evalset.labels is not None:
         acc = measure.accuracy(outputs, ctx.evalset.labels)
         figures["accuracy"] = {"value": acc, "delta": acc - ctx.source_accuracy, "samples": len(outputs),
@@ -521,6 +530,55 @@ def _gpu_latency(ctx: Context, backend, artifact: Path, run_dir: Path) -> dict:
     result = json.loads((run_dir / "gpu.json").read_text())
     return {**result["latency_ms"], "threads": result["threads"], "warmup": result["warmup"], "runs": result["runs"],
             "how": f"measured on host GPU ({gpu})"}
+
+
+def _accelerated(ctx: Context, backend) -> bool:
+    return ctx.target.profile.device.kind == "fpga" and backend.FORMAT == "tflite"
+
+
+def _accelerator_figures(ctx: Context, artifact: Path, tflite_outputs) -> dict:
+    """Run the int8 graph on the accelerator emulator; compare with the float model and with TFLite."""
+    from . import accel
+    spec = ctx.target.profile.accelerator
+    ctx.progress("tflite: running the accelerator emulator")
+    try:
+        emu = accel.Emulator(artifact, spec)
+    except ConversionError as exc:
+        return {"error": f"not emulated: {exc}", "how": "emulated (integer-only numpy emulator of the accelerator)"}
+    outputs = emulate_samples(emu, ctx.evalset.samples)
+    placement = emu.placement()
+    macs = {op.outputs[0]: accel.mac_count(emu, op, spec) for op, _ in placement}
+    on_accel = sum(macs[op.outputs[0]] for op, where in placement if where == "accelerator")
+    vs_tflite = measure.fidelity(tflite_outputs, outputs, ctx.qconfig.precision)
+    figures = {
+        "how": "emulated (integer-only numpy emulator of the accelerator)",
+        "coverage_macs": float(on_accel / max(sum(macs.values()), 1)),
+        "fallback_ops": sorted({op.kind for op, where in placement if where == "cpu"} - {"QUANTIZE", "DEQUANTIZE"}),
+        "fidelity_vs_float": measure.fidelity(ctx.reference, outputs, ctx.qconfig.precision),
+        "fidelity_vs_tflite": vs_tflite,
+        "vs_tflite_reference": accel.compare_with_reference(emu, artifact, [s[0] for s in ctx.evalset.samples[:20]]),
+        "estimate": accel.cycles(emu, spec),
+        "weights_bytes": int(sum(t.data.nbytes for t in emu.tensors if t.data is not None)),
+        "onchip_bytes": spec.onchip_kib * 1024,
+    }
+    figures["weights_fit_onchip"] = figures["weights_bytes"] <= figures["onchip_bytes"]
+    figures["activations_fit_onchip"] = all(layer["fits_onchip"] for layer in figures["estimate"]["layers"])
+    if ctx.evalset.labels is not None:
+        acc = measure.accuracy(outputs, ctx.evalset.labels)
+        figures["accuracy"] = {"value": acc, "delta": acc - ctx.source_accuracy, "how": figures["how"]}
+    return figures
+
+
+def emulate_samples(emu, samples: list[list[np.ndarray]], chunk: int = 64) -> list[list[np.ndarray]]:
+    """Emulator outputs (dequantized) for batch-1 samples, run `chunk` at a time."""
+    from .accel import quantize_input, dequantize_output
+    results = []
+    for start in range(0, len(samples), chunk):
+        part = samples[start:start + chunk]
+        arrays = [quantize_input(emu, i, np.concatenate([s[k] for s in part])) for k, i in enumerate(emu.inputs)]
+        outs = [dequantize_output(emu, i, o) for i, o in zip(emu.outputs, emu.run(arrays))]
+        results += [[o[n:n + 1] for o in outs] for n in range(len(part))]
+    return results
 
 
 def _load_outputs(path: Path) -> list[list[np.ndarray]]:

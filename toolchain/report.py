@@ -85,6 +85,9 @@ def measurement_notes(result: dict) -> list[str]:
         elif arm:
             notes.append(f"aarch64: {a['format']} {a['precision']} runs: {'no' if arm['runs'] is False else 'not run'}"
                          f" ({arm['reason']})")
+    for a in result["artifacts"]:
+        if a.get("accelerator"):
+            notes += accelerator_notes(a["accelerator"])
     tolerance = TOLERANCE[result["target"]["precision"]]
     notes.append("Sizes: bytes on disk and gzip -9 of the same bytes (measured). × fp32: against the fp32 artifact of "
                  "the same format. int ops: ops running in integer / all compute ops. Fidelity: outputs against the "
@@ -139,6 +142,27 @@ def print_summary(summary: dict, console) -> None:
     for row in summary_rows(summary):
         table.add_row(*row)
     console.print(table)
+
+
+def accelerator_notes(acc: dict) -> list[str]:
+    if "error" in acc:
+        return [f"ACCELERATOR: {acc['error']}"]
+    est, ref = acc["estimate"], acc["vs_tflite_reference"]
+    exact = "bit-exact" if ref["bit_exact"] else f"differs in {len(ref['mismatched_ops'])} op(s): " + \
+        ", ".join(list(ref["mismatched_ops"])[:3])
+    accuracy = f"accuracy {acc['accuracy']['value']:.2%} ({acc['accuracy']['delta'] * 100:+.2f}pt); " \
+        if acc.get("accuracy") else ""
+    return [
+        f"ACCELERATOR ({acc['how']}): {acc['coverage_macs']:.1%} of MACs on the accelerator; CPU fallback ops: "
+        f"{', '.join(acc['fallback_ops']) or 'none'}; {accuracy}cosine vs float "
+        f"{acc['fidelity_vs_float']['cosine']:.6f}, vs TFLite int8 max diff {acc['fidelity_vs_tflite']['max_abs_error']:.2e}"
+        f" (top-1 {acc['fidelity_vs_tflite']['top1_agreement']:.1%}); against TFLite reference kernels, op by op on "
+        f"{ref['samples']} samples: {exact}.",
+        f"ACCELERATOR ESTIMATED ({est['how']}): {est['latency_ms']:.4g} ms, {est['cycles']:,} cycles, MAC utilisation "
+        f"{est['mac_utilisation']:.1%}, DRAM traffic {kib(est['dram_bytes'])}; weights {kib(acc['weights_bytes'])} "
+        f"{'fit' if acc['weights_fit_onchip'] else 'DO NOT FIT'} in {kib(acc['onchip_bytes'])} on chip; activations "
+        f"{'fit' if acc['activations_fit_onchip'] else 'DO NOT all fit'} layer by layer.",
+    ]
 
 
 def _budget(fits: bool | None, budget: int | None, what: str) -> str:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+from .accel import AcceleratorSpec
 from .data import Preprocess
 from .errors import EdgekitError
 from .passes.prune import PruneConfig
@@ -64,6 +65,8 @@ class Profile:
     prune: PruneConfig = option(PruneConfig, help="[prune] table: pruning before quantization.")
     quantize: QuantizeConfig = option(QuantizeConfig, help="[quantize] table: the precision recipe.")
     preprocess: Preprocess = option(Preprocess, help="[preprocess] table: image folders given to --calib.")
+    accelerator: AcceleratorSpec = option(AcceleratorSpec, help="[accelerator] table: the int8 accelerator an "
+                                                                  "fpga profile emulates (used when device.kind is fpga).")
     bench: BenchSpec = option(BenchSpec, help="[bench] table.")
 
 
