@@ -63,6 +63,7 @@ def cli():
 @click.option("--trust-model", is_flag=True, help=_help("trust_model"))
 @click.option("--sensitivity", is_flag=True, help=_help("sensitivity"))
 @click.option("--emulate/--no-emulate", default=None, help=_help("emulate"))
+@click.option("--device", "devices", multiple=True, metavar="ssh://USER@HOST[:PORT]", help=_help("devices"))
 @click.option("--prune", metavar="METHOD:AMOUNT", help=_help("prune"))
 @click.option("--prune-scope", type=click.Choice(["per-layer", "global"]), help=_help("prune_scope"))
 @click.option("--prune-skip", multiple=True, metavar="LAYER", help=_help("prune_skip"))
@@ -183,11 +184,16 @@ def targets_show(dirs, name):
 @click.option("--inputs", type=click.Path(path_type=Path, dir_okay=False),
               help="Inputs .npz (keys in0, in1, ...); default: seeded random inputs.")
 @click.option("--json", "json_path", type=click.Path(path_type=Path, dir_okay=False), help="Write the result JSON here.")
-def bench(artifact, threads, runs, warmup, inputs, json_path):
-    """Time one artifact (.tflite, .onnx or OpenVINO .xml) in this process's runtime."""
+@click.option("--device", "devices", multiple=True, metavar="ssh://USER@HOST[:PORT]",
+              help="Run on these devices over SSH instead of here (repeatable); results are compared.")
+@click.option("--timeout", default=600, show_default=True, type=click.IntRange(min=1), help="Seconds per remote step.")
+def bench(artifact, threads, runs, warmup, inputs, json_path, devices, timeout):
+    """Time one artifact (.tflite, .onnx or OpenVINO .xml) in this process's runtime, or on devices over SSH."""
     from .runner import bench as run_bench
     if not artifact.is_file():
         raise EdgekitError(f"artifact not found: {artifact}", "check the path")
+    if devices:
+        return _remote_bench(artifact, threads, runs, warmup, inputs, json_path, devices, timeout)
     result = run_bench(artifact, threads, warmup, runs, inputs)
     lat = result["latency_ms"]
     click.echo(f"{artifact.name} [{result['runtime']['name']} {result['runtime']['version']}] "
@@ -196,6 +202,28 @@ def bench(artifact, threads, runs, warmup, inputs, json_path):
                f"peak RSS {result['memory']['peak_rss_mib']:.0f} MiB (measured on {result['host']['hostname']})")
     if json_path:
         json_path.write_text(json.dumps(result, indent=2) + "\n")
+
+
+def _remote_bench(artifact, threads, runs, warmup, inputs, json_path, devices, timeout):
+    from rich.table import Table
+
+    from . import backends, remote
+    files = backends.for_artifact(artifact).files(artifact)
+    results = [remote.bench(url, files, inputs, threads, warmup, runs, timeout=timeout) for url in devices]
+    table = Table(title=f"{artifact.name} on {len(results)} device(s)")
+    for column in ("device", "cpu", "runtime", "median ms", "p90 ms", "p99 ms", "peak RSS MiB"):
+        table.add_column(column, overflow="fold")
+    for url, r in zip(devices, results):
+        lat = r["latency_ms"]
+        table.add_row(url, f"{r['host']['cpu']} ({r['host']['machine']})", f"{r['runtime']['name']} {r['runtime']['version']}",
+                      f"{lat['median']:.4g}", f"{lat['p90']:.4g}", f"{lat['p99']:.4g}",
+                      f"{r['memory']['peak_rss_mib']:.0f}")
+    console = _console()
+    console.print(table)
+    for url, r in zip(devices, results):
+        console.print(f"{url}: {r['how']}; {threads} thread(s), {warmup} warm-up, {runs} runs", soft_wrap=True)
+    if json_path:
+        json_path.write_text(json.dumps(results, indent=2) + "\n")
 
 
 def main(argv: list[str] | None = None) -> None:

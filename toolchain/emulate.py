@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -41,8 +42,16 @@ def missing_tools() -> list[str]:
 
 
 def wheels() -> list[str]:
-    """numpy and the runtimes at the versions installed on this host."""
-    return [f"{name}=={metadata.version(name)}" for name in ("numpy", *RUNTIMES.values())]
+    """numpy and the runtimes, at the versions of requirements/runtime.txt (the runtime image's pins)
+    where the source tree is there, else at the versions installed on this host."""
+    pins = Path(__file__).resolve().parent.parent / "requirements" / "runtime.txt"
+    wanted = ("numpy", *RUNTIMES.values())
+    if pins.is_file():
+        lines = [ln.split("#")[0].strip() for ln in pins.read_text().splitlines()]
+        found = [ln for ln in lines if ln.split("==")[0].lower() in wanted]
+        if len(found) == len(wanted):
+            return found
+    return [f"{name}=={metadata.version(name)}" for name in wanted]
 
 
 def environment(cache: Path, progress=lambda msg: None) -> Path:
@@ -98,19 +107,34 @@ def _run(cmd: list[str], what: str) -> None:
         raise ConversionError(f"provisioning the aarch64 environment failed at {what}: {tail[0][:200]}")
 
 
-def run(home: Path, artifact: Path, inputs: Path, outputs: Path, timeout: int = 1200) -> dict:
-    """Run the light runner on `artifact` under emulation; returns its JSON (latency not to be reported)."""
+def python(home: Path) -> tuple[list[str], dict]:
+    """The command and environment that start the emulated aarch64 Python with edgekit importable."""
     pkg = home / "pkg"
     pkg.mkdir(exist_ok=True)
     link = pkg / "edgekit"
     if not link.exists():
         link.symlink_to(Path(__file__).resolve().parent)
-    result = outputs.with_suffix(".json")
     root = home / "root"
-    cmd = ["qemu-aarch64-static", "-cpu", CPU, "-L", str(root), str(root / "usr/bin/python3.11"), "-m",
-           "edgekit.runner", str(artifact.resolve()), "--runs", "1", "--warmup", "0",
+    env = {"PYTHONPATH": f"{home / 'site'}:{pkg}", "PYTHONNOUSERSITE": "1"}
+    return ["qemu-aarch64-static", "-cpu", CPU, "-L", str(root), str(root / "usr/bin/python3.11")], env
+
+
+def write_launcher(home: Path, path: Path) -> Path:
+    """A shell script that behaves like `python3` on an aarch64 device (for remote runs against emulation)."""
+    command, env = python(home)
+    exports = "".join(f"export {k}={shlex.quote(v)}\n" for k, v in env.items())
+    path.write_text(f"#!/bin/sh\n{exports}exec {' '.join(map(shlex.quote, command))} \"$@\"\n")
+    path.chmod(0o755)
+    return path
+
+
+def run(home: Path, artifact: Path, inputs: Path, outputs: Path, timeout: int = 1200) -> dict:
+    """Run the light runner on `artifact` under emulation; returns its JSON (latency not to be reported)."""
+    result = outputs.with_suffix(".json")
+    command, env = python(home)
+    cmd = [*command, "-m", "edgekit.runner", str(artifact.resolve()), "--runs", "1", "--warmup", "0",
            "--inputs", str(inputs.resolve()), "--outputs", str(outputs.resolve()), "--json", str(result.resolve())]
-    env = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": f"{home / 'site'}:{pkg}", "PYTHONNOUSERSITE": "1"}
+    env = {"PATH": os.environ.get("PATH", ""), **env}
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -119,3 +143,8 @@ def run(home: Path, artifact: Path, inputs: Path, outputs: Path, timeout: int = 
         lines = [ln for ln in proc.stderr.splitlines() if ln.strip()] or [f"exit code {proc.returncode}"]
         raise ConversionError(f"failed on emulated aarch64: {lines[-1][:300]}")
     return json.loads(result.read_text())
+
+
+if __name__ == "__main__":  # python -m edgekit.emulate: provision the cached environment now (make setup)
+    from .pipeline import cache_dir
+    print(environment(Path(os.environ.get("EDGEKIT_EMULATION_CACHE", cache_dir() / "emulation")), print))

@@ -66,6 +66,7 @@ class ConvertOptions:
     prune_skip: list[str] = option([], "Layer names or types never pruned (adds to the profile's).")
     finetune_epochs: int | None = option(None, "Fine-tune a pruned Keras model for N epochs (needs labels).")
     train_data: Path | None = option(None, "Labelled .npz (x, y) for fine-tuning; default: a held-apart half of --data.")
+    devices: list[str] = option([], "Also benchmark every artifact on these devices over SSH (ssh://user@host[:port]).")
     emulate: bool | None = option(None, "Also run TFLite/ONNX artifacts on emulated aarch64 (QEMU) and compare with "
                                         "the host; default: on for aarch64 targets when QEMU is installed.")
 
@@ -484,6 +485,8 @@ def _measure(ctx: Context, backend, artifact: Path, precision: str) -> dict:
         figures["ops"] = backend.op_summary(artifact)
     if _emulating(ctx):
         figures["aarch64"] = _emulated(ctx, backend, artifact, run_dir, outputs)
+    for url in ctx.options.devices:
+        figures.setdefault("remote", []).append(_remote(ctx, backend, artifact, run_dir, outputs, url))
     if _accelerated(ctx, backend) and precision != "fp32":
         figures["accelerator"] = _accelerator_figures(ctx, artifact, outputs)
     if ctx.evalset.labels is not None:
@@ -530,6 +533,26 @@ def _gpu_latency(ctx: Context, backend, artifact: Path, run_dir: Path) -> dict:
     result = json.loads((run_dir / "gpu.json").read_text())
     return {**result["latency_ms"], "threads": result["threads"], "warmup": result["warmup"], "runs": result["runs"],
             "how": f"measured on host GPU ({gpu})"}
+
+
+def _remote(ctx: Context, backend, artifact: Path, run_dir: Path, host_outputs, url: str) -> dict:
+    """The artifact measured on a device over SSH, with its outputs checked against the host run."""
+    from . import remote
+    bench = ctx.target.profile.bench
+    opts = ctx.options
+    ctx.progress(f"{backend.FORMAT}: running on {url}")
+    try:
+        result = remote.bench(url, backend.files(artifact), run_dir / "in.npz", opts.threads or bench.threads,
+                              bench.warmup if opts.warmup is None else opts.warmup, opts.runs or bench.runs,
+                              outputs=run_dir / "out-remote.npz")
+    except EdgekitError as exc:
+        return {"device": url, "error": exc.one_line()}
+    fid = measure.fidelity(host_outputs, _load_outputs(run_dir / "out-remote.npz"))
+    return {"device": url, "host": result["host"], "runtime": result["runtime"],
+            "latency_ms": {**result["latency_ms"], "threads": result["threads"], "warmup": result["warmup"],
+                           "runs": result["runs"], "how": result["how"]},
+            "memory": {**result["memory"], "how": result["how"]},
+            "max_abs_diff_vs_host": fid["max_abs_error"], "top1_agreement_vs_host": fid["top1_agreement"]}
 
 
 def _accelerated(ctx: Context, backend) -> bool:

@@ -86,6 +86,15 @@ def measurement_notes(result: dict) -> list[str]:
             notes.append(f"aarch64: {a['format']} {a['precision']} runs: {'no' if arm['runs'] is False else 'not run'}"
                          f" ({arm['reason']})")
     for a in result["artifacts"]:
+        for r in a.get("remote", []):
+            if "error" in r:
+                notes.append(f"REMOTE {r['device']}: {a['format']} {a['precision']}: {r['error']}")
+            else:
+                lat = r["latency_ms"]
+                notes.append(f"REMOTE {a['format']} {a['precision']}: median {lat['median']:.4g} ms, p90 {lat['p90']:.4g}, "
+                             f"p99 {lat['p99']:.4g} ({lat['threads']} thread(s), {lat['runs']} runs; {lat['how']}); "
+                             f"outputs vs host: max diff {r['max_abs_diff_vs_host']:.1e}, top-1 "
+                             f"{r['top1_agreement_vs_host']:.1%}")
         if a.get("accelerator"):
             notes += accelerator_notes(a["accelerator"])
     tolerance = TOLERANCE[result["target"]["precision"]]

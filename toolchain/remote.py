@@ -1,0 +1,136 @@
+"""Benchmark runs on a device over SSH: copy, run the light runner there, fetch, clean up.
+
+    ssh://user@host[:port]
+
+Uses the system `ssh`/`scp` clients (keys from your agent, ~/.ssh, or $EDGEKIT_SSH_KEY) in batch
+mode, so nothing ever waits for a password. The device needs Python 3 and the runtime extra:
+`pip install 'edgekit-toolchain[tflite]'` (or `[onnx]`, `[openvino]`); the command that starts
+Python there is `python3` unless $EDGEKIT_REMOTE_PYTHON says otherwise.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import EdgekitError
+
+CONNECT_TIMEOUT_S = 10
+
+
+@dataclass(frozen=True)
+class Device:
+    user: str
+    host: str
+    port: int
+
+    @property
+    def label(self) -> str:
+        return f"{self.user}@{self.host}:{self.port}" if self.user else f"{self.host}:{self.port}"
+
+
+def parse(url: str) -> Device:
+    match = re.fullmatch(r"ssh://(?:([^@/:]+)@)?([^@/:]+)(?::(\d+))?/?", url)
+    if not match:
+        raise EdgekitError(f"--device '{url}' is not ssh://user@host[:port]", "write it like ssh://pi@192.168.1.20")
+    return Device(match.group(1) or "", match.group(2), int(match.group(3) or 22))
+
+
+def _ssh_options(device: Device) -> list[str]:
+    options = ["-o", "BatchMode=yes", "-o", f"ConnectTimeout={CONNECT_TIMEOUT_S}", "-o", "LogLevel=ERROR"]
+    if os.environ.get("EDGEKIT_SSH_KEY"):
+        options += ["-i", os.environ["EDGEKIT_SSH_KEY"], "-o", "IdentitiesOnly=yes"]
+    if os.environ.get("EDGEKIT_SSH_KNOWN_HOSTS"):
+        options += ["-o", f"UserKnownHostsFile={os.environ['EDGEKIT_SSH_KNOWN_HOSTS']}",
+                    "-o", "StrictHostKeyChecking=accept-new"]
+    return options
+
+
+def _target(device: Device) -> str:
+    return f"{device.user}@{device.host}" if device.user else device.host
+
+
+def _ssh(device: Device, command: str, timeout: float) -> subprocess.CompletedProcess:
+    cmd = ["ssh", *_ssh_options(device), "-p", str(device.port), _target(device), command]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise EdgekitError(f"{device.label}: no answer within {timeout:.0f} s", "check the device, or raise --timeout")
+    if proc.returncode == 255 and not proc.stderr.strip():
+        # ssh says 255 with nothing on stderr when the remote command died of a signal
+        return subprocess.CompletedProcess(cmd, 137, proc.stdout, "Killed by a signal")
+    if proc.returncode == 255:
+        raise _connection_error(device, proc.stderr)
+    return proc
+
+
+def _connection_error(device: Device, stderr: str) -> EdgekitError:
+    text = stderr.strip().splitlines()[-1] if stderr.strip() else "ssh failed"
+    if "Permission denied" in stderr or "Too many authentication failures" in stderr:
+        return EdgekitError(f"{device.label}: authentication failed ({text})",
+                            "put your public key in ~/.ssh/authorized_keys on the device, or set EDGEKIT_SSH_KEY")
+    return EdgekitError(f"{device.label}: cannot reach the device ({text})",
+                        "check the address and port, that sshd runs there, and the network")
+
+
+def _scp(device: Device, sources: list[str], destination: str, timeout: float) -> None:
+    cmd = ["scp", "-q", *_ssh_options(device), "-P", str(device.port), *sources, destination]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise EdgekitError(f"{device.label}: copying timed out after {timeout:.0f} s", "check the link to the device")
+    if proc.returncode != 0:
+        raise _connection_error(device, proc.stderr)
+
+
+def bench(url: str, files: list[Path], inputs: Path | None, threads: int, warmup: int, runs: int,
+          outputs: Path | None = None, timeout: float = 600) -> dict:
+    """Run the light runner on the device; returns its JSON labelled with where it was measured."""
+    device = parse(url)
+    python = os.environ.get("EDGEKIT_REMOTE_PYTHON", "python3")
+    workdir = _ssh(device, "mktemp -d /tmp/edgekit.XXXXXX", timeout).stdout.strip()
+    if not workdir.startswith("/tmp/edgekit."):
+        raise EdgekitError(f"{device.label}: could not make a temporary directory", "check /tmp on the device")
+    remote = f"{_target(device)}:{workdir}/"
+    try:
+        _scp(device, [str(f) for f in files] + ([str(inputs)] if inputs else []), remote, timeout)
+        args = [python, "-m", "edgekit.runner", f"{workdir}/{files[0].name}", "--threads", str(threads),
+                "--warmup", str(warmup), "--runs", str(runs), "--json", f"{workdir}/result.json"]
+        if inputs:
+            args += ["--inputs", f"{workdir}/{inputs.name}", "--outputs", f"{workdir}/outputs.npz"]
+        proc = _ssh(device, f"cd {shlex.quote(workdir)} && " + " ".join(map(shlex.quote, args)), timeout)
+        if proc.returncode != 0:
+            raise _run_error(device, proc)
+        with tempfile.TemporaryDirectory() as tmp:
+            wanted = [f"{remote}result.json"] + ([f"{remote}outputs.npz"] if inputs and outputs else [])
+            _scp(device, wanted, tmp, timeout)
+            result = json.loads(Path(tmp, "result.json").read_text())
+            if inputs and outputs:
+                os.replace(Path(tmp, "outputs.npz"), outputs)
+    finally:
+        _cleanup(device, workdir)
+    result["how"] = f"measured on remote device {result['host']['hostname']} ({device.label}, {result['host']['machine']})"
+    return result
+
+
+def _run_error(device: Device, proc: subprocess.CompletedProcess) -> EdgekitError:
+    text = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit code {proc.returncode}"
+    if proc.returncode in (137, 143, -9, -15) or "Killed" in proc.stderr:
+        return EdgekitError(f"{device.label}: the run was killed on the device (exit {proc.returncode})",
+                            "check the device's memory (dmesg) and run again")
+    if "No module named" in proc.stderr or "is not installed" in proc.stderr or proc.returncode == 127:
+        return EdgekitError(f"{device.label}: the runner or its runtime is missing there ({text})",
+                            "pip install 'edgekit-toolchain[tflite]' (or [onnx], [openvino]) on the device")
+    return EdgekitError(f"{device.label}: the run failed ({text})", "see docs/DEVICES.md")
+
+
+def _cleanup(device: Device, workdir: str) -> None:
+    try:
+        _ssh(device, f"rm -rf {shlex.quote(workdir)}", CONNECT_TIMEOUT_S * 3)
+    except EdgekitError:
+        pass  # the device went away; a reboot clears /tmp
