@@ -10,21 +10,27 @@ STAMP  := $(VENV)/.installed-stamp
 
 setup: sysdeps $(STAMP)
 
-# Debian packages (requirements/apt.txt): QEMU user mode and debootstrap for the emulated ARM targets.
+# Debian packages (requirements/apt.txt): QEMU user mode and debootstrap for the emulated ARM targets,
+# OpenSSH for remote device runs (and the loopback server the tests start).
 sysdeps:
-	@if ! command -v qemu-aarch64-static >/dev/null || ! command -v debootstrap >/dev/null; then \
+	@if ! command -v qemu-aarch64-static >/dev/null || ! command -v debootstrap >/dev/null \
+	    || ! test -x /usr/sbin/sshd || ! command -v ssh >/dev/null; then \
 	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
 	  $$SUDO apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$(cat requirements/apt.txt); \
 	fi
 
-$(STAMP): requirements/lock.txt requirements/no-deps.txt setup.cfg pyproject.toml
+$(STAMP): requirements/lock.txt requirements/no-deps.txt requirements/runtime.txt setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -r requirements/lock.txt
 	# onnx2tf pins old versions of everything; installed without its pins, it works with the lock above.
 	$(BIN)/python -m pip install -q --no-deps -r requirements/no-deps.txt
 	$(BIN)/python -m pip install -q --no-deps -e .
+	# Everything the tests use offline: runtime wheels for the runtime-only install test, and the
+	# emulated aarch64 environment (Debian arm64 root + aarch64 wheels), cached in ~/.cache/edgekit.
+	$(BIN)/python -m pip download -q -d .wheelhouse -r requirements/runtime.txt
+	$(BIN)/python -m edgekit.emulate
 	touch $@
 
 demo: setup
@@ -34,4 +40,4 @@ test: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 clean:
-	rm -rf $(VENV) edgekit-out build *.egg-info
+	rm -rf $(VENV) .wheelhouse edgekit-out build *.egg-info
