@@ -11,10 +11,11 @@ STAMP  := $(VENV)/.installed-stamp
 setup: sysdeps $(STAMP)
 
 # Debian packages (requirements/apt.txt): QEMU user mode and debootstrap for the emulated ARM targets,
-# OpenSSH for remote device runs (and the loopback server the tests start).
+# OpenSSH for remote device runs (and the loopback server the tests start), Chromium for the
+# browser test of `edgekit report`.
 sysdeps:
 	@if ! command -v qemu-aarch64-static >/dev/null || ! command -v debootstrap >/dev/null \
-	    || ! test -x /usr/sbin/sshd || ! command -v ssh >/dev/null; then \
+	    || ! test -x /usr/sbin/sshd || ! command -v ssh >/dev/null || ! command -v chromium >/dev/null; then \
 	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
 	  $$SUDO apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$(cat requirements/apt.txt); \

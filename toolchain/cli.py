@@ -144,6 +144,77 @@ def analyze(model, layers, json_path, **options):
         json_path.write_text(json.dumps(result, indent=2) + "\n")
 
 
+@cli.command()
+@click.argument("model", required=False, type=click.Path(path_type=Path))
+@click.option("--target", "-t", default="cpu-int8", show_default=True, help="Target profile; its first format is tuned.")
+@click.option("--data", type=click.Path(path_type=Path), help="Labelled .npz (x, y): half tunes, half checks the result.")
+@click.option("--max-accuracy-drop", default=0.5, show_default=True, type=float,
+              help="Budget in accuracy points (or percent of the source accuracy with --relative).")
+@click.option("--relative", is_flag=True, help="The budget is relative to the source accuracy.")
+@click.option("--budget-minutes", type=float, help="Stop starting new trials after this long.")
+@click.option("--objective", type=click.Choice(["latency", "size", "memory"]), default="latency", show_default=True)
+@click.option("--trials", default=16, show_default=True, type=click.IntRange(min=1), help="Trials in the search.")
+@click.option("--workers", type=click.IntRange(min=1), help="Parallel trial workers (default: up to 2).")
+@click.option("--cluster", metavar="STORAGE_URL",
+              help="Optuna storage shared by workers on other machines (postgresql://..., see docs/SCALING.md).")
+@click.option("--out", "-o", type=click.Path(path_type=Path), help="Output directory; rerunning resumes it.")
+@click.option("--force", is_flag=True, help="Start over instead of resuming.")
+@targets_dir_option
+def tune(model, targets_dirs, **options):
+    """Find the cheapest artifact within an accuracy budget, and show the whole trade-off."""
+    from rich.table import Table
+
+    from . import tune as tuner
+    console = _console()
+    with console.status("tuning") as status:
+        result = tuner.tune(model, targets_dirs=list(targets_dirs), progress=status.update, **options)
+    table = Table(title=f"Pareto front ({result['format']}, objective {result['objective']}, "
+                        f"budget {result['budget_points']:.2f} points)")
+    for column in ("recipe", "acc drop (tune split)", "size KiB", "median ms", "chosen"):
+        table.add_column(column, overflow="fold")
+    best_key = (result["best"] or {}).get("key")
+    for t in result["pareto"]:
+        table.add_row(recipe_text(t["recipe"]), f"{t['drop_points']:+.2f}", f"{t['bytes'] / 1024:.1f}",
+                      f"{t['latency_ms']:.4g}", "yes" if t["key"] == best_key else "")
+    console.print(table)
+    fp32 = result["fp32"]
+    if result["best"]:
+        best = result["best"]
+        console.print(f"chosen: {recipe_text(best['recipe'])}: {fp32['bytes'] / best['bytes']:.2f}x smaller, "
+                      f"{fp32['latency_ms'] / best['latency_ms']:.2f}x faster than fp32; accuracy drop "
+                      f"{best['drop_points']:+.2f} points on the tuning split, {best['holdout_drop_points']:+.2f} on the "
+                      f"held-out split. Artifact: {result['best_artifact']}", soft_wrap=True)
+    else:
+        console.print(f"[yellow]No candidate met the {result['budget_points']:.2f}-point budget. Closest: "
+                      + "; ".join(f"{recipe_text(t['recipe'])} ({t['drop_points']:+.2f})" for t in result["closest"])
+                      + f". Layers that block it (most sensitive): {', '.join(result['blocking_layers'])}[/yellow]",
+                      soft_wrap=True)
+    console.print(f"wrote {result['out_dir']}/tune.json (every trial, the Pareto front); rerun to resume")
+
+
+def recipe_text(recipe: dict) -> str:
+    parts = [recipe["precision"]]
+    if recipe["precision"] == "int8":
+        parts += ["per-channel" if recipe["per_channel"] else "per-tensor", recipe["calib_method"],
+                  f"{recipe['calib_samples']} samples"]
+    if recipe.get("keep_float"):
+        parts.append(f"{recipe['keep_float']} layer(s) float")
+    if recipe.get("prune", "none") != "none":
+        parts.append(recipe["prune"] + (f" + {recipe['finetune_epochs']} ep" if recipe.get("finetune_epochs") else ""))
+    return ", ".join(parts)
+
+
+@cli.command("report")
+@click.argument("dirs", nargs=-1, required=True, type=click.Path(path_type=Path, file_okay=False))
+@click.option("--out", "-o", type=click.Path(path_type=Path, dir_okay=False), default=Path("edgekit-report.html"),
+              show_default=True)
+def report_cmd(dirs, out):
+    """Render one self-contained HTML page from result directories (convert, --target all, tune)."""
+    from . import html_report
+    html_report.write(list(dirs), out)
+    click.echo(f"wrote {out}")
+
+
 @cli.group(invoke_without_command=True)
 @targets_dir_option
 @click.pass_context

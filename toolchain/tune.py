@@ -1,0 +1,311 @@
+"""`edgekit tune`: the cheapest artifact within an accuracy budget, and the whole trade-off.
+
+1. `--data` is split in two, once: a *tuning* half that trials are scored on (convert holds its
+   own calibration slice apart from it), and a *held-out* half that only the final choice is
+   checked on. Nothing is returned that misses the budget on the held-out half.
+2. Per-layer sensitivity (passes/sensitivity.py) ranks the layers; "keep in float" candidates are
+   the top of that ranking, never a blind guess.
+3. Optuna's multi-objective sampler (NSGA-II) searches precision, per-channel/per-tensor,
+   calibration method and samples, layers kept in float, and pruning (kind, level, fine-tuning);
+   objectives: accuracy drop and the cost (`--objective` latency, size or memory).
+   Trials cannot leave the budget by keeping *fewer* layers in float than one that already
+   missed it by far (monotone in keep-float): those are pruned without running.
+4. Every trial is cached by the content hash of model, data and recipe in <out>/trials/<hash>/,
+   and the study lives in <out>/study.db, so an interrupted `tune` resumes where it stopped.
+   Trials run in parallel worker processes sharing that storage (`--workers`), or on any Optuna
+   storage URL given with `--cluster` (docs/SCALING.md).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import EdgekitError
+
+STUDY = "edgekit-tune"
+PRUNE_CHOICES = ("none", "magnitude:0.5", "channels:0.25", "channels:0.5")
+
+
+@dataclass
+class TuneSetup:
+    model: Path
+    target: str
+    fmt: str
+    tune_data: Path
+    holdout_data: Path
+    out: Path
+    budget_points: float
+    objective: str
+    candidates: list[str]  # layers, most sensitive first
+    keras: bool
+    source_accuracy: float
+    trials_budget: int
+    storage: str
+    targets_dirs: list[str]
+
+
+def recipe_space(trial, setup: TuneSetup) -> dict:
+    precision = trial.suggest_categorical("precision", ["int8", "dynamic", "fp16"])
+    calibrated = precision == "int8"  # the other modes have no calibration or per-layer float choice
+    recipe = {
+        "precision": precision,
+        "per_channel": trial.suggest_categorical("per_channel", [True, False]) if calibrated else True,
+        "calib_method": trial.suggest_categorical("calib_method", ["minmax", "percentile", "entropy"])
+        if calibrated else "minmax",
+        "calib_samples": trial.suggest_categorical("calib_samples", [32, 100]) if calibrated else 100,
+        "keep_float": trial.suggest_int("keep_float", 0, min(2, len(setup.candidates))) if calibrated else 0,
+        "prune": trial.suggest_categorical("prune", PRUNE_CHOICES if setup.keras else ("none", "magnitude:0.5")),
+    }
+    recipe["finetune_epochs"] = trial.suggest_categorical("finetune_epochs", [0, 2]) if recipe["prune"] != "none" \
+        and setup.keras else 0
+    return recipe
+
+
+def trial_key(setup: TuneSetup, recipe: dict) -> str:
+    digest = hashlib.sha256()
+    for path in (setup.model, setup.tune_data):
+        digest.update(_file_hash(path).encode())
+    digest.update(json.dumps([setup.target, setup.fmt, recipe], sort_keys=True).encode())
+    return digest.hexdigest()[:16]
+
+
+def _file_hash(path: Path) -> str:
+    digest = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for f in files:
+        digest.update(f.read_bytes())
+    return digest.hexdigest()
+
+
+def run_trial(setup: TuneSetup, recipe: dict) -> dict:
+    """Convert with one recipe (cached by content hash) and return its figures."""
+    from . import pipeline
+    key = trial_key(setup, recipe)
+    cached = setup.out / "trials" / key / "trial.json"
+    if cached.is_file():
+        return json.loads(cached.read_text())
+    options = dict(target=setup.target, formats=[setup.fmt], data=setup.tune_data, precision=recipe["precision"],
+                   per_tensor=not recipe["per_channel"], calib_method=recipe["calib_method"],
+                   calib_samples=recipe["calib_samples"], keep_float=setup.candidates[:recipe["keep_float"]],
+                   runs=50, warmup=5, out=setup.out / "trials" / key / "artifact", force=True,
+                   targets_dirs=setup.targets_dirs, emulate=False)
+    if recipe["prune"] != "none":
+        options.update(prune=recipe["prune"], finetune_epochs=recipe["finetune_epochs"] or None)
+    try:
+        report = pipeline.convert(setup.model, **options)
+        artifact = next(a for a in report["artifacts"] if a["role"] == "target")
+        if artifact["status"] != "ok":
+            raise EdgekitError(artifact["reason"])
+        figures = {"key": key, "recipe": recipe, "ok": True, "accuracy": artifact["accuracy"]["value"],
+                   "drop_points": (report["source_accuracy"] - artifact["accuracy"]["value"]) * 100,
+                   "bytes": artifact["size"]["bytes"], "latency_ms": artifact["latency_ms"]["median"],
+                   "memory_mib": artifact["memory"]["peak_rss_mib"] - artifact["memory"]["baseline_rss_mib"],
+                   "file": str(Path(report["out_dir"]) / artifact["file"])}
+    except EdgekitError as exc:
+        figures = {"key": key, "recipe": recipe, "ok": False, "error": exc.one_line()}
+    figures["worker_pid"] = os.getpid()
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    cached.write_text(json.dumps(figures, indent=2))
+    return figures
+
+
+def cost(figures: dict, objective: str) -> float:
+    return {"latency": figures["latency_ms"], "size": figures["bytes"], "memory": figures["memory_mib"]}[objective]
+
+
+def objective_fn(setup: TuneSetup):
+    import optuna
+
+    def objective(trial):
+        recipe = recipe_space(trial, setup)
+        if _hopeless(setup, trial, recipe):
+            raise optuna.TrialPruned("a trial with more layers in float already missed the budget by far")
+        figures = run_trial(setup, recipe)
+        trial.set_user_attr("figures", figures)
+        if not figures["ok"]:
+            return float("inf"), float("inf")
+        return figures["drop_points"], cost(figures, setup.objective)
+    return objective
+
+
+def _hopeless(setup: TuneSetup, trial, recipe: dict) -> bool:
+    """Keeping fewer layers in float than a same-recipe trial that missed the budget by 2x cannot meet it."""
+    for past in trial.study.get_trials(deepcopy=False):
+        figures = past.user_attrs.get("figures")
+        if not figures or not figures.get("ok"):
+            continue
+        same = {k: v for k, v in figures["recipe"].items() if k != "keep_float"} == \
+            {k: v for k, v in recipe.items() if k != "keep_float"}
+        if same and figures["recipe"]["keep_float"] >= recipe["keep_float"] and \
+                figures["drop_points"] > 2 * setup.budget_points + 1:
+            return True
+    return False
+
+
+def _worker(setup: TuneSetup, trials: int) -> None:
+    import optuna
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.load_study(study_name=STUDY, storage=setup.storage)
+    deadline = float(os.environ.get("EDGEKIT_TUNE_DEADLINE_S", "0")) or None
+    study.optimize(objective_fn(setup), n_trials=trials, timeout=deadline, catch=(Exception,))
+
+
+def search(setup: TuneSetup, workers: int, seed: int = 0, progress=lambda msg: None) -> list[dict]:
+    import optuna
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    sampler = optuna.samplers.NSGAIISampler(seed=seed, population_size=8)
+    study = optuna.create_study(study_name=STUDY, storage=setup.storage, load_if_exists=True,
+                                directions=["minimize", "minimize"], sampler=sampler)
+    done = len([t for t in study.trials if t.state.is_finished()])
+    remaining = max(setup.trials_budget - done, 0)
+    if done == 0:  # start from the recipes people reach for first
+        for precision in ("int8", "dynamic", "fp16"):
+            study.enqueue_trial({"precision": precision, "per_channel": True, "calib_method": "minmax",
+                                 "calib_samples": 100, "keep_float": 0, "prune": "none"})
+    progress(f"{done} trials already done (resumed); running {remaining} more on {workers} worker(s)")
+    if remaining:
+        share = [remaining // workers + (i < remaining % workers) for i in range(workers)]
+        context = multiprocessing.get_context("spawn")
+        processes = [context.Process(target=_worker, args=(setup, n)) for n in share if n]
+        for p in processes:
+            p.start()
+        for p in processes:
+            p.join()
+    return [t.user_attrs["figures"] for t in optuna.load_study(study_name=STUDY, storage=setup.storage).trials
+            if "figures" in t.user_attrs]
+
+
+def pareto(trials: list[dict], objective: str) -> list[dict]:
+    ok = [t for t in trials if t["ok"]]
+    front = [t for t in ok if not any(o["drop_points"] <= t["drop_points"] and cost(o, objective) <= cost(t, objective)
+                                      and (o["drop_points"], cost(o, objective)) != (t["drop_points"], cost(t, objective))
+                                      for o in ok)]
+    return sorted(front, key=lambda t: cost(t, objective))
+
+
+def holdout_accuracy(path: Path, data: Path) -> float:
+    """Accuracy of an artifact on the held-out split (never seen while tuning)."""
+    import subprocess
+    import sys
+    import tempfile
+
+    from . import runner
+    with np.load(data) as npz:
+        x, y = npz["x"], npz["y"]
+    with tempfile.TemporaryDirectory() as tmp:
+        runner.save_stacked(Path(tmp) / "in.npz", "in", [[x[i:i + 1]] for i in range(len(x))])
+        subprocess.run([sys.executable, "-m", "edgekit.runner", str(path), "--runs", "1", "--warmup", "0",
+                        "--inputs", f"{tmp}/in.npz", "--outputs", f"{tmp}/out.npz", "--json", f"{tmp}/r.json"],
+                       check=True, capture_output=True)
+        with np.load(Path(tmp) / "out.npz") as out:
+            predictions = out["out0"].reshape(len(x), -1).argmax(axis=1)
+    return float(np.mean(predictions == y))
+
+
+def split_data(data: Path, out: Path, seed: int = 0) -> tuple[Path, Path]:
+    """Tuning and held-out halves of --data (a fixed shuffle, saved once so reruns reuse them)."""
+    tune_path, holdout_path = out / "data-tune.npz", out / "data-holdout.npz"
+    if not tune_path.is_file():
+        with np.load(data) as npz:
+            if "y" not in npz.files:
+                raise EdgekitError(f"{data} has no labels (y)", "tune needs labelled data to measure accuracy")
+            x, y = npz["x"], npz["y"]
+        order = np.random.default_rng(seed).permutation(len(x))
+        half = len(x) // 2
+        np.savez(tune_path, x=x[order[:half]], y=y[order[:half]])
+        np.savez(holdout_path, x=x[order[half:]], y=y[order[half:]])
+    return tune_path, holdout_path
+
+
+def choose(trials: list[dict], setup: TuneSetup, fp32: dict | None) -> dict:
+    """The cheapest trial within budget on the tuning split that also holds it on the held-out split."""
+    within = sorted((t for t in trials if t["ok"] and t["drop_points"] <= setup.budget_points),
+                    key=lambda t: cost(t, setup.objective))
+    holdout_source = holdout_accuracy(Path(fp32["file"]), setup.holdout_data) if fp32 else None
+    for t in within:
+        t["holdout_accuracy"] = holdout_accuracy(Path(t["file"]), setup.holdout_data)
+        t["holdout_drop_points"] = (holdout_source - t["holdout_accuracy"]) * 100 if holdout_source is not None else None
+        if t["holdout_drop_points"] is not None and t["holdout_drop_points"] <= setup.budget_points:
+            return t
+    return {}
+
+
+def clean_copy(best: dict, out: Path) -> Path:
+    target = out / "best"
+    shutil.rmtree(target, ignore_errors=True)
+    shutil.copytree(Path(best["file"]).parent, target)
+    return target / Path(best["file"]).name
+
+
+def default_workers() -> int:
+    return max(1, min(2, os.cpu_count() or 1))
+
+
+def tune(model=None, target: str = "cpu-int8", data: Path | None = None, max_accuracy_drop: float = 0.5,
+         relative: bool = False, budget_minutes: float | None = None, objective: str = "latency",
+         out: Path | None = None, workers: int | None = None, cluster: str | None = None, trials: int = 16,
+         force: bool = False, targets_dirs: list[str] | None = None, progress=lambda msg: None) -> dict:
+    from . import pipeline, targets
+    targets_dirs = list(targets_dirs or [])
+    profile = targets.get_target(target, tuple(targets_dirs)).profile
+    options = pipeline.ConvertOptions(data=data)
+    model, name = pipeline._resolve_model(model, options, progress)
+    if options.data is None:
+        raise EdgekitError("tune needs labelled data", "pass --data val.npz with x and y")
+    out = Path(out or Path("edgekit-out") / f"{name}-tune-{target}")
+    if force:
+        shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True, exist_ok=True)  # an existing directory is resumed, not overwritten
+    tune_data, holdout = split_data(Path(options.data), out)
+    keras = model.suffix in (".keras", ".h5")
+    setup = TuneSetup(model, target, profile.build.formats[0], tune_data, holdout, out, max_accuracy_drop, objective,
+                      [], keras, 0.0, trials, cluster or f"sqlite:///{(out / 'study.db').resolve()}", targets_dirs)
+    progress("fp32 baseline")
+    fp32 = run_trial(setup, {"precision": "fp32", "per_channel": True, "calib_method": "minmax",
+                             "calib_samples": 100, "keep_float": 0, "prune": "none", "finetune_epochs": 0})
+    if not fp32["ok"]:
+        raise EdgekitError(f"the fp32 baseline failed: {fp32['error']}", "check `edgekit convert` on this model")
+    setup.source_accuracy = fp32["accuracy"]
+    if relative:
+        setup.budget_points = max_accuracy_drop * setup.source_accuracy  # percent of the source accuracy
+    sensitivity = _sensitivity(model, tune_data, target, targets_dirs, out, progress)
+    setup.candidates = [row["layer"] for row in sensitivity]
+    if budget_minutes:
+        setup.trials_budget = trials  # workers also stop at the time budget
+        os.environ["EDGEKIT_TUNE_DEADLINE_S"] = str(budget_minutes * 60)
+    all_trials = search(setup, workers or default_workers(), progress=progress)
+    front = pareto(all_trials, objective)
+    progress("checking the best candidates on the held-out split")
+    best = choose(all_trials, setup, fp32)
+    result = {"schema": "edgekit.tune/1", "model": str(model), "target": target, "format": setup.fmt,
+              "objective": objective, "budget_points": setup.budget_points, "relative": relative,
+              "fp32": fp32, "best": best or None, "pareto": front, "trials": all_trials,
+              "sensitivity": sensitivity, "out_dir": str(out),
+              "how": "accuracy on the tuning split for every trial; the chosen artifact re-checked on the held-out "
+                     "split; latency measured on this host (1 thread unless the profile says otherwise)"}
+    if best:
+        result["best_artifact"] = str(clean_copy(best, out))
+    else:
+        within = sorted((t for t in all_trials if t["ok"]), key=lambda t: t["drop_points"])[:3]
+        result["closest"] = within
+        result["blocking_layers"] = setup.candidates[:3]
+    (out / "tune.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
+    return result
+
+
+def _sensitivity(model: Path, data: Path, target: str, targets_dirs, out: Path, progress) -> list[dict]:
+    from . import pipeline
+    cached = out / "sensitivity.json"
+    if cached.is_file():
+        return json.loads(cached.read_text())
+    progress("per-layer sensitivity")
+    rows = pipeline.analyze(model, sensitivity=True, data=data, target=target, targets_dirs=targets_dirs)["sensitivity"]
+    cached.write_text(json.dumps(rows, indent=2))
+    return rows
