@@ -22,6 +22,8 @@ import json
 import multiprocessing
 import os
 import shutil
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +32,7 @@ import numpy as np
 from .errors import EdgekitError
 
 STUDY = "edgekit-tune"
+TRIAL_TIMEOUT_S = 1800
 PRUNE_CHOICES = ("none", "magnitude:0.5", "channels:0.25", "channels:0.5")
 
 
@@ -85,12 +88,36 @@ def _file_hash(path: Path) -> str:
 
 
 def run_trial(setup: TuneSetup, recipe: dict) -> dict:
-    """Convert with one recipe (cached by content hash) and return its figures."""
+    """Convert with one recipe (cached by content hash) and return its figures.
+
+    The conversion runs in its own process: a converter that crashes fails that trial only.
+    """
+    key = trial_key(setup, recipe)
+    cached = setup.out / "trials" / key / "trial.json"
+    if not cached.is_file():
+        payload = json.dumps({"setup": {k: str(v) if isinstance(v, Path) else v for k, v in vars(setup).items()},
+                              "recipe": recipe})
+        proc = subprocess.run([sys.executable, "-m", "edgekit.tune"], input=payload, capture_output=True, text=True,
+                              timeout=TRIAL_TIMEOUT_S)
+        if not cached.is_file():
+            lines = [ln for ln in proc.stderr.splitlines() if ln.strip()] or [f"exit code {proc.returncode}"]
+            _save(cached, {"key": key, "recipe": recipe, "ok": False, "worker_pid": os.getpid(),
+                           "error": f"the conversion crashed (exit {proc.returncode}): {lines[-1][:200]}"})
+    return json.loads(cached.read_text())
+
+
+def _save(path: Path, figures: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".partial")
+    tmp.write_text(json.dumps(figures, indent=2))
+    tmp.replace(path)
+
+
+def _convert_trial(setup: TuneSetup, recipe: dict) -> None:
+    """One trial's conversion (in the trial's own process); writes trial.json."""
     from . import pipeline
     key = trial_key(setup, recipe)
     cached = setup.out / "trials" / key / "trial.json"
-    if cached.is_file():
-        return json.loads(cached.read_text())
     options = dict(target=setup.target, formats=[setup.fmt], data=setup.tune_data, precision=recipe["precision"],
                    per_tensor=not recipe["per_channel"], calib_method=recipe["calib_method"],
                    calib_samples=recipe["calib_samples"], keep_float=setup.candidates[:recipe["keep_float"]],
@@ -110,10 +137,8 @@ def run_trial(setup: TuneSetup, recipe: dict) -> dict:
                    "file": str(Path(report["out_dir"]) / artifact["file"])}
     except EdgekitError as exc:
         figures = {"key": key, "recipe": recipe, "ok": False, "error": exc.one_line()}
-    figures["worker_pid"] = os.getpid()
-    cached.parent.mkdir(parents=True, exist_ok=True)
-    cached.write_text(json.dumps(figures, indent=2))
-    return figures
+    figures["worker_pid"] = os.getppid()  # the worker that ran this trial
+    _save(cached, figures)
 
 
 def cost(figures: dict, objective: str) -> float:
@@ -309,3 +334,11 @@ def _sensitivity(model: Path, data: Path, target: str, targets_dirs, out: Path, 
     rows = pipeline.analyze(model, sensitivity=True, data=data, target=target, targets_dirs=targets_dirs)["sensitivity"]
     cached.write_text(json.dumps(rows, indent=2))
     return rows
+
+
+if __name__ == "__main__":  # one trial, run by run_trial in its own process: JSON on stdin
+    job = json.loads(sys.stdin.read())
+    fields = job["setup"]
+    for name in ("model", "tune_data", "holdout_data", "out"):
+        fields[name] = Path(fields[name])
+    _convert_trial(TuneSetup(**fields), job["recipe"])

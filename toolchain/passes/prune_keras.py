@@ -72,7 +72,6 @@ def channel_graph(model, config: PruneConfig) -> tuple[list[ChannelNode], list[s
 
 def channels(model, config: PruneConfig):
     """A smaller dense copy of `model` without the fraction `config.amount` of channels; and the plan."""
-    import keras
     nodes, outputs, spatial = channel_graph(model, config)
     plan = plan_channels(nodes, outputs, config.amount)
     if not plan.keep:
