@@ -116,5 +116,7 @@ def _scatter(trials: list[dict], front: set, best: str | None, budget: float, ke
             f"<text x='{width / 2}' y='{height - 12}' font-size='12' text-anchor='middle'>{html.escape(label)}</text>"
             f"<text x='14' y='{height / 2}' font-size='12' transform='rotate(-90 14 {height / 2})' "
             f"text-anchor='middle'>accuracy drop (points)</text>"
+            f"<text x='{pad - 4}' y='{sy(y1) + 4:.1f}' font-size='10' text-anchor='end'>{y1:.2g}</text>"
+            f"<text x='{pad - 4}' y='{sy(y0) + 4:.1f}' font-size='10' text-anchor='end'>{y0:.2g}</text>"
             f"<text x='{pad}' y='{height - pad + 14}' font-size='10'>{x0:.3g}</text>"
             f"<text x='{width - pad}' y='{height - pad + 14}' font-size='10' text-anchor='end'>{x1:.3g}</text></svg>")

@@ -174,10 +174,18 @@ def _hopeless(setup: TuneSetup, trial, recipe: dict) -> bool:
     return False
 
 
+def storage(url: str):
+    """An Optuna storage; SQLite waits for the other workers' write locks instead of failing."""
+    import optuna
+    if url.startswith("sqlite:"):
+        return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 300}})
+    return url
+
+
 def _worker(setup: TuneSetup, trials: int) -> None:
     import optuna
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.load_study(study_name=STUDY, storage=setup.storage)
+    study = optuna.load_study(study_name=STUDY, storage=storage(setup.storage))
     deadline = float(os.environ.get("EDGEKIT_TUNE_DEADLINE_S", "0")) or None
     study.optimize(objective_fn(setup), n_trials=trials, timeout=deadline, catch=(Exception,))
 
@@ -186,7 +194,7 @@ def search(setup: TuneSetup, workers: int, seed: int = 0, progress=lambda msg: N
     import optuna
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     sampler = optuna.samplers.NSGAIISampler(seed=seed, population_size=8)
-    study = optuna.create_study(study_name=STUDY, storage=setup.storage, load_if_exists=True,
+    study = optuna.create_study(study_name=STUDY, storage=storage(setup.storage), load_if_exists=True,
                                 directions=["minimize", "minimize"], sampler=sampler)
     done = len([t for t in study.trials if t.state.is_finished()])
     remaining = max(setup.trials_budget - done, 0)
@@ -203,7 +211,10 @@ def search(setup: TuneSetup, workers: int, seed: int = 0, progress=lambda msg: N
             p.start()
         for p in processes:
             p.join()
-    return [t.user_attrs["figures"] for t in optuna.load_study(study_name=STUDY, storage=setup.storage).trials
+        failed = [p.exitcode for p in processes if p.exitcode]
+        if failed:
+            progress(f"{len(failed)} worker(s) stopped early (exit {failed}); rerun to resume the rest")
+    return [t.user_attrs["figures"] for t in optuna.load_study(study_name=STUDY, storage=storage(setup.storage)).trials
             if "figures" in t.user_attrs]
 
 
