@@ -27,7 +27,7 @@ def _help(field: str) -> str:
 def _console():
     from rich.console import Console
     # Piped output gets a fixed width wide enough for the report table; a terminal keeps its own.
-    return Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 130)
+    return Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 170)
 
 
 targets_dir_option = click.option("--targets-dir", "targets_dirs", multiple=True, type=click.Path(file_okay=False),
