@@ -27,13 +27,12 @@ from typing import Callable
 
 import numpy as np
 
-from . import __version__, backends, data, measure, report, runner, sources, targets
+from . import __version__, backends, data, devices, measure, report, runner, sources, targets
 from .errors import ConversionError, EdgekitError
 from .passes import prune, quantize
 from .schema import option
 
 REPORT_SCHEMA = "edgekit.report/1"
-RUNNER_TIMEOUT_S = 900
 
 
 @dataclass
@@ -447,7 +446,7 @@ def _artifact(ctx: Context, backend, precision: str, directory: Path, role: str,
             if baseline is None or baseline["status"] != "ok":
                 raise ConversionError(f"the fp32 {backend.FORMAT} baseline failed, so there is nothing to quantize")
             entry.update(quantize.run(backend, ctx.source, ctx.stage / baseline["file"], path, ctx.qconfig, ctx.calib))
-            if _accelerated(ctx, backend) and ctx.target.profile.accelerator.requant == "shift":
+            if devices.accelerated(ctx, backend) and ctx.target.profile.accelerator.requant == "shift":
                 from . import accel
                 accel.power_of_two_scales(path)
                 entry["notes"].append("scales rounded up to powers of two, weights and biases requantized "
@@ -475,7 +474,7 @@ def _measure(ctx: Context, backend, artifact: Path, precision: str) -> dict:
     where = f"{measure.MEASURED} ({result['host']['cpu']}, {result['host']['machine']})"
     figures["size"] = measure.size(backend.files(artifact))
     if ctx.target.profile.device.kind == "gpu":
-        figures["latency_ms"] = _gpu_latency(ctx, backend, artifact, run_dir)
+        figures["latency_ms"] = devices.gpu_latency(ctx, backend, artifact, run_dir)
     else:
         figures["latency_ms"] = {**result["latency_ms"], "threads": result["threads"], "warmup": result["warmup"],
                                  "runs": result["runs"], "how": where}
@@ -483,12 +482,12 @@ def _measure(ctx: Context, backend, artifact: Path, precision: str) -> dict:
     figures["runtime"] = result["runtime"]
     if hasattr(backend, "op_summary"):
         figures["ops"] = backend.op_summary(artifact)
-    if _emulating(ctx):
-        figures["aarch64"] = _emulated(ctx, backend, artifact, run_dir, outputs)
+    if devices.emulating(ctx):
+        figures["aarch64"] = devices.emulated_run(ctx, backend, artifact, run_dir, outputs)
     for url in ctx.options.devices:
-        figures.setdefault("remote", []).append(_remote(ctx, backend, artifact, run_dir, outputs, url))
-    if _accelerated(ctx, backend) and precision != "fp32":
-        figures["accelerator"] = _accelerator_figures(ctx, artifact, outputs)
+        figures.setdefault("remote", []).append(devices.remote_run(ctx, backend, artifact, run_dir, outputs, url))
+    if devices.accelerated(ctx, backend) and precision != "fp32":
+        figures["accelerator"] = devices.accelerator_figures(ctx, artifact, outputs)
     if ctx.evalset.labels is not None:
         acc = measure.accuracy(outputs, ctx.evalset.labels)
         figures["accuracy"] = {"value": acc, "delta": acc - ctx.source_accuracy, "samples": len(outputs),
@@ -507,132 +506,13 @@ def _run(ctx: Context, backend, artifact: Path) -> tuple[dict, list[list[np.ndar
            "--runs", str(opts.runs or bench.runs), "--inputs", str(run_dir / "in.npz"),
            "--outputs", str(run_dir / "out.npz"), "--json", str(run_dir / "result.json")]
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=RUNNER_TIMEOUT_S)
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=runner.TIMEOUT_S)
     except subprocess.TimeoutExpired:
-        raise ConversionError(f"the {backend.RUNTIME} runner timed out after {RUNNER_TIMEOUT_S} s") from None
+        raise ConversionError(f"the {backend.RUNTIME} runner timed out after {runner.TIMEOUT_S} s") from None
     if proc.returncode != 0:
         lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
         raise ConversionError(f"{backend.RUNTIME} could not run the artifact: {(lines or ['no output'])[-1][:300]}")
-    return json.loads((run_dir / "result.json").read_text()), _load_outputs(run_dir / "out.npz"), run_dir
-
-
-def _gpu_latency(ctx: Context, backend, artifact: Path, run_dir: Path) -> dict:
-    """Latency on the GPU where the format's runtime sees one; otherwise say so, never a CPU figure."""
-    gpu = getattr(backend, "gpu_name", lambda: None)()
-    if gpu is None:
-        return {"status": "not measured: no GPU found", "how": "not measured"}
-    bench = ctx.target.profile.bench
-    opts = ctx.options
-    cmd = [sys.executable, "-m", "edgekit.runner", str(artifact), "--device", "gpu",
-           "--warmup", str(bench.warmup if opts.warmup is None else opts.warmup), "--runs", str(opts.runs or bench.runs),
-           "--inputs", str(run_dir / "in.npz"), "--json", str(run_dir / "gpu.json")]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=RUNNER_TIMEOUT_S)
-    if proc.returncode != 0:
-        lines = [ln for ln in proc.stderr.splitlines() if ln.strip()] or ["no output"]
-        return {"status": f"not measured: the GPU run failed ({lines[-1][:200]})", "how": "not measured"}
-    result = json.loads((run_dir / "gpu.json").read_text())
-    return {**result["latency_ms"], "threads": result["threads"], "warmup": result["warmup"], "runs": result["runs"],
-            "how": f"measured on host GPU ({gpu})"}
-
-
-def _remote(ctx: Context, backend, artifact: Path, run_dir: Path, host_outputs, url: str) -> dict:
-    """The artifact measured on a device over SSH, with its outputs checked against the host run."""
-    from . import remote
-    bench = ctx.target.profile.bench
-    opts = ctx.options
-    ctx.progress(f"{backend.FORMAT}: running on {url}")
-    try:
-        result = remote.bench(url, backend.files(artifact), run_dir / "in.npz", opts.threads or bench.threads,
-                              bench.warmup if opts.warmup is None else opts.warmup, opts.runs or bench.runs,
-                              outputs=run_dir / "out-remote.npz")
-    except EdgekitError as exc:
-        return {"device": url, "error": exc.one_line()}
-    fid = measure.fidelity(host_outputs, _load_outputs(run_dir / "out-remote.npz"))
-    return {"device": url, "host": result["host"], "runtime": result["runtime"],
-            "latency_ms": {**result["latency_ms"], "threads": result["threads"], "warmup": result["warmup"],
-                           "runs": result["runs"], "how": result["how"]},
-            "memory": {**result["memory"], "how": result["how"]},
-            "max_abs_diff_vs_host": fid["max_abs_error"], "top1_agreement_vs_host": fid["top1_agreement"]}
-
-
-def _accelerated(ctx: Context, backend) -> bool:
-    return ctx.target.profile.device.kind == "fpga" and backend.FORMAT == "tflite"
-
-
-def _accelerator_figures(ctx: Context, artifact: Path, tflite_outputs) -> dict:
-    """Run the int8 graph on the accelerator emulator; compare with the float model and with TFLite."""
-    from . import accel
-    spec = ctx.target.profile.accelerator
-    ctx.progress("tflite: running the accelerator emulator")
-    try:
-        emu = accel.Emulator(artifact, spec)
-    except ConversionError as exc:
-        return {"error": f"not emulated: {exc}", "how": "emulated (integer-only numpy emulator of the accelerator)"}
-    outputs = emulate_samples(emu, ctx.evalset.samples)
-    placement = emu.placement()
-    macs = {op.outputs[0]: accel.mac_count(emu, op, spec) for op, _ in placement}
-    on_accel = sum(macs[op.outputs[0]] for op, where in placement if where == "accelerator")
-    vs_tflite = measure.fidelity(tflite_outputs, outputs, ctx.qconfig.precision)
-    figures = {
-        "how": "emulated (integer-only numpy emulator of the accelerator)",
-        "coverage_macs": float(on_accel / max(sum(macs.values()), 1)),
-        "fallback_ops": sorted({op.kind for op, where in placement if where == "cpu"} - {"QUANTIZE", "DEQUANTIZE"}),
-        "fidelity_vs_float": measure.fidelity(ctx.reference, outputs, ctx.qconfig.precision),
-        "fidelity_vs_tflite": vs_tflite,
-        "vs_tflite_reference": accel.compare_with_reference(emu, artifact, [s[0] for s in ctx.evalset.samples[:20]]),
-        "estimate": accel.cycles(emu, spec),
-        "weights_bytes": int(sum(t.data.nbytes for t in emu.tensors if t.data is not None)),
-        "onchip_bytes": spec.onchip_kib * 1024,
-    }
-    figures["weights_fit_onchip"] = figures["weights_bytes"] <= figures["onchip_bytes"]
-    figures["activations_fit_onchip"] = all(layer["fits_onchip"] for layer in figures["estimate"]["layers"])
-    if ctx.evalset.labels is not None:
-        acc = measure.accuracy(outputs, ctx.evalset.labels)
-        figures["accuracy"] = {"value": acc, "delta": acc - ctx.source_accuracy, "how": figures["how"]}
-    return figures
-
-
-def emulate_samples(emu, samples: list[list[np.ndarray]], chunk: int = 64) -> list[list[np.ndarray]]:
-    """Emulator outputs (dequantized) for batch-1 samples, run `chunk` at a time."""
-    from .accel import quantize_input, dequantize_output
-    results = []
-    for start in range(0, len(samples), chunk):
-        part = samples[start:start + chunk]
-        arrays = [quantize_input(emu, i, np.concatenate([s[k] for s in part])) for k, i in enumerate(emu.inputs)]
-        outs = [dequantize_output(emu, i, o) for i, o in zip(emu.outputs, emu.run(arrays))]
-        results += [[o[n:n + 1] for o in outs] for n in range(len(part))]
-    return results
-
-
-def _load_outputs(path: Path) -> list[list[np.ndarray]]:
-    with np.load(path) as npz:
-        columns = [npz[f"out{i}"] for i in range(len(npz.files))]
-    return [[c[n] for c in columns] for n in range(len(columns[0]))]
-
-
-def _emulating(ctx: Context) -> bool:
-    from . import emulate
-    if ctx.options.emulate is not None:
-        return ctx.options.emulate
-    return ctx.target.profile.device.arch == "aarch64" and not emulate.missing_tools()
-
-
-def _emulated(ctx: Context, backend, artifact: Path, run_dir: Path, host_outputs) -> dict:
-    """Run the artifact on emulated aarch64 and compare with the host run. Never a latency."""
-    from . import emulate
-    if backend.FORMAT not in emulate.RUNTIMES:
-        return {"runs": None, "reason": f"only {', '.join(emulate.RUNTIMES)} artifacts run under emulation",
-                "how": emulate.HOW}
-    try:
-        home = emulate.environment(Path(os.environ.get("EDGEKIT_EMULATION_CACHE", cache_dir() / "emulation")),
-                                   ctx.progress)
-        ctx.progress(f"{backend.FORMAT}: running on emulated aarch64")
-        result = emulate.run(home, artifact, run_dir / "in.npz", run_dir / "out-aarch64.npz")
-    except ConversionError as exc:
-        return {"runs": False, "reason": str(exc), "how": emulate.HOW}
-    fid = measure.fidelity(host_outputs, _load_outputs(run_dir / "out-aarch64.npz"))
-    return {"runs": True, "max_abs_diff_vs_host": fid["max_abs_error"], "top1_agreement_vs_host": fid["top1_agreement"],
-            "samples": fid["samples"], "runtime": result["runtime"], "how": emulate.HOW}
+    return json.loads((run_dir / "result.json").read_text()), runner.load_stacked(run_dir / "out.npz", "out"), run_dir
 
 
 @contextmanager

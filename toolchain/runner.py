@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 SCHEMA = "edgekit.bench/1"
+TIMEOUT_S = 900  # how long the host waits for one runner process
 
 
 def latency_stats(samples_ms: list[float]) -> dict:
@@ -74,9 +75,10 @@ def random_inputs(session, seed: int = 0) -> list[np.ndarray]:
             else rng.integers(0, 10, shape).astype(dtype) for _, shape, dtype in session.inputs]
 
 
-def load_samples(path: Path) -> list[list[np.ndarray]]:
+def load_stacked(path: Path, prefix: str = "in") -> list[list[np.ndarray]]:
+    """Samples from an .npz written by save_stacked: key <prefix><i> holds array i of every sample."""
     with np.load(path) as data:
-        arrays = [data[f"in{i}"] for i in range(len(data.files))]
+        arrays = [data[f"{prefix}{i}"] for i in range(len(data.files))]
     return [[a[n] for a in arrays] for n in range(len(arrays[0]))]
 
 
@@ -111,7 +113,7 @@ def bench(model: Path, threads: int = 1, warmup: int = 10, runs: int = 100,
     start = time.perf_counter()
     session = backend.Session(model, threads=threads, device=device)
     load_ms = (time.perf_counter() - start) * 1000
-    samples = [quantize_inputs(session, s) for s in load_samples(inputs)] if inputs else [random_inputs(session)]
+    samples = [quantize_inputs(session, s) for s in load_stacked(inputs)] if inputs else [random_inputs(session)]
     if outputs:
         save_stacked(outputs, "out", [dequantize_outputs(session, session.run(s)) for s in samples])
     # Inputs are bound once and only the inference call is timed, as the runtimes' own benchmark tools do.
