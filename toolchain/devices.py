@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -27,11 +26,9 @@ def gpu_latency(ctx: Context, backend, artifact: Path, run_dir: Path) -> dict:
     gpu = getattr(backend, "gpu_name", lambda: None)()
     if gpu is None:
         return {"status": "not measured: no GPU found", "how": "not measured"}
-    bench = ctx.target.profile.bench
-    opts = ctx.options
-    cmd = [sys.executable, "-m", "edgekit.runner", str(artifact), "--device", "gpu",
-           "--warmup", str(bench.warmup if opts.warmup is None else opts.warmup), "--runs", str(opts.runs or bench.runs),
-           "--inputs", str(run_dir / "in.npz"), "--json", str(run_dir / "gpu.json")]
+    _, warmup, runs = ctx.bench_settings()
+    cmd = runner.command(artifact, run_dir / "gpu.json", warmup=warmup, runs=runs, inputs=run_dir / "in.npz",
+                         device="gpu")
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=runner.TIMEOUT_S)
     if proc.returncode != 0:
         lines = [ln for ln in proc.stderr.splitlines() if ln.strip()] or ["no output"]
@@ -44,12 +41,10 @@ def gpu_latency(ctx: Context, backend, artifact: Path, run_dir: Path) -> dict:
 def remote_run(ctx: Context, backend, artifact: Path, run_dir: Path, host_outputs, url: str) -> dict:
     """The artifact measured on a device over SSH, with its outputs checked against the host run."""
     from . import remote
-    bench = ctx.target.profile.bench
-    opts = ctx.options
+    threads, warmup, runs = ctx.bench_settings()
     ctx.progress(f"{backend.FORMAT}: running on {url}")
     try:
-        result = remote.bench(url, backend.files(artifact), run_dir / "in.npz", opts.threads or bench.threads,
-                              bench.warmup if opts.warmup is None else opts.warmup, opts.runs or bench.runs,
+        result = remote.bench(url, backend.files(artifact), run_dir / "in.npz", threads, warmup, runs,
                               outputs=run_dir / "out-remote.npz")
     except EdgekitError as exc:
         return {"device": url, "error": exc.one_line()}

@@ -132,8 +132,9 @@ def run(home: Path, artifact: Path, inputs: Path, outputs: Path, timeout: int = 
     """Run the light runner on `artifact` under emulation; returns its JSON (latency not to be reported)."""
     result = outputs.with_suffix(".json")
     command, env = python(home)
-    cmd = [*command, "-m", "edgekit.runner", str(artifact.resolve()), "--runs", "1", "--warmup", "0",
-           "--inputs", str(inputs.resolve()), "--outputs", str(outputs.resolve()), "--json", str(result.resolve())]
+    from .runner import command as runner_command
+    cmd = runner_command(artifact.resolve(), result.resolve(), python=tuple(command), runs=1, warmup=0,
+                         inputs=inputs.resolve(), outputs=outputs.resolve())
     env = {"PATH": os.environ.get("PATH", ""), **env}
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)

@@ -17,7 +17,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from contextlib import contextmanager
@@ -85,6 +84,12 @@ class Context:
     stages: list[tuple[str, sources.Source]] = field(default_factory=list)  # original, pruned, fine-tuned
     pruning: dict | None = None
     source_accuracy: float | None = None  # of the original model, before any pass
+
+    def bench_settings(self) -> tuple[int, int, int]:
+        """(threads, warmup, runs): the profile's, unless overridden by options."""
+        bench, opts = self.target.profile.bench, self.options
+        return (opts.threads or bench.threads, bench.warmup if opts.warmup is None else opts.warmup,
+                opts.runs or bench.runs)
 
 
 def cache_dir() -> Path:
@@ -366,7 +371,7 @@ def _estimate(ctx: Context, artifacts: list[dict]) -> dict | None:
         float_path = onnx_backend.float_model(ctx.source)[0]
     except ConversionError as exc:
         return {"error": f"no estimate: {exc}", "how": costmodel.HOW}
-    threads = ctx.options.threads or ctx.target.profile.bench.threads
+    threads, _, _ = ctx.bench_settings()
     return costmodel.for_model(float_path, device, ctx.qconfig.precision, threads,
                                target["size"]["bytes"] if target else None)
 
@@ -497,14 +502,11 @@ def _measure(ctx: Context, backend, artifact: Path, precision: str) -> dict:
 
 def _run(ctx: Context, backend, artifact: Path) -> tuple[dict, list[list[np.ndarray]]]:
     """Run the artifact in the light runner, in its own process; returns its JSON and the outputs."""
-    bench = ctx.target.profile.bench
-    opts = ctx.options
+    threads, warmup, runs = ctx.bench_settings()
     run_dir = Path(tempfile.mkdtemp(prefix=f"run-{backend.FORMAT}-", dir=ctx.workdir))
     runner.save_stacked(run_dir / "in.npz", "in", ctx.evalset.samples)
-    cmd = [sys.executable, "-m", "edgekit.runner", str(artifact),
-           "--threads", str(opts.threads or bench.threads), "--warmup", str(bench.warmup if opts.warmup is None else opts.warmup),
-           "--runs", str(opts.runs or bench.runs), "--inputs", str(run_dir / "in.npz"),
-           "--outputs", str(run_dir / "out.npz"), "--json", str(run_dir / "result.json")]
+    cmd = runner.command(artifact, run_dir / "result.json", threads=threads, warmup=warmup, runs=runs,
+                         inputs=run_dir / "in.npz", outputs=run_dir / "out.npz")
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=runner.TIMEOUT_S)
     except subprocess.TimeoutExpired:

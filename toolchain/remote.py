@@ -99,10 +99,10 @@ def bench(url: str, files: list[Path], inputs: Path | None, threads: int, warmup
     remote = f"{_target(device)}:{workdir}/"
     try:
         _scp(device, [str(f) for f in files] + ([str(inputs)] if inputs else []), remote, timeout)
-        args = [python, "-m", "edgekit.runner", f"{workdir}/{files[0].name}", "--threads", str(threads),
-                "--warmup", str(warmup), "--runs", str(runs), "--json", f"{workdir}/result.json"]
-        if inputs:
-            args += ["--inputs", f"{workdir}/{inputs.name}", "--outputs", f"{workdir}/outputs.npz"]
+        from .runner import command
+        args = command(f"{workdir}/{files[0].name}", f"{workdir}/result.json", python=(python,), threads=threads,
+                       warmup=warmup, runs=runs, inputs=f"{workdir}/{inputs.name}" if inputs else None,
+                       outputs=f"{workdir}/outputs.npz" if inputs else None)
         proc = _ssh(device, f"cd {shlex.quote(workdir)} && " + " ".join(map(shlex.quote, args)), timeout)
         if proc.returncode != 0:
             raise _run_error(device, proc)

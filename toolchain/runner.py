@@ -87,6 +87,18 @@ def save_stacked(path: Path, prefix: str, samples: list[list[np.ndarray]]) -> No
     np.savez(path, **columns)
 
 
+def command(model, result_json, *, python: tuple[str, ...] = (sys.executable,), threads: int = 1, warmup: int = 10,
+            runs: int = 100, inputs=None, outputs=None, device: str = "cpu") -> list[str]:
+    """The argv that runs this runner on `model` (paths may be local or on a device)."""
+    argv = [*python, "-m", "edgekit.runner", str(model), "--threads", str(threads), "--warmup", str(warmup),
+            "--runs", str(runs), "--json", str(result_json), "--device", device]
+    if inputs:
+        argv += ["--inputs", str(inputs)]
+    if outputs:
+        argv += ["--outputs", str(outputs)]
+    return argv
+
+
 def quantize_inputs(session, sample: list[np.ndarray]) -> list[np.ndarray]:
     """Float samples into the model's integer input tensors, where it has them (int8-io models)."""
     params = getattr(session, "input_quant", None) or [None] * len(sample)
