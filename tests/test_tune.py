@@ -28,7 +28,7 @@ def test_finds_a_cheaper_artifact_within_budget_checked_on_held_out_data(tuned):
     assert best and best["drop_points"] <= 5.0 and best["holdout_drop_points"] <= 5.0
     assert best["latency_ms"] <= result["fp32"]["latency_ms"] and best["bytes"] < result["fp32"]["bytes"]
     assert Path(result["best_artifact"]).is_file()
-    assert len(result["trials"]) >= 4 and result["pareto"]
+    assert len(result["trials"]) + result["trials_pruned"] >= 4 and result["pareto"]
     assert "tuning split" in result["how"] and "held-out split" in result["how"]
     saved = json.loads((out / "tune.json").read_text())
     assert saved["best"]["key"] == best["key"] and (out / "data-holdout.npz").is_file()
@@ -36,7 +36,7 @@ def test_finds_a_cheaper_artifact_within_budget_checked_on_held_out_data(tuned):
 
 def test_trials_ran_on_two_workers_sharing_the_storage(tuned):
     result, _, _ = tuned
-    assert len({t["worker_pid"] for t in result["trials"] if t["recipe"]["precision"] != "fp32"}) == 2
+    assert len({t["worker_pid"] for t in result["trials"] if t["recipe"]["precision"] != "fp32"}) >= 2
 
 
 def test_rerun_resumes_without_redoing_trials(tuned, small_keras, tiny_eval):

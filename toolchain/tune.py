@@ -149,6 +149,7 @@ def objective_fn(setup: TuneSetup):
     import optuna
 
     def objective(trial):
+        trial.set_user_attr("worker", os.getpid())
         recipe = recipe_space(trial, setup)
         if _hopeless(setup, trial, recipe):
             raise optuna.TrialPruned("a trial with more layers in float already missed the budget by far")
@@ -183,39 +184,65 @@ def storage(url: str):
 
 
 def _worker(setup: TuneSetup, trials: int) -> None:
+    import traceback
+
     import optuna
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.load_study(study_name=STUDY, storage=storage(setup.storage))
-    deadline = float(os.environ.get("EDGEKIT_TUNE_DEADLINE_S", "0")) or None
-    study.optimize(objective_fn(setup), n_trials=trials, timeout=deadline, catch=(Exception,))
+    try:
+        study = optuna.load_study(study_name=STUDY, storage=storage(setup.storage))
+        deadline = float(os.environ.get("EDGEKIT_TUNE_DEADLINE_S", "0")) or None
+        study.optimize(objective_fn(setup), n_trials=trials, timeout=deadline, catch=(Exception,))
+    except Exception:  # storage trouble outside a trial: keep the trace; the parent starts a new worker
+        (setup.out / f"worker-{os.getpid()}.log").write_text(traceback.format_exc())
+        raise
 
 
-def search(setup: TuneSetup, workers: int, seed: int = 0, progress=lambda msg: None) -> list[dict]:
+def _counted(study) -> int:
+    """Trials that count towards the budget: finished with figures, or pruned."""
+    import optuna
+    return sum(1 for t in study.trials if "figures" in t.user_attrs or t.state == optuna.trial.TrialState.PRUNED)
+
+
+def _fail_orphans(study, pids: set[int]) -> None:
+    """Trials left RUNNING by workers of ours that died: mark them failed so they do not linger."""
+    import optuna
+    for t in study.trials:
+        if t.state == optuna.trial.TrialState.RUNNING and t.user_attrs.get("worker") in pids:
+            study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
+
+
+def search(setup: TuneSetup, workers: int, seed: int = 0, progress=lambda msg: None) -> tuple[list[dict], int]:
+    """Every trial's figures, and how many trials were pruned without running."""
     import optuna
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     sampler = optuna.samplers.NSGAIISampler(seed=seed, population_size=8)
     study = optuna.create_study(study_name=STUDY, storage=storage(setup.storage), load_if_exists=True,
                                 directions=["minimize", "minimize"], sampler=sampler)
-    done = len([t for t in study.trials if t.state.is_finished()])
-    remaining = max(setup.trials_budget - done, 0)
-    if done == 0:  # start from the recipes people reach for first
+    if not study.trials:  # start from the recipes people reach for first
         for precision in ("int8", "dynamic", "fp16"):
             study.enqueue_trial({"precision": precision, "per_channel": True, "calib_method": "minmax",
                                  "calib_samples": 100, "keep_float": 0, "prune": "none"})
-    progress(f"{done} trials already done (resumed); running {remaining} more on {workers} worker(s)")
-    if remaining:
+    progress(f"{_counted(study)} trials already done (resumed)")
+    context = multiprocessing.get_context("spawn")
+    for _ in range(3):  # a worker that dies is replaced, twice at most
+        remaining = max(setup.trials_budget - _counted(study), 0)
+        if not remaining:
+            break
+        progress(f"running {remaining} trials on {workers} worker(s)")
         share = [remaining // workers + (i < remaining % workers) for i in range(workers)]
-        context = multiprocessing.get_context("spawn")
         processes = [context.Process(target=_worker, args=(setup, n)) for n in share if n]
         for p in processes:
             p.start()
         for p in processes:
             p.join()
-        failed = [p.exitcode for p in processes if p.exitcode]
-        if failed:
-            progress(f"{len(failed)} worker(s) stopped early (exit {failed}); rerun to resume the rest")
-    return [t.user_attrs["figures"] for t in optuna.load_study(study_name=STUDY, storage=storage(setup.storage)).trials
-            if "figures" in t.user_attrs]
+        dead = {p.pid for p in processes if p.exitcode}
+        study = optuna.load_study(study_name=STUDY, storage=storage(setup.storage))
+        if not dead:
+            break
+        _fail_orphans(study, dead)
+        progress(f"{len(dead)} worker(s) stopped early (see {setup.out}/worker-*.log); starting new ones")
+    pruned = sum(1 for t in study.trials if t.state == optuna.trial.TrialState.PRUNED)
+    return [t.user_attrs["figures"] for t in study.trials if "figures" in t.user_attrs], pruned
 
 
 def pareto(trials: list[dict], objective: str) -> list[dict]:
@@ -228,21 +255,16 @@ def pareto(trials: list[dict], objective: str) -> list[dict]:
 
 def holdout_accuracy(path: Path, data: Path) -> float:
     """Accuracy of an artifact on the held-out split (never seen while tuning)."""
-    import subprocess
-    import sys
     import tempfile
 
-    from . import runner
+    from . import measure, runner
     with np.load(data) as npz:
         x, y = npz["x"], npz["y"]
     with tempfile.TemporaryDirectory() as tmp:
         runner.save_stacked(Path(tmp) / "in.npz", "in", [[x[i:i + 1]] for i in range(len(x))])
-        subprocess.run([sys.executable, "-m", "edgekit.runner", str(path), "--runs", "1", "--warmup", "0",
-                        "--inputs", f"{tmp}/in.npz", "--outputs", f"{tmp}/out.npz", "--json", f"{tmp}/r.json"],
-                       check=True, capture_output=True)
-        with np.load(Path(tmp) / "out.npz") as out:
-            predictions = out["out0"].reshape(len(x), -1).argmax(axis=1)
-    return float(np.mean(predictions == y))
+        subprocess.run(runner.command(path, Path(tmp) / "r.json", runs=1, warmup=0, inputs=Path(tmp) / "in.npz",
+                                      outputs=Path(tmp) / "out.npz"), check=True, capture_output=True)
+        return measure.accuracy(runner.load_stacked(Path(tmp) / "out.npz", "out"), y)
 
 
 def split_data(data: Path, out: Path, seed: int = 0) -> tuple[Path, Path]:
@@ -316,13 +338,13 @@ def tune(model=None, target: str = "cpu-int8", data: Path | None = None, max_acc
     if budget_minutes:
         setup.trials_budget = trials  # workers also stop at the time budget
         os.environ["EDGEKIT_TUNE_DEADLINE_S"] = str(budget_minutes * 60)
-    all_trials = search(setup, workers or default_workers(), progress=progress)
+    all_trials, pruned = search(setup, workers or default_workers(), progress=progress)
     front = pareto(all_trials, objective)
     progress("checking the best candidates on the held-out split")
     best = choose(all_trials, setup, fp32)
     result = {"schema": "edgekit.tune/1", "model": str(model), "target": target, "format": setup.fmt,
               "objective": objective, "budget_points": setup.budget_points, "relative": relative,
-              "fp32": fp32, "best": best or None, "pareto": front, "trials": all_trials,
+              "fp32": fp32, "best": best or None, "pareto": front, "trials": all_trials, "trials_pruned": pruned,
               "sensitivity": sensitivity, "out_dir": str(out),
               "how": "accuracy on the tuning split for every trial; the chosen artifact re-checked on the held-out "
                      "split; latency measured on this host (1 thread unless the profile says otherwise)"}
