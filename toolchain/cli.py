@@ -19,7 +19,7 @@ def _help(field: str) -> str:
     """Flag help comes from the documented ConvertOptions fields (one declaration)."""
     global _OPTION_HELP
     if _OPTION_HELP is None:
-        from .pipeline import ConvertOptions
+        from .options import ConvertOptions
         _OPTION_HELP = {f.name: f.metadata["help"] for f in dataclasses.fields(ConvertOptions)}
     return _OPTION_HELP[field]
 
@@ -174,34 +174,22 @@ def tune(model, targets_dirs, **options):
         table.add_column(column, overflow="fold")
     best_key = (result["best"] or {}).get("key")
     for t in result["pareto"]:
-        table.add_row(recipe_text(t["recipe"]), f"{t['drop_points']:+.2f}", f"{t['bytes'] / 1024:.1f}",
+        table.add_row(tuner.recipe_text(t["recipe"]), f"{t['drop_points']:+.2f}", f"{t['bytes'] / 1024:.1f}",
                       f"{t['latency_ms']:.4g}", "yes" if t["key"] == best_key else "")
     console.print(table)
     fp32 = result["fp32"]
     if result["best"]:
         best = result["best"]
-        console.print(f"chosen: {recipe_text(best['recipe'])}: {fp32['bytes'] / best['bytes']:.2f}x smaller, "
+        console.print(f"chosen: {tuner.recipe_text(best['recipe'])}: {fp32['bytes'] / best['bytes']:.2f}x smaller, "
                       f"{fp32['latency_ms'] / best['latency_ms']:.2f}x faster than fp32; accuracy drop "
                       f"{best['drop_points']:+.2f} points on the tuning split, {best['holdout_drop_points']:+.2f} on the "
                       f"held-out split. Artifact: {result['best_artifact']}", soft_wrap=True)
     else:
         console.print(f"[yellow]No candidate met the {result['budget_points']:.2f}-point budget. Closest: "
-                      + "; ".join(f"{recipe_text(t['recipe'])} ({t['drop_points']:+.2f})" for t in result["closest"])
+                      + "; ".join(f"{tuner.recipe_text(t['recipe'])} ({t['drop_points']:+.2f})" for t in result["closest"])
                       + f". Layers that block it (most sensitive): {', '.join(result['blocking_layers'])}[/yellow]",
                       soft_wrap=True)
     console.print(f"wrote {result['out_dir']}/tune.json (every trial, the Pareto front); rerun to resume")
-
-
-def recipe_text(recipe: dict) -> str:
-    parts = [recipe["precision"]]
-    if recipe["precision"] == "int8":
-        parts += ["per-channel" if recipe["per_channel"] else "per-tensor", recipe["calib_method"],
-                  f"{recipe['calib_samples']} samples"]
-    if recipe.get("keep_float"):
-        parts.append(f"{recipe['keep_float']} layer(s) float")
-    if recipe.get("prune", "none") != "none":
-        parts.append(recipe["prune"] + (f" + {recipe['finetune_epochs']} ep" if recipe.get("finetune_epochs") else ""))
-    return ", ".join(parts)
 
 
 @cli.command("report")

@@ -18,7 +18,7 @@ from . import measure, runner
 from .errors import ConversionError, EdgekitError
 
 if TYPE_CHECKING:
-    from .pipeline import Context
+    from .context import Context
 
 
 def gpu_latency(ctx: Context, backend, artifact: Path, run_dir: Path) -> dict:
@@ -119,7 +119,7 @@ def emulated_run(ctx: Context, backend, artifact: Path, run_dir: Path, host_outp
         return {"runs": None, "reason": f"only {', '.join(emulate.RUNTIMES)} artifacts run under emulation",
                 "how": emulate.HOW}
     try:
-        from .pipeline import cache_dir
+        from .context import cache_dir
         home = emulate.environment(Path(os.environ.get("EDGEKIT_EMULATION_CACHE", cache_dir() / "emulation")),
                                    ctx.progress)
         ctx.progress(f"{backend.FORMAT}: running on emulated aarch64")

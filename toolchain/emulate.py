@@ -147,5 +147,5 @@ def run(home: Path, artifact: Path, inputs: Path, outputs: Path, timeout: int = 
 
 
 if __name__ == "__main__":  # python -m edgekit.emulate: provision the cached environment now (make setup)
-    from .pipeline import cache_dir
+    from .context import cache_dir
     print(environment(Path(os.environ.get("EDGEKIT_EMULATION_CACHE", cache_dir() / "emulation")), print))

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from . import report
+from .tune import recipe_text
 
 LABELS = [("measured on host", "run on the machine that ran edgekit; for a device target it is not the device's figure"),
           ("measured on remote device", "run by the light runner on a device over SSH"),
@@ -65,7 +66,6 @@ def _sensitivity(rows: list[dict]) -> str:
 
 
 def _tune(result: dict) -> str:
-    from .cli import recipe_text
     best_key = (result.get("best") or {}).get("key")
     front = {t["key"] for t in result["pareto"]}
     ok = [t for t in result["trials"] if t.get("ok")]

@@ -20,80 +20,19 @@ import subprocess
 import tempfile
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
 from . import __version__, backends, data, devices, measure, report, runner, sources, targets
+from .context import Context, cache_dir
+from .options import ConvertOptions
 from .errors import ConversionError, EdgekitError
 from .passes import prune, quantize
-from .schema import option
 
 REPORT_SCHEMA = "edgekit.report/1"
-
-
-@dataclass
-class ConvertOptions:
-    target: str = option("cpu", "Target profile name (see `edgekit targets`).")
-    out: Path | None = option(None, "Output directory; default ./edgekit-out/<model>-<target>/.")
-    data: Path | None = option(None, "Evaluation .npz with `x` (inputs) and optional `y` (labels).")
-    input_shape: list[str] = option([], "Input shape that fixes dynamic dims: '1,224,224,3' or 'name:1,3,32,32'.")
-    force: bool = option(False, "Replace an existing output directory.")
-    trust_model: bool = option(False, "Allow Keras models that need unsafe deserialisation (Lambda with Python code).")
-    formats: list[str] = option([], "Artifact formats to build instead of the profile's list.")
-    precision: str | None = option(None, "Precision instead of the profile's.", choices=quantize.PRECISIONS)
-    calib: str | None = option(None, "Calibration data: .npz/.npy, a folder of images, or 'random' (marked "
-                                     "uncalibrated). Default: a held-apart slice of --data.")
-    calib_samples: int | None = option(None, "Calibration samples, instead of the profile's.")
-    calib_method: str | None = option(None, "minmax, percentile or entropy, instead of the profile's.",
-                                      choices=quantize.CALIB_METHODS)
-    per_tensor: bool = option(False, "One weight scale per tensor instead of per channel.")
-    keep_float: list[str] = option([], "Layers to leave in float on every backend (adds to the profile's).")
-    calib_scale: float | None = option(None, "Pixel scale for image-folder calibration, instead of the profile's.")
-    threads: int | None = option(None, "Inference threads for latency, instead of the profile's.")
-    runs: int | None = option(None, "Timed runs, instead of the profile's.")
-    warmup: int | None = option(None, "Warm-up runs, instead of the profile's.")
-    targets_dirs: list[str] = option([], "Extra directories searched for target profiles.")
-    seed: int = option(0, "Seed for generated inputs when no --data is given.")
-    sensitivity: bool = option(False, "Add per-layer int8 sensitivity (which layers to keep in float) to the report.")
-    prune: str | None = option(None, "Pruning before quantization: magnitude:S (unstructured, sparsity S) or "
-                                     "channels:R (structured, remove fraction R of channels).")
-    prune_scope: str | None = option(None, "magnitude: per-layer or global ranking.", choices=("per-layer", "global"))
-    prune_skip: list[str] = option([], "Layer names or types never pruned (adds to the profile's).")
-    finetune_epochs: int | None = option(None, "Fine-tune a pruned Keras model for N epochs (needs labels).")
-    train_data: Path | None = option(None, "Labelled .npz (x, y) for fine-tuning; default: a held-apart half of --data.")
-    devices: list[str] = option([], "Also benchmark every artifact on these devices over SSH (ssh://user@host[:port]).")
-    emulate: bool | None = option(None, "Also run TFLite/ONNX artifacts on emulated aarch64 (QEMU) and compare with "
-                                        "the host; default: on for aarch64 targets when QEMU is installed.")
-
-
-@dataclass
-class Context:
-    source: sources.Source
-    target: targets.Target
-    options: ConvertOptions
-    qconfig: quantize.QuantizeConfig
-    stage: Path | None
-    workdir: Path
-    evalset: data.EvalSet
-    calib: quantize.Calibration | None
-    reference: list[list[np.ndarray]]
-    progress: Callable[[str], None] = field(default=lambda msg: None)
-    stages: list[tuple[str, sources.Source]] = field(default_factory=list)  # original, pruned, fine-tuned
-    pruning: dict | None = None
-    source_accuracy: float | None = None  # of the original model, before any pass
-
-    def bench_settings(self) -> tuple[int, int, int]:
-        """(threads, warmup, runs): the profile's, unless overridden by options."""
-        bench, opts = self.target.profile.bench, self.options
-        return (opts.threads or bench.threads, bench.warmup if opts.warmup is None else opts.warmup,
-                opts.runs or bench.runs)
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("EDGEKIT_CACHE", Path.home() / ".cache" / "edgekit"))
 
 
 def default_model() -> dict[str, Path]:

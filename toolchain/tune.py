@@ -375,3 +375,15 @@ if __name__ == "__main__":  # one trial, run by run_trial in its own process: JS
     for name in ("model", "tune_data", "holdout_data", "out"):
         fields[name] = Path(fields[name])
     _convert_trial(TuneSetup(**fields), job["recipe"])
+
+
+def recipe_text(recipe: dict) -> str:
+    parts = [recipe["precision"]]
+    if recipe["precision"] == "int8":
+        parts += ["per-channel" if recipe["per_channel"] else "per-tensor", recipe["calib_method"],
+                  f"{recipe['calib_samples']} samples"]
+    if recipe.get("keep_float"):
+        parts.append(f"{recipe['keep_float']} layer(s) float")
+    if recipe.get("prune", "none") != "none":
+        parts.append(recipe["prune"] + (f" + {recipe['finetune_epochs']} ep" if recipe.get("finetune_epochs") else ""))
+    return ", ".join(parts)

@@ -227,7 +227,7 @@ def quantize(source, float_artifact: Path, out_path: Path, config, calib, method
             q.quantize_dynamic(str(pre), str(out_path), weight_type=q.QuantType.QInt8,
                                per_channel=config.per_channel, nodes_to_exclude=excluded)
         else:
-            q.quantize_static(str(pre), str(out_path), _Reader(model, calib.samples), quant_format=q.QuantFormat.QDQ,
+            q.quantize_static(str(pre), str(out_path), CalibrationReader(model, calib.samples), quant_format=q.QuantFormat.QDQ,
                               per_channel=config.per_channel,
                               activation_type=q.QuantType.QUInt8 if config.activations == "uint8" else q.QuantType.QInt8,
                               weight_type=q.QuantType.QInt8, nodes_to_exclude=excluded,
@@ -253,7 +253,7 @@ def quantize(source, float_artifact: Path, out_path: Path, config, calib, method
 _CALIBRATORS = {"minmax": lambda m: m.MinMax, "percentile": lambda m: m.Percentile, "entropy": lambda m: m.Entropy}
 
 
-class _Reader:
+class CalibrationReader:
     """onnxruntime's CalibrationDataReader protocol over our calibration samples."""
 
     def __init__(self, model, samples):

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import EdgekitError
-from .prune import ChannelNode, PruneConfig, flatten_rows, magnitude_masks, plan_channels, skipped, sparsity_row
+from .prune_plan import ChannelNode, PruneConfig, flatten_rows, magnitude_masks, plan_channels, skipped, sparsity_row
 
 PRODUCERS = {"Conv1D", "Conv2D", "Dense"}
 PASS = {"BatchNormalization", "ReLU", "Activation", "Dropout", "SpatialDropout2D", "LeakyReLU", "ZeroPadding2D",
@@ -99,7 +99,7 @@ def _slice(layer, weights: list[np.ndarray], node: ChannelNode, plan, spatial: d
     out_keep = plan.kept_out(node.name)
     if kind in PRODUCERS:
         kernel = weights[0]
-        in_keep = plan.kept_in(node.inputs[0])
+        in_keep = plan.kept_out(node.inputs[0])
         if in_keep is not None:
             if kind == "Dense" and spatial.get(node.inputs[0], 1) > 1:
                 channels = layer.input.shape[-1] // spatial[node.inputs[0]]

@@ -11,7 +11,7 @@ import numpy as np
 
 from ..backends import require
 from ..errors import EdgekitError
-from .prune import ChannelNode, PruneConfig, flatten_rows, magnitude_masks, plan_channels, skipped, sparsity_row
+from .prune_plan import ChannelNode, PruneConfig, flatten_rows, magnitude_masks, plan_channels, skipped, sparsity_row
 
 PASS_OPS = {"Relu", "Clip", "LeakyRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "MaxPool", "AveragePool",
             "Dropout", "Identity", "BatchNormalization", "GlobalAveragePool", "GlobalMaxPool", "Flatten", "Reshape",
@@ -160,7 +160,7 @@ def _apply(graph: Graph, key: str, node, plan, layout: dict[str, bool]) -> None:
     inputs = graph.data_inputs(node)
     if axes is not None:
         w = graph.array(node.input[1])
-        in_keep = plan.kept_in(graph.producer.get(inputs[0], inputs[0])) if inputs else None
+        in_keep = plan.kept_out(graph.producer.get(inputs[0], inputs[0])) if inputs else None
         if in_keep is not None:
             in_keep = _flattened(graph, node, in_keep, w.shape[axes[1]], layout)
             w = np.take(w, in_keep, axis=axes[1])

@@ -52,7 +52,7 @@ def analyze(source, samples: list[list[np.ndarray]], calib: Calibration, limit: 
         q.shape_inference.quant_pre_process(str(float_path), str(pre), skip_symbolic_shape=True)
         for layer, nodes in layers.items():
             out = Path(tmp) / "one.onnx"
-            q.quantize_static(str(pre), str(out), onnx_backend._Reader(model, calib.samples),
+            q.quantize_static(str(pre), str(out), onnx_backend.CalibrationReader(model, calib.samples),
                               quant_format=q.QuantFormat.QDQ, per_channel=True, nodes_to_quantize=nodes,
                               calibration_cache_path=str(cache))
             fid = measure.fidelity(reference, _run(out, samples), "int8")

@@ -1,0 +1,44 @@
+"""The state one conversion carries from step to step, and where edgekit caches things.
+
+Low in the import graph: pipeline builds a Context; devices, emulation and passes read it.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from . import data, sources, targets
+    from .passes import quantize
+    from .options import ConvertOptions
+
+
+@dataclass
+class Context:
+    source: sources.Source
+    target: targets.Target
+    options: ConvertOptions
+    qconfig: quantize.QuantizeConfig
+    stage: Path | None
+    workdir: Path
+    evalset: data.EvalSet
+    calib: quantize.Calibration | None
+    reference: list[list[np.ndarray]]
+    progress: Callable[[str], None] = field(default=lambda msg: None)
+    stages: list[tuple[str, sources.Source]] = field(default_factory=list)  # original, pruned, fine-tuned
+    pruning: dict | None = None
+    source_accuracy: float | None = None  # of the original model, before any pass
+
+    def bench_settings(self) -> tuple[int, int, int]:
+        """(threads, warmup, runs): the profile's, unless overridden by options."""
+        bench, opts = self.target.profile.bench, self.options
+        return (opts.threads or bench.threads, bench.warmup if opts.warmup is None else opts.warmup,
+                opts.runs or bench.runs)
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("EDGEKIT_CACHE", Path.home() / ".cache" / "edgekit"))
