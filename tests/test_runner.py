@@ -54,3 +54,40 @@ def test_latency_stats_are_order_statistics():
     stats = latency_stats([float(v) for v in range(1, 101)])
     assert stats["median"] == 50.5 and stats["min"] == 1 and stats["max"] == 100
     assert stats["p90"] == pytest.approx(90.1) and stats["p99"] == pytest.approx(99.01)
+
+
+def test_invoke_fails_with_one_line_reason(tmp_path):
+    from edgekit import runner
+    from edgekit.errors import RunnerError
+    bad = tmp_path / "broken.tflite"
+    bad.write_bytes(b"not a flatbuffer")
+    with pytest.raises(RunnerError) as info:
+        runner.invoke(bad, tmp_path / "r.json", runs=1, warmup=0, what="the test run")
+    assert str(info.value).startswith("the test run failed: ") and "\n" not in str(info.value)
+    assert "Traceback" not in str(info.value)
+
+
+def test_invoke_timeout_kills_the_whole_process_group(tmp_path):
+    """A runner that hangs (and started a child of its own) is ended, group and all, at the timeout."""
+    from edgekit import children, runner
+    from edgekit.errors import RunnerError
+    pidfile = tmp_path / "grandchild.pid"
+    hang = (f"import subprocess, sys, time; p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']);"
+            f"open({str(pidfile)!r}, 'w').write(str(p.pid)); time.sleep(60)")
+    launcher = lambda argv: [sys.executable, "-c", hang]  # noqa: E731
+    with pytest.raises(RunnerError, match="timed out after 2 s"):
+        runner.invoke(tmp_path / "m.tflite", None, timeout=2, launcher=launcher)
+    assert children.live_groups() == []
+    import os
+    import time
+    grandchild = int(pidfile.read_text())
+    for _ in range(50):  # reaped by init once killed
+        try:
+            os.kill(grandchild, 0)
+        except ProcessLookupError:
+            break
+        if open(f"/proc/{grandchild}/stat").read().split(")")[1].split()[0] == "Z":
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail("the runner's own child outlived the timeout")

@@ -6,16 +6,14 @@ substitutes a host CPU figure for the place it names.
 """
 from __future__ import annotations
 
-import json
 import os
-import subprocess
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from . import measure, runner
-from .errors import ConversionError, EdgekitError
+from .errors import ConversionError, EdgekitError, RunnerError
 
 if TYPE_CHECKING:
     from .context import Context
@@ -27,13 +25,11 @@ def gpu_latency(ctx: Context, backend, artifact: Path, run_dir: Path) -> dict:
     if gpu is None:
         return {"status": "not measured: no GPU found", "how": "not measured"}
     _, warmup, runs = ctx.bench_settings()
-    cmd = runner.command(artifact, run_dir / "gpu.json", warmup=warmup, runs=runs, inputs=run_dir / "in.npz",
-                         device="gpu")
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=runner.TIMEOUT_S)
-    if proc.returncode != 0:
-        lines = [ln for ln in proc.stderr.splitlines() if ln.strip()] or ["no output"]
-        return {"status": f"not measured: the GPU run failed ({lines[-1][:200]})", "how": "not measured"}
-    result = json.loads((run_dir / "gpu.json").read_text())
+    try:
+        result = runner.invoke(artifact, run_dir / "gpu.json", warmup=warmup, runs=runs, inputs=run_dir / "in.npz",
+                               device="gpu", what="the GPU run")
+    except RunnerError as exc:
+        return {"status": f"not measured: {exc}", "how": "not measured"}
     return {**result["latency_ms"], "threads": result["threads"], "warmup": result["warmup"], "runs": result["runs"],
             "how": f"measured on host GPU ({gpu})"}
 

@@ -15,7 +15,6 @@ Needs `qemu-aarch64-static` and `debootstrap` (Debian packages qemu-user-static,
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shlex
 import shutil
@@ -132,18 +131,10 @@ def run(home: Path, artifact: Path, inputs: Path, outputs: Path, timeout: int = 
     """Run the light runner on `artifact` under emulation; returns its JSON (latency not to be reported)."""
     result = outputs.with_suffix(".json")
     command, env = python(home)
-    from .runner import command as runner_command
-    cmd = runner_command(artifact.resolve(), result.resolve(), python=tuple(command), runs=1, warmup=0,
-                         inputs=inputs.resolve(), outputs=outputs.resolve())
-    env = {"PATH": os.environ.get("PATH", ""), **env}
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        raise ConversionError(f"the emulated aarch64 run timed out after {timeout} s") from None
-    if proc.returncode != 0:
-        lines = [ln for ln in proc.stderr.splitlines() if ln.strip()] or [f"exit code {proc.returncode}"]
-        raise ConversionError(f"failed on emulated aarch64: {lines[-1][:300]}")
-    return json.loads(result.read_text())
+    from .runner import invoke
+    return invoke(artifact.resolve(), result.resolve(), python=tuple(command), runs=1, warmup=0, inputs=inputs.resolve(),
+                  outputs=outputs.resolve(), env={"PATH": os.environ.get("PATH", ""), **env}, timeout=timeout,
+                  what="the emulated aarch64 run")
 
 
 if __name__ == "__main__":  # python -m edgekit.emulate: provision the cached environment now (make setup)

@@ -17,3 +17,11 @@ class EdgekitError(Exception):
 
 class ConversionError(Exception):
     """One artifact could not be produced; the other artifacts go on."""
+
+
+class RunnerError(ConversionError):
+    """The light runner could not run an artifact; str() is one line saying why."""
+
+    def __init__(self, reason: str, returncode: int | None = None, stderr: str = ""):
+        super().__init__(reason)
+        self.reason, self.returncode, self.stderr = reason, returncode, stderr

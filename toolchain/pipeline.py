@@ -16,7 +16,6 @@ import hashlib
 import json
 import os
 import shutil
-import subprocess
 import tempfile
 import time
 from contextlib import contextmanager
@@ -444,16 +443,9 @@ def _run(ctx: Context, backend, artifact: Path) -> tuple[dict, list[list[np.ndar
     threads, warmup, runs = ctx.bench_settings()
     run_dir = Path(tempfile.mkdtemp(prefix=f"run-{backend.FORMAT}-", dir=ctx.workdir))
     runner.save_stacked(run_dir / "in.npz", "in", ctx.evalset.samples)
-    cmd = runner.command(artifact, run_dir / "result.json", threads=threads, warmup=warmup, runs=runs,
-                         inputs=run_dir / "in.npz", outputs=run_dir / "out.npz")
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=runner.TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        raise ConversionError(f"the {backend.RUNTIME} runner timed out after {runner.TIMEOUT_S} s") from None
-    if proc.returncode != 0:
-        lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
-        raise ConversionError(f"{backend.RUNTIME} could not run the artifact: {(lines or ['no output'])[-1][:300]}")
-    return json.loads((run_dir / "result.json").read_text()), runner.load_stacked(run_dir / "out.npz", "out"), run_dir
+    result = runner.invoke(artifact, run_dir / "result.json", threads=threads, warmup=warmup, runs=runs,
+                           inputs=run_dir / "in.npz", outputs=run_dir / "out.npz", what=f"the {backend.RUNTIME} runner")
+    return result, runner.load_stacked(run_dir / "out.npz", "out"), run_dir
 
 
 @contextmanager

@@ -18,7 +18,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import EdgekitError
+from . import children
+from .errors import EdgekitError, RunnerError
 
 CONNECT_TIMEOUT_S = 10
 
@@ -55,15 +56,27 @@ def _target(device: Device) -> str:
     return f"{device.user}@{device.host}" if device.user else device.host
 
 
+def _ssh_argv(device: Device, command: str) -> list[str]:
+    return ["ssh", *_ssh_options(device), "-p", str(device.port), _target(device), command]
+
+
+def _no_answer(device: Device, timeout: float) -> EdgekitError:
+    return EdgekitError(f"{device.label}: no answer within {timeout:.0f} s", "check the device, or raise --timeout")
+
+
 def _ssh(device: Device, command: str, timeout: float) -> subprocess.CompletedProcess:
-    cmd = ["ssh", *_ssh_options(device), "-p", str(device.port), _target(device), command]
+    cmd = _ssh_argv(device, command)
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        proc = children.run(cmd, timeout)
     except subprocess.TimeoutExpired:
-        raise EdgekitError(f"{device.label}: no answer within {timeout:.0f} s", "check the device, or raise --timeout")
+        raise _no_answer(device, timeout) from None
+    return _checked(device, proc)
+
+
+def _checked(device: Device, proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
     if proc.returncode == 255 and not proc.stderr.strip():
         # ssh says 255 with nothing on stderr when the remote command died of a signal
-        return subprocess.CompletedProcess(cmd, 137, proc.stdout, "Killed by a signal")
+        return subprocess.CompletedProcess(proc.args, 137, proc.stdout, "Killed by a signal")
     if proc.returncode == 255:
         raise _connection_error(device, proc.stderr)
     return proc
@@ -81,7 +94,7 @@ def _connection_error(device: Device, stderr: str) -> EdgekitError:
 def _scp(device: Device, sources: list[str], destination: str, timeout: float) -> None:
     cmd = ["scp", "-q", *_ssh_options(device), "-P", str(device.port), *sources, destination]
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        proc = children.run(cmd, timeout)
     except subprocess.TimeoutExpired:
         raise EdgekitError(f"{device.label}: copying timed out after {timeout:.0f} s", "check the link to the device")
     if proc.returncode != 0:
@@ -99,13 +112,8 @@ def bench(url: str, files: list[Path], inputs: Path | None, threads: int, warmup
     remote = f"{_target(device)}:{workdir}/"
     try:
         _scp(device, [str(f) for f in files] + ([str(inputs)] if inputs else []), remote, timeout)
-        from .runner import command
-        args = command(f"{workdir}/{files[0].name}", f"{workdir}/result.json", python=(python,), threads=threads,
-                       warmup=warmup, runs=runs, inputs=f"{workdir}/{inputs.name}" if inputs else None,
-                       outputs=f"{workdir}/outputs.npz" if inputs else None)
-        proc = _ssh(device, f"cd {shlex.quote(workdir)} && " + " ".join(map(shlex.quote, args)), timeout)
-        if proc.returncode != 0:
-            raise _run_error(device, proc)
+        _run_runner(device, workdir, files[0].name, inputs.name if inputs else None, python, timeout,
+                    threads=threads, warmup=warmup, runs=runs)
         with tempfile.TemporaryDirectory() as tmp:
             wanted = [f"{remote}result.json"] + ([f"{remote}outputs.npz"] if inputs and outputs else [])
             _scp(device, wanted, tmp, timeout)
@@ -118,8 +126,23 @@ def bench(url: str, files: list[Path], inputs: Path | None, threads: int, warmup
     return result
 
 
+def _run_runner(device: Device, workdir: str, model: str, inputs: str | None, python: str, timeout: float,
+                **options) -> None:
+    from .runner import invoke
+    try:
+        invoke(f"{workdir}/{model}", f"{workdir}/result.json", python=(python,), timeout=timeout,
+               inputs=f"{workdir}/{inputs}" if inputs else None, outputs=f"{workdir}/outputs.npz" if inputs else None,
+               launcher=lambda argv: _ssh_argv(device, f"cd {shlex.quote(workdir)} && " + shlex.join(argv)),
+               what=f"{device.label}: the run", **options)
+    except RunnerError as exc:
+        if exc.returncode is None:  # it timed out
+            raise _no_answer(device, timeout) from None
+        raise _run_error(device, _checked(device, subprocess.CompletedProcess([], exc.returncode, "", exc.stderr)))
+
+
 def _run_error(device: Device, proc: subprocess.CompletedProcess) -> EdgekitError:
-    text = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit code {proc.returncode}"
+    from .runner import failure_reason
+    text = failure_reason(proc.returncode, proc.stderr)
     if proc.returncode in (137, 143, -9, -15) or "Killed" in proc.stderr:
         return EdgekitError(f"{device.label}: the run was killed on the device (exit {proc.returncode})",
                             "check the device's memory (dmesg) and run again")

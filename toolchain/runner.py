@@ -15,9 +15,12 @@ import argparse
 import json
 import os
 import platform
+import re
 import resource
+import signal
 import socket
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -97,6 +100,42 @@ def command(model, result_json, *, python: tuple[str, ...] = (sys.executable,), 
     if outputs:
         argv += ["--outputs", str(outputs)]
     return argv
+
+
+def invoke(model, result_json: Path | None, *, timeout: float = TIMEOUT_S, env: dict | None = None,
+           launcher=None, what: str = "the runner", **options) -> dict | None:
+    """Run the runner once, in its own process group, with one timeout; returns its JSON result
+    (None when the result is not local). `options` go to command(); `launcher` wraps the argv
+    (e.g. in ssh). Any failure raises RunnerError with a one-line reason."""
+    from .children import run
+    from .errors import RunnerError
+    argv = command(model, result_json, **options)
+    try:
+        proc = run(launcher(argv) if launcher else argv, timeout, env=env)
+    except subprocess.TimeoutExpired:
+        raise RunnerError(f"{what} timed out after {timeout:.0f} s") from None
+    except OSError as exc:
+        raise RunnerError(f"{what} could not start: {exc.strerror or exc}") from None
+    if proc.returncode != 0:
+        raise RunnerError(f"{what} failed: {failure_reason(proc.returncode, proc.stderr)}", proc.returncode,
+                          proc.stderr)
+    if launcher is not None or result_json is None:
+        return None
+    return json.loads(Path(result_json).read_text())
+
+
+def failure_reason(returncode: int, stderr: str) -> str:
+    """One line from a failed run's stderr: edgekit's own `error:` line, else the last exception line,
+    else the last line; a death by signal says which."""
+    lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
+    for pick in (lambda ln: ln.startswith("error: "), lambda ln: re.match(r"^[\w.]+(Error|Exception): ", ln)):
+        chosen = [ln for ln in lines if pick(ln)]
+        if chosen:
+            return chosen[-1].removeprefix("error: ")[:300]
+    if returncode < 0:
+        name = signal.Signals(-returncode).name if -returncode in signal.valid_signals() else str(-returncode)
+        return f"killed by {name}" + (" (out of memory?)" if returncode == -signal.SIGKILL else "")
+    return (lines or [f"exit code {returncode}"])[-1][:300]
 
 
 def quantize_inputs(session, sample: list[np.ndarray]) -> list[np.ndarray]:

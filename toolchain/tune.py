@@ -29,7 +29,9 @@ from pathlib import Path
 
 import numpy as np
 
+from . import children
 from .errors import EdgekitError
+from .runner import failure_reason
 
 STUDY = "edgekit-tune"
 TRIAL_TIMEOUT_S = 1800
@@ -97,12 +99,13 @@ def run_trial(setup: TuneSetup, recipe: dict) -> dict:
     if not cached.is_file():
         payload = json.dumps({"setup": {k: str(v) if isinstance(v, Path) else v for k, v in vars(setup).items()},
                               "recipe": recipe})
-        proc = subprocess.run([sys.executable, "-m", "edgekit.tune"], input=payload, capture_output=True, text=True,
-                              timeout=TRIAL_TIMEOUT_S)
+        try:
+            proc = children.run([sys.executable, "-m", "edgekit.tune"], TRIAL_TIMEOUT_S, input=payload)
+            why = f"the conversion crashed (exit {proc.returncode}): {failure_reason(proc.returncode, proc.stderr)}"
+        except subprocess.TimeoutExpired:
+            why = f"the conversion timed out after {TRIAL_TIMEOUT_S} s"
         if not cached.is_file():
-            lines = [ln for ln in proc.stderr.splitlines() if ln.strip()] or [f"exit code {proc.returncode}"]
-            _save(cached, {"key": key, "recipe": recipe, "ok": False, "worker_pid": os.getpid(),
-                           "error": f"the conversion crashed (exit {proc.returncode}): {lines[-1][:200]}"})
+            _save(cached, {"key": key, "recipe": recipe, "ok": False, "worker_pid": os.getpid(), "error": why})
     return json.loads(cached.read_text())
 
 
@@ -262,8 +265,8 @@ def holdout_accuracy(path: Path, data: Path) -> float:
         x, y = npz["x"], npz["y"]
     with tempfile.TemporaryDirectory() as tmp:
         runner.save_stacked(Path(tmp) / "in.npz", "in", [[x[i:i + 1]] for i in range(len(x))])
-        subprocess.run(runner.command(path, Path(tmp) / "r.json", runs=1, warmup=0, inputs=Path(tmp) / "in.npz",
-                                      outputs=Path(tmp) / "out.npz"), check=True, capture_output=True)
+        runner.invoke(path, Path(tmp) / "r.json", runs=1, warmup=0, inputs=Path(tmp) / "in.npz",
+                      outputs=Path(tmp) / "out.npz", what="the held-out run")
         return measure.accuracy(runner.load_stacked(Path(tmp) / "out.npz", "out"), y)
 
 

@@ -1,0 +1,54 @@
+"""Child processes edgekit starts (runners, trial conversions, ssh): each in its own process group,
+registered while it lives, so a signal handler can end them and everything they started.
+
+Standard library only: the runner side imports this too.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import threading
+
+_LIVE: set[int] = set()  # process group ids of children still running
+_LOCK = threading.Lock()
+
+
+def live_groups() -> list[int]:
+    with _LOCK:
+        return sorted(_LIVE)
+
+
+def kill_all(sig: int = signal.SIGKILL) -> None:
+    """End every live child process group (for signal handlers and atexit)."""
+    for pgid in live_groups():
+        _kill_group(pgid, sig)
+
+
+def _kill_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def run(argv: list[str], timeout: float | None, *, env: dict | None = None, cwd=None,
+        input: str | None = None) -> subprocess.CompletedProcess:
+    """subprocess.run(capture_output=True, text=True) in a new process group. On a timeout or any
+    exception here (KeyboardInterrupt included) the whole group is killed before it propagates."""
+    proc = subprocess.Popen(argv, stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=cwd,
+                            start_new_session=True)
+    with _LOCK:
+        _LIVE.add(proc.pid)
+    try:
+        stdout, stderr = proc.communicate(input, timeout=timeout)
+    except BaseException:
+        _kill_group(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise
+    finally:
+        with _LOCK:
+            _LIVE.discard(proc.pid)
+    _kill_group(proc.pid, signal.SIGKILL)  # grandchildren it left behind
+    return subprocess.CompletedProcess(argv, proc.returncode, stdout, stderr)
