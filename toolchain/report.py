@@ -197,7 +197,7 @@ def markdown(result: dict) -> str:
     for a in result["artifacts"]:
         if a["status"] == "ok":
             lines.append(f"- **{a['format']} {a['precision']}** ({a['runtime']['name']} {a['runtime']['version']}): "
-                         f"{_latency_detail(a['latency_ms'])}; peak RSS {a['memory']['peak_rss_mib']:.0f} MiB; "
+                         f"{_latency_detail(a['latency_ms'])}; {memory_text(a['memory'])}; "
                          f"cosine {a['fidelity']['cosine']:.6f}; {'; '.join(a['notes'])}.")
     return "\n".join(lines) + "\n"
 
@@ -222,6 +222,14 @@ def stage_lines(pruning: dict) -> list[str]:
     lines.append("- Params and MACs are counted from the graph; size, latency (1 run set, this host) and accuracy "
                  "are measured. Unstructured sparsity shrinks the gzip size, not the dense size or latency.")
     return lines
+
+
+def memory_text(memory: dict) -> str:
+    """Peak resident memory of the runner process and where the figure comes from."""
+    text = f"peak RSS {memory['peak_rss_mib']:.0f} MiB (baseline {memory['baseline_rss_mib']:.0f} MiB before the runtime"
+    if memory.get("loaded_rss_mib"):
+        text += f", {memory['loaded_rss_mib']:.0f} MiB once the model is loaded"
+    return text + (f"; {memory['source']})" if memory.get("source") else ")")
 
 
 def _latency_detail(lat: dict) -> str:

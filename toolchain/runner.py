@@ -57,19 +57,58 @@ def host_info() -> dict:
             "logical_cores": os.cpu_count(), "python": platform.python_version(), "os": platform.platform()}
 
 
-def rss_mib() -> float:
+def _status_mib(field: str) -> float | None:
+    """A `VmRSS:`/`VmHWM:` figure of this process from /proc/self/status (Linux), in MiB."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024
     except OSError:
         pass
-    return 0.0
+    return None
 
 
-def peak_rss_mib() -> float:
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
+def rss_mib() -> float:
+    return _status_mib("VmRSS") or 0.0
+
+
+class MemoryProbe:
+    """Peak resident memory of this process, from its own address space.
+
+    Linux: the kernel's high-water mark VmHWM. Elsewhere, a thread samples the resident size every
+    few milliseconds. getrusage's ru_maxrss is not used on Linux: a child started by a big parent
+    inherits the parent's high-water mark in it.
+    """
+
+    SAMPLE_S = 0.005
+
+    def __init__(self):
+        self.baseline = rss_mib()
+        self._sampled = 0.0
+        self._stop = None
+        if _status_mib("VmHWM") is None and _status_mib("VmRSS") is None:
+            self.source = "ru_maxrss (getrusage; no /proc here, may include a parent's peak)"
+        elif _status_mib("VmHWM") is None:
+            import threading
+            self.source = f"VmRSS sampled every {self.SAMPLE_S * 1000:.0f} ms"
+            self._stop = threading.Event()
+            threading.Thread(target=self._sample, daemon=True).start()
+        else:
+            self.source = "VmHWM (/proc/self/status: this process's own high-water mark)"
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self.SAMPLE_S):
+            self._sampled = max(self._sampled, rss_mib())
+
+    def peak(self) -> float:
+        if self._stop is not None:
+            self._stop.set()
+            return max(self._sampled, rss_mib())
+        hwm = _status_mib("VmHWM")
+        if hwm is not None:
+            return hwm
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
 
 
 def random_inputs(session, seed: int = 0) -> list[np.ndarray]:
@@ -160,10 +199,11 @@ def bench(model: Path, threads: int = 1, warmup: int = 10, runs: int = 100,
     from .backends import for_artifact
 
     backend = for_artifact(model)
-    baseline = rss_mib()
+    memory = MemoryProbe()  # before the runtime is imported: backends import it inside Session
     start = time.perf_counter()
     session = backend.Session(model, threads=threads, device=device)
     load_ms = (time.perf_counter() - start) * 1000
+    loaded = rss_mib()
     samples = [quantize_inputs(session, s) for s in load_stacked(inputs)] if inputs else [random_inputs(session)]
     if outputs:
         save_stacked(outputs, "out", [dequantize_outputs(session, session.run(s)) for s in samples])
@@ -184,7 +224,8 @@ def bench(model: Path, threads: int = 1, warmup: int = 10, runs: int = 100,
         "device": device, "threads": threads, "warmup": warmup, "runs": runs,
         "load_ms": load_ms,
         "latency_ms": latency_stats(timings),
-        "memory": {"peak_rss_mib": peak_rss_mib(), "baseline_rss_mib": baseline},
+        "memory": {"peak_rss_mib": memory.peak(), "baseline_rss_mib": memory.baseline, "loaded_rss_mib": loaded,
+                   "source": memory.source},
         "samples_run": len(samples) if outputs else 0,
     }
 

@@ -1,0 +1,54 @@
+"""How edgekit measures: memory from the runner's own address space, whatever its parent holds."""
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory, tiny_keras, tiny_eval):
+    import edgekit
+    out = tmp_path_factory.mktemp("measure") / "out"
+    report = edgekit.convert(tiny_keras, target="cpu", data=tiny_eval, runs=5, warmup=1, out=out)
+    return report, out
+
+
+def _inputs(tmp_path, tiny_eval):
+    from edgekit import runner
+    with np.load(tiny_eval) as npz:
+        runner.save_stacked(tmp_path / "in.npz", "in", [[x[None]] for x in npz["x"]])
+    return tmp_path / "in.npz"
+
+
+def test_peak_memory_is_the_runners_own_not_its_big_parents(converted, tmp_path, tiny_eval):
+    from edgekit import runner
+    _, out = converted
+    ballast = np.ones(1 << 30, dtype=np.uint8)  # this process now holds >= 1 GiB, every page touched
+    assert runner.rss_mib() >= 1024
+    inherited = subprocess.run([sys.executable, "-c", "import resource; print(resource.getrusage("
+                                "resource.RUSAGE_SELF).ru_maxrss)"], capture_output=True, text=True)
+    assert int(inherited.stdout) / 1024 >= 1024, "this kernel no longer hands the parent's peak to children"
+    result = runner.invoke(out / "model.tflite", tmp_path / "r.json", runs=5, warmup=1,
+                           inputs=_inputs(tmp_path, tiny_eval))
+    assert result["memory"]["source"].startswith("VmHWM")
+    assert 0 < result["memory"]["baseline_rss_mib"] <= result["memory"]["peak_rss_mib"] < 300
+    del ballast
+
+
+@pytest.mark.parametrize("fmt", ["tflite", "onnx", "openvino"])
+def test_convert_reports_each_artifacts_own_peak(converted, fmt, tmp_path, tiny_eval):
+    """The report's peak agrees within 20% with the runner run alone under GNU time (its own rusage)."""
+    report, out = converted
+    artifact = next(a for a in report["artifacts"] if a["format"] == fmt)
+    proc = subprocess.run(["/usr/bin/time", "-v", sys.executable, "-m", "edgekit.runner", str(out / artifact["file"]),
+                           "--runs", "5", "--warmup", "1", "--inputs", str(_inputs(tmp_path, tiny_eval)),
+                           "--outputs", str(tmp_path / "out.npz"), "--json", str(tmp_path / "r.json")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    alone = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", proc.stderr).group(1)) / 1024
+    reported = artifact["memory"]["peak_rss_mib"]
+    assert abs(reported - alone) <= 0.2 * alone, (reported, alone)
