@@ -9,6 +9,9 @@ import numpy as np
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# The numpy-only fake backend (tests/fake_backend.py) is a plug-in, also in runner subprocesses.
+os.environ["EDGEKIT_BACKENDS"] = "fake_backend"
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).parent), os.environ.get("PYTHONPATH")]))
 
 INPUT_KINDS = ("keras", "h5", "h5_keras2", "savedmodel", "onnx", "tflite")
 

@@ -8,7 +8,8 @@ import pytest
 
 from clihelp import assert_user_error, run_cli
 from edgekit import pipeline, report
-from edgekit.backends import available, fake
+import fake_backend as fake
+from edgekit.backends import available
 
 PROFILE = """name = "plumb"
 [build]

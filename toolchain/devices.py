@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
 def gpu_latency(ctx: Context, backend, artifact: Path, run_dir: Path) -> dict:
     """Latency on the GPU where the format's runtime sees one; otherwise say so, never a CPU figure."""
-    gpu = getattr(backend, "gpu_name", lambda: None)()
+    gpu = backend.gpu_name() if backend.gpu_name else None
     if gpu is None:
         return {"status": "not measured: no GPU found", "how": "not measured"}
     _, warmup, runs = ctx.bench_settings()

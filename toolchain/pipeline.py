@@ -423,7 +423,7 @@ def _measure(ctx: Context, backend, artifact: Path, precision: str) -> dict:
                                  "runs": result["runs"], "how": where}
     figures["memory"] = {**result["memory"], "how": where}
     figures["runtime"] = result["runtime"]
-    if hasattr(backend, "op_summary"):
+    if backend.op_summary:
         figures["ops"] = backend.op_summary(artifact)
     if devices.emulating(ctx):
         figures["aarch64"] = devices.emulated_run(ctx, backend, artifact, run_dir, outputs)

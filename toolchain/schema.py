@@ -8,18 +8,24 @@ from __future__ import annotations
 
 import dataclasses
 import typing
-from typing import Any
+from typing import Any, Callable
 
 
-def option(default: Any = dataclasses.MISSING, help: str = "", choices: tuple = (), **kw) -> Any:
-    """A documented dataclass field. A dataclass type as default means a section with its own defaults."""
+def option(default: Any = dataclasses.MISSING, help: str = "", choices: tuple | Callable[[], list] = (), **kw) -> Any:
+    """A documented dataclass field. A dataclass type as default means a section with its own defaults.
+    `choices` may be a function, asked when a value is checked (e.g. the backends found at run time)."""
     if isinstance(default, type) and dataclasses.is_dataclass(default):
         kw["default_factory"] = default
     elif isinstance(default, (list, dict)):
         kw["default_factory"] = lambda d=default: type(d)(d)
     elif default is not dataclasses.MISSING:
         kw["default"] = default
-    return dataclasses.field(metadata={"help": help, "choices": tuple(choices)}, **kw)
+    return dataclasses.field(metadata={"help": help, "choices": choices if callable(choices) else tuple(choices)}, **kw)
+
+
+def choices_of(f: dataclasses.Field) -> tuple:
+    choices = f.metadata.get("choices", ())
+    return tuple(choices()) if callable(choices) else choices
 
 
 class SchemaError(ValueError):
@@ -44,7 +50,7 @@ def from_dict(cls: type, data: dict, where: str = "") -> Any:
         path = _join(where, name)
         if name in data:
             values[name] = _coerce(hints[name], data[name], path)
-            choices = f.metadata.get("choices", ())
+            choices = choices_of(f)
             if choices and not _within(values[name], choices):
                 raise SchemaError(path, f"{data[name]!r} is not one of {', '.join(map(str, choices))}")
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
@@ -96,8 +102,8 @@ def describe(cls: type, prefix: str = "") -> list[tuple[str, str, str, str]]:
         default = f.default if f.default is not dataclasses.MISSING else (
             f.default_factory() if f.default_factory is not dataclasses.MISSING else "(required)")
         help_text = f.metadata.get("help", "")
-        if f.metadata.get("choices"):
-            help_text += f" One of: {', '.join(map(str, f.metadata['choices']))}."
+        if choices_of(f):
+            help_text += f" One of: {', '.join(map(str, choices_of(f)))}."
         rows.append((path, _type_name(hints[f.name]), repr(default), help_text))
     return rows
 

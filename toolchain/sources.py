@@ -59,7 +59,7 @@ def detect_kind(path: Path) -> str:
     head = path.read_bytes()[:16]
     if not head:
         raise EdgekitError(f"{path} is empty", "re-export the model")
-    if head.startswith(b"PK\x03\x04"):
+    if head.startswith(b"PK\x03\x04") and path.suffix.lower() != ".npz":
         return _keras_zip_kind(path)
     if head.startswith(HDF5_MAGIC):
         return "h5"
@@ -67,8 +67,9 @@ def detect_kind(path: Path) -> str:
         return "tflite"
     if head.startswith(b"\x08") or path.suffix.lower() == ".onnx":
         return "onnx"
-    if path.suffix.lower() == ".npz":
-        return "fake"
+    for plugin in backends.plugins():
+        if plugin.detect and plugin.detect(path, head):
+            return plugin.FORMAT
     raise EdgekitError(f"{path}: unrecognised model format",
                        "give a Keras .keras/.h5, a SavedModel directory, an .onnx or a .tflite file")
 
@@ -81,8 +82,6 @@ def _keras_zip_kind(path: Path) -> str:
         raise EdgekitError(f"{path} is truncated or corrupt (bad zip archive)", "re-save the Keras model") from None
     if "config.json" in names:
         return "keras"
-    if "edgekit_fake.npy" in names:
-        return "fake"
     raise EdgekitError(f"{path} is a zip archive but not a Keras model (no config.json)", "give a .keras file saved by Keras 3")
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+from . import backends
 from .accel import AcceleratorSpec
 from .data import Preprocess
 from .errors import EdgekitError
@@ -19,7 +20,6 @@ from .passes.prune import PruneConfig
 from .passes.quantize import QuantizeConfig
 from .schema import SchemaError, from_dict, option
 
-FORMATS = ("tflite", "onnx", "openvino", "fake")
 ENV_VAR = "EDGEKIT_TARGETS_PATH"
 
 
@@ -42,7 +42,7 @@ class DeviceSpec:
 
 @dataclass(frozen=True)
 class BuildSpec:
-    formats: list[str] = option(["tflite", "onnx", "openvino"], "Artifact formats to produce.", choices=FORMATS)
+    formats: list[str] = option(["tflite", "onnx", "openvino"], "Artifact formats to produce.", choices=backends.available)
     batch: int = option(1, "Batch size that replaces a dynamic batch dimension.")
     input_shape: list[int] = option([], "Full input shape (batch first) replacing every dynamic dim; "
                                         "empty keeps the model's own. `--input-shape` overrides it.")

@@ -17,6 +17,7 @@ SOURCES = ("keras", "h5", "savedmodel", "onnx", "tflite")  # input kinds export(
 PRECISIONS = ("fp16", "dynamic", "int8", "int8-io")
 CALIB_METHODS = ("minmax", "percentile", "entropy")
 EXTRA = "onnx"
+detect = None  # input kind detected by sources.detect_kind
 OPSET = 17
 _UNSUPPORTED = re.compile(r"Could not find an implementation for (?P<a>[\w.:]+)|(?P<b>[\w.:]+)(\(\S*\))? is not a "
                           r"registered function/op|No opset import for domain (?P<c>\S+)")

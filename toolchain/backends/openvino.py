@@ -16,6 +16,8 @@ SOURCES = ("keras", "h5", "savedmodel", "onnx", "tflite")  # input kinds export(
 PRECISIONS = ("fp16", "dynamic", "int8")
 CALIB_METHODS = ("minmax", "percentile", "entropy")
 EXTRA = "openvino"
+load_source = None  # not an input kind
+detect = None
 
 
 def files(path: Path) -> list[Path]:

@@ -19,6 +19,8 @@ SOURCES = ("keras", "h5", "savedmodel", "onnx", "tflite")  # input kinds export(
 PRECISIONS = ("fp16", "dynamic", "int8", "int8-io", "int16x8")
 CALIB_METHODS = ("minmax",)
 EXTRA = "tflite"
+gpu_name = None  # the LiteRT GPU delegate is not used: CPU only
+detect = None    # input kind detected by sources.detect_kind
 
 
 def files(path: Path) -> list[Path]:

@@ -1,10 +1,11 @@
 """Post-training quantization, written once; each backend module provides the `quantize` hook.
 
-A backend declares what it can do, and the pass checks a request against that before any work:
+A backend declares what it can do (backends/base.py), and the pass checks a request against that
+before any work:
 
     PRECISIONS    precision modes it implements (besides fp32)
     CALIB_METHODS calibration methods it implements; others fall back to minmax, and the report says so
-    quantize(source, float_artifact, out_path, config, calib, layers) -> list[str] of notes
+    quantize(source, float_artifact, out_path, config, calib, method) -> list[str] of notes
 """
 from __future__ import annotations
 
@@ -20,7 +21,6 @@ from ..schema import option
 PRECISIONS = ("fp32", "fp16", "dynamic", "int8", "int8-io", "int16x8")
 CALIBRATED = ("int8", "int8-io", "int16x8")  # precisions that need activation ranges
 CALIB_METHODS = ("minmax", "percentile", "entropy")
-INTEGER = ("int8", "int8-io", "int16x8")
 
 
 @dataclass(frozen=True)
@@ -55,10 +55,10 @@ def resolve(config: QuantizeConfig, arch: str) -> QuantizeConfig:
 
 def run(backend, source, float_artifact, out_path, config: QuantizeConfig, calib: Calibration | None) -> dict:
     """Quantize `float_artifact` into `out_path` with the backend's hook; returns the report entries."""
-    if config.precision not in getattr(backend, "PRECISIONS", ()):
+    if config.precision not in backend.PRECISIONS:
         raise ConversionError(f"{backend.FORMAT} has no {config.precision} mode "
-                              f"(it has: {', '.join(getattr(backend, 'PRECISIONS', ())) or 'fp32 only'})")
-    method = config.calib_method if config.calib_method in getattr(backend, "CALIB_METHODS", ()) else "minmax"
+                              f"(it has: {', '.join(backend.PRECISIONS) or 'fp32 only'})")
+    method = config.calib_method if config.calib_method in backend.CALIB_METHODS else "minmax"
     needs_calib = config.precision in CALIBRATED
     notes = backend.quantize(source, float_artifact, out_path, config, calib if needs_calib else None, method)
     entry = {"notes": notes, "calibration": None}
