@@ -141,7 +141,7 @@ def command(model, result_json, *, python: tuple[str, ...] = (sys.executable,), 
     return argv
 
 
-def invoke(model, result_json: Path | None, *, timeout: float = TIMEOUT_S, env: dict | None = None,
+def invoke(model, result_json: Path | None, *, timeout: float | None = None, env: dict | None = None,
            launcher=None, what: str = "the runner", **options) -> dict | None:
     """Run the runner once, in its own process group, with one timeout; returns its JSON result
     (None when the result is not local). `options` go to command(); `launcher` wraps the argv
@@ -149,6 +149,7 @@ def invoke(model, result_json: Path | None, *, timeout: float = TIMEOUT_S, env: 
     from .children import run
     from .errors import RunnerError
     argv = command(model, result_json, **options)
+    timeout = TIMEOUT_S if timeout is None else timeout  # read at call time, so it can be lowered
     try:
         proc = run(launcher(argv) if launcher else argv, timeout, env=env)
     except subprocess.TimeoutExpired:
