@@ -69,6 +69,12 @@ def cli():
 @click.option("--prune-skip", multiple=True, metavar="LAYER", help=_help("prune_skip"))
 @click.option("--finetune-epochs", type=click.IntRange(min=0), help=_help("finetune_epochs"))
 @click.option("--train-data", type=click.Path(path_type=Path), help=_help("train_data"))
+@click.option("--distill", metavar="width:R|STUDENT.keras", help=_help("distill"))
+@click.option("--distill-temperature", type=click.FloatRange(min=0, min_open=True), help=_help("distill_temperature"))
+@click.option("--distill-alpha", type=click.FloatRange(0, 1), help=_help("distill_alpha"))
+@click.option("--distill-epochs", type=click.IntRange(min=1), help=_help("distill_epochs"))
+@click.option("--distill-init", type=click.Choice(["inherit", "fresh"]), help=_help("distill_init"))
+@click.option("--distill-features", multiple=True, metavar="LAYER", help=_help("distill_features"))
 @targets_dir_option
 @click.option("--quiet", "-q", is_flag=True, help="No progress or table; only errors.")
 def convert(model, quiet, **options):

@@ -29,8 +29,9 @@ class Context:
     calib: quantize.Calibration | None
     reference: list[list[np.ndarray]]
     progress: Callable[[str], None] = field(default=lambda msg: None)
-    stages: list[tuple[str, sources.Source]] = field(default_factory=list)  # original, pruned, fine-tuned
+    stages: list[tuple[str, sources.Source]] = field(default_factory=list)  # original/teacher, student, pruned, ...
     pruning: dict | None = None
+    distillation: dict | None = None
     source_accuracy: float | None = None  # of the original model, before any pass
 
     def bench_settings(self) -> tuple[int, int, int]:

@@ -67,6 +67,13 @@ def load_evalset(path: Path | None, specs: list[TensorSpec], seed: int) -> EvalS
     return EvalSet(samples, labels, str(path))
 
 
+def labels_for(y: np.ndarray, samples: int, batch: int, path) -> np.ndarray:
+    """One label per input row of `samples` batches, checked."""
+    if len(y) < samples * batch:
+        raise EdgekitError(f"{path}: y has {len(y)} labels for {samples * batch} inputs", "give one label per input")
+    return np.asarray(y)[: samples * batch]
+
+
 def split_batches(x: np.ndarray, spec: TensorSpec, path: Path) -> list[np.ndarray]:
     per_sample = spec.shape[1:]
     if not (np.issubdtype(x.dtype, np.number) or x.dtype == bool):

@@ -52,8 +52,8 @@ def _convert(result: dict, path: Path) -> str:
                     for n in report.measurement_notes(result))
     parts = [f"<h2>{html.escape(report.title(result))}</h2><p class='note'>{html.escape(str(path))}</p>",
              _table(report.COLUMNS, report.rows(result)), notes]
-    if result.get("pruning"):
-        parts.append("<h3>Pruning stages</h3>" + _table(report.STAGE_COLUMNS, report.stage_rows(result["pruning"])))
+    if report.stages_title(result):
+        parts.append(f"<h3>{report.stages_title(result)}</h3>" + _table(report.STAGE_COLUMNS, report.stage_rows(result)))
     if result.get("sensitivity"):
         parts.append("<h3>Per-layer int8 sensitivity</h3>" + _sensitivity(result["sensitivity"]))
     return "".join(parts)

@@ -37,7 +37,17 @@ class ConvertOptions:
     prune_scope: str | None = option(None, "magnitude: per-layer or global ranking.", choices=("per-layer", "global"))
     prune_skip: list[str] = option([], "Layer names or types never pruned (adds to the profile's).")
     finetune_epochs: int | None = option(None, "Fine-tune a pruned Keras model for N epochs (needs labels).")
-    train_data: Path | None = option(None, "Labelled .npz (x, y) for fine-tuning; default: a held-apart half of --data.")
+    train_data: Path | None = option(None, "Training .npz (x, and y where labels exist) for fine-tuning and distillation; "
+                                           "default: a held-apart half of --data.")
+    distill: str | None = option(None, "Distil into a smaller Keras student before pruning and quantization: width:R "
+                                       "(the teacher with the fraction R of its channels) or student.keras.")
+    distill_temperature: float | None = option(None, "Softmax temperature of the soft targets, instead of the profile's.")
+    distill_alpha: float | None = option(None, "Weight of the soft targets against the labels (0..1), instead of the "
+                                               "profile's.")
+    distill_epochs: int | None = option(None, "Most distillation epochs (early stopping may end sooner).")
+    distill_init: str | None = option(None, "width:R students: inherit the teacher's strongest filters or start fresh.",
+                                      choices=("inherit", "fresh"))
+    distill_features: list[str] = option([], "Layers (same name in teacher and student) to match, or auto.")
     devices: list[str] = option([], "Also benchmark every artifact on these devices over SSH (ssh://user@host[:port]).")
     emulate: bool | None = option(None, "Also run TFLite/ONNX artifacts on emulated aarch64 (QEMU) and compare with "
                                         "the host; default: on for aarch64 targets when QEMU is installed.")

@@ -29,7 +29,7 @@ from . import __version__, backends, data, devices, measure, report, runner, sou
 from .context import Context, cache_dir
 from .options import ConvertOptions
 from .errors import ConversionError, EdgekitError
-from .passes import prune, quantize
+from .passes import distill, prune, quantize
 
 REPORT_SCHEMA = "edgekit.report/1"
 
@@ -55,8 +55,11 @@ def convert(model: str | Path | None = None, progress: Callable[[str], None] | N
         result = _report_header(ctx, model)
         result["artifacts"] = [a for fmt in _formats(ctx) for a in _build_format(ctx, fmt)]
         result["warnings"] += _slower_than_fp32(result["artifacts"])
-        if ctx.pruning:
-            result["pruning"] = {**ctx.pruning, "stages": _stage_figures(ctx, result["artifacts"])}
+        if len(ctx.stages) > 1:
+            stages = _stage_figures(ctx, result["artifacts"])
+            for key in ("distillation", "pruning"):
+                if getattr(ctx, key):
+                    result[key] = {**getattr(ctx, key), "stages": stages}
         result["estimate"] = _estimate(ctx, result["artifacts"])
         if options.sensitivity:
             result["sensitivity"] = layer_sensitivity(ctx)
@@ -178,42 +181,64 @@ def prepare(model: Path, name: str, target, options: ConvertOptions, work: Path,
     evalset, calib = _calibration(evalset, source, profile, options, qconfig)
     prune_config = prune.with_overrides(profile.prune, options.prune, options.prune_scope, options.prune_skip,
                                         options.finetune_epochs)
+    distill_config = distill.with_overrides(
+        profile.distill, options.distill, temperature=options.distill_temperature, alpha=options.distill_alpha,
+        epochs=options.distill_epochs, init=options.distill_init, features=options.distill_features)
+    if distill_config.student:
+        distill.precheck(source, distill_config)
+    finetune = prune_config.method != "none" and prune_config.finetune_epochs
     train = None
-    if prune_config.method != "none" and prune_config.finetune_epochs:
-        evalset, train = _training_data(options, evalset, source)
+    if finetune or distill_config.student:
+        evalset, train = _training_data(options, evalset, source, need_labels=bool(finetune))
     evalset = data.take(evalset, profile.bench.eval_samples)
-    stages, pruning = [("original", source)], None
+    stages, pruning, distilled = [("original", source)], None, None
+    if distill_config.student:
+        stages = [("teacher", source)]
+        progress(f"distilling into a student ({distill_config.student})")
+        students, distilled = distill.apply(source, distill_config, opts, train, progress)
+        stages += students
     if prune_config.method != "none":
         progress(f"pruning ({prune_config.method}:{prune_config.amount:g})")
         unlabelled = np.concatenate([s[0] for s in calib.samples]) if calib and len(source.inputs) == 1 else None
-        pruned, pruning = prune.apply(source, prune_config, opts, train, unlabelled)
+        x = (np.concatenate([s[0] for s in train[0]]), train[1], train[2]) if train is not None else None
+        pruned, pruning = prune.apply(stages[-1][1], prune_config, opts, x, unlabelled)
         stages += pruned
-        if train is not None:
+        if train is not None and prune_config.finetune_epochs:
             pruning["finetune"]["data"] = train[2]
     progress(f"running the source model on {len(evalset.samples)} samples")
     reference = stages[-1][1].predict(evalset.samples)
     _check_finite(reference, "the source model's outputs")
     ctx = Context(stages[-1][1], target, options, qconfig, None, work, evalset, calib, reference, progress)
-    ctx.stages, ctx.pruning = stages, pruning
+    ctx.stages, ctx.pruning, ctx.distillation = stages, pruning, distilled
     if evalset.labels is not None:
         original = source.predict(evalset.samples) if len(stages) > 1 else reference
         ctx.source_accuracy = measure.accuracy(original, evalset.labels)
     return ctx
 
 
-def _training_data(options: ConvertOptions, evalset: data.EvalSet, source) -> tuple[data.EvalSet, tuple]:
-    """(x, y, origin) for fine-tuning: --train-data, else a held-apart half of --data (never scored)."""
+def _training_data(options: ConvertOptions, evalset: data.EvalSet, source,
+                   need_labels: bool = True) -> tuple[data.EvalSet, tuple]:
+    """(samples, labels or None, origin) for training: --train-data, else a held-apart half of --data (never scored)."""
     if options.train_data:
         samples, arrays = data.load_npz_inputs(Path(options.train_data), source.inputs, "training")
-        if "y" not in arrays:
+        if "y" not in arrays and need_labels:
             raise EdgekitError(f"{options.train_data} has no labels (y)", "save it with numpy.savez(path, x=..., y=...)")
-        return evalset, (np.concatenate([s[0] for s in samples]), arrays["y"][: len(samples)], str(options.train_data))
-    if evalset.labels is None:
+        labels = data.labels_for(arrays["y"], len(samples), source.inputs[0].shape[0], options.train_data) \
+            if "y" in arrays else None
+        return evalset, (samples, labels, str(options.train_data))
+    if evalset.labels is None and need_labels:
         raise EdgekitError("fine-tuning needs labelled data", "pass --train-data train.npz or --data with y")
+    if options.data is None:
+        raise EdgekitError("distillation needs training inputs", "pass --train-data train.npz (x, and y if labelled) "
+                                                               "or --data (half of it is held apart for training)")
     half = len(evalset.samples) // 2
-    x = np.concatenate([s[0] for s in evalset.samples[:half]])
-    rest = data.EvalSet(evalset.samples[half:], evalset.labels[half:], evalset.origin)
-    return rest, (x, evalset.labels[:half], f"first {half} samples of {evalset.origin}, held apart from scoring")
+    if half < 2:
+        raise EdgekitError(f"--data has {len(evalset.samples)} sample(s) left: too few to hold half apart for training",
+                           "give more data, or a separate --train-data")
+    labels = evalset.labels
+    rest = data.EvalSet(evalset.samples[half:], labels[half:] if labels is not None else None, evalset.origin)
+    return rest, (evalset.samples[:half], labels[:half] if labels is not None else None,
+                  f"first {half} samples of {evalset.origin}, held apart from scoring")
 
 
 def _calibration(evalset: data.EvalSet, source, profile, options: ConvertOptions, qconfig):

@@ -187,8 +187,8 @@ def markdown(result: dict) -> str:
              "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     lines += ["| " + " | ".join(r) + " |" for r in rows(result)]
     lines += ["", *[f"- {n}" for n in measurement_notes(result)], ""]
-    if result.get("pruning"):
-        lines += ["## Pruning stages", "", *stage_lines(result["pruning"]), ""]
+    if stages_title(result):
+        lines += [f"## {stages_title(result)}", "", *stage_lines(result), ""]
     if result.get("sensitivity"):
         from .passes.sensitivity import markdown as sensitivity_table
         lines += ["## Per-layer int8 sensitivity", "",
@@ -205,15 +205,38 @@ def markdown(result: dict) -> str:
 STAGE_COLUMNS = ("stage", "measured as", "params", "MACs", "size", "gzip", "median ms", "accuracy")
 
 
-def stage_rows(pruning: dict) -> list[tuple[str, ...]]:
+def stages_title(result: dict) -> str | None:
+    """Distillation and pruning share one table of model stages."""
+    passes = [name for name in ("distillation", "pruning") if result.get(name)]
+    return (" and ".join(passes) + " stages").capitalize() if passes else None
+
+
+def stage_rows(result: dict) -> list[tuple[str, ...]]:
+    record = result.get("distillation") or result.get("pruning") or {"stages": []}
     return [(s["stage"], s["format"], f"{s['params']:,}", f"{s['macs']:,}", kib(s["size"]["bytes"]),
              kib(s["size"]["gzip_bytes"]), f"{s['latency_ms']:.4g}" if s["latency_ms"] else "-",
-             f"{s['accuracy']:.2%}" if s["accuracy"] is not None else "n/a") for s in pruning["stages"]]
+             f"{s['accuracy']:.2%}" if s["accuracy"] is not None else "n/a") for s in record["stages"]]
 
 
-def stage_lines(pruning: dict) -> list[str]:
+def distillation_notes(d: dict) -> list[str]:
+    stop = f"stopped after epoch {d['epochs_run']} (no gain on the held-apart slice for the last epochs)" \
+        if d["stopped_early"] else f"ran all {d['epochs_run']} epochs"
+    loss = f"KL on soft targets (T={d['temperature']:g}) × T²" + (
+        f", weight {d['alpha']:g}, plus cross-entropy on labels, weight {1 - d['alpha']:g}" if d["labels_used"]
+        else ", no labels used")
+    return [f"Distillation: student {d['student']}; teacher run in its own runtime ({d['teacher_runtime']}), outputs "
+            f"{', '.join(d['teacher_outputs'])}; loss {loss}"
+            + (f"; features matched: {', '.join(d['features'])}" if d["features"] else "") + ".",
+            f"Distillation data: {d['data']}: {d['samples']} samples trained on, {d['held_apart']} held apart for "
+            f"early stopping; {stop}; best weights from epoch {d['best_epoch']} kept. Never the scored samples."]
+
+
+def stage_lines(result: dict) -> list[str]:
     lines = ["| " + " | ".join(STAGE_COLUMNS) + " |", "|" + "---|" * len(STAGE_COLUMNS)]
-    lines += ["| " + " | ".join(r) + " |" for r in stage_rows(pruning)]
+    lines += ["| " + " | ".join(r) + " |" for r in stage_rows(result)]
+    if result.get("distillation"):
+        lines += [f"- {n}" for n in distillation_notes(result["distillation"])]
+    pruning = result.get("pruning") or {}
     if pruning.get("layers"):
         lines += ["", "| layer | params | sparsity |", "|---|---|---|"]
         lines += [f"| {r['layer']} | {r['params']:,} | {r['sparsity']:.1%} |" for r in pruning["layers"]]
@@ -247,13 +270,15 @@ def print_table(result: dict, console) -> None:
     for row in rows(result):
         table.add_row(*row)
     console.print(table)
-    if result.get("pruning"):
-        stages = Table(title="pruning stages")
+    if stages_title(result):
+        stages = Table(title=stages_title(result).lower())
         for column in STAGE_COLUMNS:
             stages.add_column(column, overflow="fold")
-        for row in stage_rows(result["pruning"]):
+        for row in stage_rows(result):
             stages.add_row(*row)
         console.print(stages)
+        for note in distillation_notes(result["distillation"]) if result.get("distillation") else []:
+            console.print(f"[dim]{note}[/dim]", soft_wrap=True)
     for note in measurement_notes(result):
         style = "yellow" if note.startswith(("WARNING", "FAILED")) else "dim"
         console.print(f"[{style}]{note}[/{style}]", soft_wrap=True)

@@ -16,6 +16,8 @@ from . import backends
 from .accel import AcceleratorSpec
 from .data import Preprocess
 from .errors import EdgekitError
+from .passes.distill import DistillConfig
+from .passes.distill import validate as validate_distill
 from .passes.prune import PruneConfig
 from .passes.quantize import QuantizeConfig
 from .schema import SchemaError, from_dict, option
@@ -62,6 +64,8 @@ class Profile:
     description: str = option("", "One line shown by `edgekit targets`.")
     device: DeviceSpec = option(DeviceSpec, help="[device] table.")
     build: BuildSpec = option(BuildSpec, help="[build] table.")
+    distill: DistillConfig = option(DistillConfig, help="[distill] table: knowledge distillation into a smaller "
+                                                          "student, before pruning and quantization.")
     prune: PruneConfig = option(PruneConfig, help="[prune] table: pruning before quantization.")
     quantize: QuantizeConfig = option(QuantizeConfig, help="[quantize] table: the precision recipe.")
     preprocess: Preprocess = option(Preprocess, help="[preprocess] table: image folders given to --calib.")
@@ -106,6 +110,10 @@ def load_profile(path: Path) -> Target:
         raise EdgekitError(f"{path}: field 'name' is {profile.name!r} but the file is {path.name}",
                            "make the name match the file name")
     _check_numbers(profile, path)
+    try:
+        validate_distill(profile.distill)
+    except EdgekitError as exc:
+        raise EdgekitError(f"{path}: {exc.problem}", exc.fix) from None
     return Target(profile, path)
 
 

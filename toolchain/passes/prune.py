@@ -72,7 +72,7 @@ def apply(source, config: PruneConfig, load_opts, train: tuple | None = None, un
         if hasattr(hooks, "recalibrate_batchnorm") and stats_from is not None:
             if hooks.recalibrate_batchnorm(pruned, stats_from):
                 info["batchnorm_recalibrated_on"] = "training data" if train is not None else "calibration data"
-    stages = [(f"pruned ({config.method}:{config.amount:g})", _reload(pruned, path, load_opts, source))]
+    stages = [(f"pruned ({config.method}:{config.amount:g})", as_source(pruned, path, load_opts, source))]
     if config.finetune_epochs:
         if source.kind == "onnx" or train is None:
             raise EdgekitError("--finetune-epochs needs a Keras model and labelled training data",
@@ -82,15 +82,15 @@ def apply(source, config: PruneConfig, load_opts, train: tuple | None = None, un
             hooks.recalibrate_batchnorm(pruned, train[0])
         info["finetune"] = {"epochs": config.finetune_epochs, "samples": len(train[0])}
         tuned_path = path.with_name("finetuned" + path.suffix)
-        stages.append((f"fine-tuned ({config.finetune_epochs} epochs)", _reload(pruned, tuned_path, load_opts, source)))
+        stages.append((f"fine-tuned ({config.finetune_epochs} epochs)", as_source(pruned, tuned_path, load_opts, source)))
     return stages, info
 
 
-def _reload(model, path, load_opts, source):
-    """Save a pruned model and load it as an input model of its own."""
+def as_source(model, path, load_opts, source):
+    """Save a model made by a pass (.onnx or .keras, by `path`) and load it as an input model of its own."""
     from .. import sources
     path.parent.mkdir(exist_ok=True)
-    if source.kind == "onnx":
+    if path.suffix == ".onnx":
         __import__("onnx").save(model, str(path))
     else:
         model.save(path)
