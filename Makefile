@@ -12,10 +12,12 @@ setup: sysdeps $(STAMP)
 
 # Debian packages (requirements/apt.txt): QEMU user mode and debootstrap for the emulated ARM targets,
 # OpenSSH for remote device runs (and the loopback server the tests start), Chromium for the
-# browser test of `edgekit report`; GNU time, the independent peak-memory check of the runner.
+# browser test of `edgekit report`; GNU time, the independent peak-memory check of the runner; the Arm
+# bare-metal GCC that compiles the MCU C artifact.
 sysdeps:
 	@if ! command -v qemu-aarch64-static >/dev/null || ! command -v debootstrap >/dev/null \
-	    || ! test -x /usr/sbin/sshd || ! test -x /usr/bin/time || ! command -v ssh >/dev/null || ! command -v chromium >/dev/null; then \
+	    || ! test -x /usr/sbin/sshd || ! test -x /usr/bin/time || ! command -v ssh >/dev/null || ! command -v chromium >/dev/null \
+	    || ! command -v arm-none-eabi-g++ >/dev/null; then \
 	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
 	  $$SUDO apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$(cat requirements/apt.txt); \

@@ -1,5 +1,6 @@
 """Figures from elsewhere than this host's CPU runner, each attached to an artifact's entry:
-the GPU, emulated aarch64 (QEMU), devices over SSH, and the int8 accelerator emulator.
+the GPU, emulated aarch64 (QEMU), devices over SSH, the int8 accelerator emulator, and the
+TFLite Micro probe for microcontrollers (tflm.py).
 
 Each function takes the conversion Context and returns a figures dict (or an error entry); none
 substitutes a host CPU figure for the place it names.
@@ -125,3 +126,11 @@ def emulated_run(ctx: Context, backend, artifact: Path, run_dir: Path, host_outp
     fid = measure.fidelity(host_outputs, runner.load_stacked(run_dir / "out-aarch64.npz", "out"))
     return {"runs": True, "max_abs_diff_vs_host": fid["max_abs_error"], "top1_agreement_vs_host": fid["top1_agreement"],
             "samples": fid["samples"], "runtime": result["runtime"], "how": emulate.HOW}
+
+
+def mcu_probe(ctx: Context, backend, artifact: Path, precision: str, host_outputs) -> dict | None:
+    """The target artifact of an MCU profile in TFLite Micro, its C artifact and the board verdict (tflm.py)."""
+    from . import tflm
+    if backend.FORMAT != "tflite" or precision != ctx.qconfig.precision or not tflm.applies(ctx.target):
+        return None
+    return tflm.run(artifact, ctx, host_outputs)

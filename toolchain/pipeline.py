@@ -456,6 +456,9 @@ def _measure(ctx: Context, backend, artifact: Path, precision: str) -> dict:
         figures.setdefault("remote", []).append(devices.remote_run(ctx, backend, artifact, run_dir, outputs, url))
     if devices.accelerated(ctx, backend) and precision != "fp32":
         figures["accelerator"] = devices.accelerator_figures(ctx, artifact, outputs)
+    mcu = devices.mcu_probe(ctx, backend, artifact, precision, outputs)
+    if mcu:
+        figures["mcu"] = mcu
     if ctx.evalset.labels is not None:
         acc = measure.accuracy(outputs, ctx.evalset.labels)
         figures["accuracy"] = {"value": acc, "delta": acc - ctx.source_accuracy, "samples": len(outputs),

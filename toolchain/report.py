@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 from .measure import TOLERANCE
+from .tflm import notes as mcu_notes
 
 COLUMNS = ("format", "precision", "size", "gzip", "median ms", "p90 ms", "× fp32 size/lat", "int ops",
            "max err", "top-1", "acc Δ", "status")
@@ -69,13 +70,18 @@ def measurement_notes(result: dict) -> list[str]:
         notes.append(f"Latency: {lat['how']}; batch 1, {lat['threads']} thread(s), {lat['warmup']} warm-up runs, "
                      f"{lat['runs']} timed runs; each runtime in its own process.")
     est = result.get("estimate")
+    mcu = [a for a in result["artifacts"] if a.get("mcu")]
     if est and "latency_ms" in est:
+        budgets = "; the MCU verdict below uses the measured arena and compiled size" if mcu else \
+            f"{_budget(est['fits_ram'], est['ram_budget_bytes'], 'RAM')}; model {kib(est['model_bytes'])}" \
+            f"{_budget(est['fits_flash'], est['flash_budget_bytes'], 'flash')}"
         notes.append(f"ESTIMATED on {est['device']}: {est['latency_ms']:.3g} ms per inference ({est['precision']}, "
-                     f"{est['threads']} thread(s)); peak activations {kib(est['peak_activation_bytes'])}"
-                     f"{_budget(est['fits_ram'], est['ram_budget_bytes'], 'RAM')}; model {kib(est['model_bytes'])}"
-                     f"{_budget(est['fits_flash'], est['flash_budget_bytes'], 'flash')} ({est['how']})")
+                     f"{est['threads']} thread(s)); peak activations {kib(est['peak_activation_bytes'])} (tensor "
+                     f"lifetimes){budgets} ({est['how']})")
     elif est:
         notes.append(est["error"])
+    for a in mcu:
+        notes += mcu_notes(f"{a['format']} {a['precision']}", a["mcu"])
     for a in result["artifacts"]:
         arm = a.get("aarch64")
         if arm and arm["runs"]:
@@ -106,7 +112,7 @@ def measurement_notes(result: dict) -> list[str]:
 
 
 SUMMARY_COLUMNS = ("target", "device", "format", "precision", "size", "median ms (host)", "estimated ms (device)",
-                   "acc Δ", "aarch64", "status")
+                   "acc Δ", "aarch64", "fits board", "status")
 
 
 def summary_rows(summary: dict) -> list[tuple[str, ...]]:
@@ -114,21 +120,31 @@ def summary_rows(summary: dict) -> list[tuple[str, ...]]:
     for result in summary["targets"]:
         name = result["target"]["name"]
         if "error" in result:
-            rows.append((name, "-", "-", "-", "-", "-", "-", "-", "-", f"FAILED: {result['error']}"))
+            rows.append((name, "-", "-", "-", "-", "-", "-", "-", "-", "-", f"FAILED: {result['error']}"))
             continue
         device = f"{result['target']['device']['kind']} ({result['target']['device']['arch']})"
         est = result.get("estimate") or {}
         for a in (a for a in result["artifacts"] if a["role"] == "target"):
             if a["status"] != "ok":
-                rows.append((name, device, a["format"], a["precision"], "-", "-", "-", "-", "-", "FAILED"))
+                rows.append((name, device, a["format"], a["precision"], "-", "-", "-", "-", "-", "-", "FAILED"))
                 continue
             arm = a.get("aarch64")
             rows.append((name, device, a["format"], a["precision"], kib(a["size"]["bytes"]), _ms(a["latency_ms"], "median"),
                          f"{est['latency_ms']:.3g}" if "latency_ms" in est else "-",
                          f"{a['accuracy']['delta'] * 100:+.2f}pt" if a.get("accuracy") else "n/a",
-                         {True: "yes", False: "no", None: "-"}[arm["runs"]] if arm else "-",
+                         {True: "yes", False: "no", None: "-"}[arm["runs"]] if arm else "-", _fits_board(a.get("mcu")),
                          "verified" if a["fidelity"]["verified"] else "MISMATCH"))
     return rows
+
+
+def _fits_board(mcu: dict | None) -> str:
+    if not mcu or mcu["verdict"]["fits"] is None:
+        return "-"
+    v = mcu["verdict"]
+    if not v.get("runs", True):
+        return "NO (ops)"
+    short = [what for what in ("ram", "flash") if v[what]["fits"] is False]
+    return "yes" if v["fits"] else f"NO ({' + '.join(w if w == 'flash' else 'RAM' for w in short)})"
 
 
 def write_summary(out_dir: Path, summary: dict) -> None:
@@ -138,7 +154,8 @@ def write_summary(out_dir: Path, summary: dict) -> None:
     lines += ["| " + " | ".join(r) + " |" for r in summary_rows(summary)]
     lines += ["", "- median ms (host): measured on this host, whatever the target device. estimated ms (device): "
               "the profile's device model (docs/COSTMODEL.md). aarch64: the artifact ran on emulated aarch64 with "
-              "the same answers as the host. Each target's full report is in its own directory.", ""]
+              "the same answers as the host. fits board (MCU targets): TFLite Micro's measured arena + the profile's "
+              "stated runtime RAM, and the compiled model array + stated runtime flash, against the board's budgets. Each target's full report is in its own directory.", ""]
     (out_dir / "summary.md").write_text("\n".join(lines))
 
 

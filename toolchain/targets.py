@@ -28,7 +28,7 @@ ENV_VAR = "EDGEKIT_TARGETS_PATH"
 @dataclass(frozen=True)
 class DeviceSpec:
     kind: str = option("cpu", "Device class the profile describes.", choices=("cpu", "gpu", "arm", "mcu", "fpga"))
-    arch: str = option("x86_64", "CPU architecture the artifacts run on.", choices=("x86_64", "aarch64", "armv7"))
+    arch: str = option("x86_64", "CPU architecture the artifacts run on.", choices=("x86_64", "aarch64", "armv7", "armv6m"))
     description: str = option("", "Human description of the device, e.g. 'Raspberry Pi 4 (4x Cortex-A72)'.")
     cores: int = option(1, "Cores the runtime can use (device model for estimates).")
     clock_ghz: float = option(0.0, "Core clock; 0 means no device model, so no estimates.")
@@ -40,6 +40,13 @@ class DeviceSpec:
     op_overhead_us: float = option(2.0, "Fixed cost per op (dispatch, setup) in microseconds.")
     ram_kib: int = option(0, "RAM budget for activations in KiB; 0 means no budget.")
     flash_kib: int = option(0, "Flash/storage budget for the model in KiB; 0 means no budget.")
+    runtime_ram_kib: int = option(0, "MCU: RAM the firmware needs beside the tensor arena (stack, interpreter and "
+                                     "op resolver objects, HAL, I/O buffers), stated by the profile; added to the "
+                                     "measured arena for the RAM verdict.")
+    runtime_flash_kib: int = option(0, "MCU: flash the firmware needs beside the model array (TFLite Micro kernels, "
+                                       "application), stated by the profile; added for the flash verdict.")
+    gcc_flags: list[str] = option([], "MCU: arm-none-eabi-g++ flags for the core (e.g. -mcpu=cortex-m4 -mthumb); the "
+                                      "C artifact is compiled with them. Empty: written, not compiled.")
 
 
 @dataclass(frozen=True)
@@ -121,7 +128,9 @@ def _check_numbers(p: Profile, path: Path) -> None:
     checks = {"bench.threads": p.bench.threads >= 1, "bench.runs": p.bench.runs >= 1, "bench.warmup": p.bench.warmup >= 0,
               "bench.eval_samples": p.bench.eval_samples >= 1, "build.batch": p.build.batch >= 1,
               "build.input_shape": all(d >= 1 for d in p.build.input_shape), "build.formats": bool(p.build.formats),
-              "quantize.calib_samples": p.quantize.calib_samples >= 1}
+              "quantize.calib_samples": p.quantize.calib_samples >= 1,
+              "device.runtime_ram_kib": p.device.runtime_ram_kib >= 0,
+              "device.runtime_flash_kib": p.device.runtime_flash_kib >= 0}
     for field, ok in checks.items():
         if not ok:
             raise EdgekitError(f"{path}: field '{field}' is out of range", "use positive values; see targets/README.md")
