@@ -33,6 +33,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from . import children
+
 if TYPE_CHECKING:
     from .pipeline import Context
 
@@ -185,7 +187,7 @@ def emulate(artifact: Path, ctx: Context, host_outputs) -> dict:
     cmd = [sys.executable, "-m", "edgekit.tflm", str(artifact), "--inputs", str(run_dir / "in.npz"),
            "--outputs", str(run_dir / "out.npz"), "--json", str(run_dir / "result.json"), "--log", str(run_dir / "tflm.log")]
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT_S)
+        proc = children.run(cmd, TIMEOUT_S)  # its own process group: ended with edgekit on a signal
     except subprocess.TimeoutExpired:
         return {"runs": False, "reason": f"TFLite Micro did not finish in {TIMEOUT_S} s", "how": HOW}
     result = json.loads((run_dir / "result.json").read_text()) if (run_dir / "result.json").is_file() else {}
@@ -366,7 +368,7 @@ def compile_c_artifact(c_dir: Path, flags: list[str], workdir: Path) -> dict:
     obj = Path(tempfile.mkdtemp(prefix="mcu-", dir=workdir)) / "model_data.o"
     cmd = [gxx, *flags, "-std=c++17", "-Os", "-fdata-sections", "-ffunction-sections", "-fno-exceptions",
            "-fno-rtti", "-Wall", "-Werror", "-c", str(c_dir / "model_data.cc"), "-o", str(obj)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = children.run(cmd, TIMEOUT_S)
     if proc.returncode != 0:
         lines = [ln for ln in proc.stderr.splitlines() if ln.strip()] or ["no output"]
         return {"ok": False, "cpu": cpu, "reason": f"arm-none-eabi-g++ failed: {lines[0][:300]}"}
@@ -381,7 +383,7 @@ def compile_c_artifact(c_dir: Path, flags: list[str], workdir: Path) -> dict:
 
 def section_sizes(size_tool: str, obj: Path) -> dict[str, int]:
     """`arm-none-eabi-size -A` of an object file: {section: bytes}."""
-    out = subprocess.run([size_tool, "-A", str(obj)], capture_output=True, text=True, check=True).stdout
+    out = children.run([size_tool, "-A", str(obj)], TIMEOUT_S).stdout
     sizes = {}
     for line in out.splitlines():
         parts = line.split()
