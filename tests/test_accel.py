@@ -9,6 +9,7 @@ import pytest
 
 from clihelp import run_cli
 from edgekit import accel
+from edgekit.passes import pow2
 
 ALL_OPS = accel.AcceleratorSpec(ops=list(accel.EMULATED_OPS))
 
@@ -50,7 +51,7 @@ MODELS = {
 def test_bit_exact_with_tflite_reference_kernels(name, tmp_path):
     path, samples = int8_tflite(MODELS[name], tmp_path / f"{name}.tflite")
     emu = accel.Emulator(path, ALL_OPS)
-    result = accel.compare_with_reference(emu, path, samples)
+    result = accel.compare_with_reference(emu, samples)
     assert result["bit_exact"], result["mismatched_ops"]
     assert result["ops_compared"] >= 2
 
@@ -90,7 +91,7 @@ def test_power_of_two_scales_and_shift_requantization(tmp_path):
     from edgekit.errors import ConversionError
     with pytest.raises(ConversionError, match="power-of-two"):
         emu.run([accel.quantize_input(emu, emu.inputs[0], samples[0])])
-    assert accel.power_of_two_scales(path) > 0
+    assert pow2.run(path, path) > 0
     emu = accel.Emulator(path, shift_spec)
     for t in emu.tensors:
         if t.scale.size and t.scale[0] > 0:

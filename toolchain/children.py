@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import threading
+from contextlib import contextmanager
 
 _LIVE: set[int] = set()  # process group ids of children still running
 _LOCK = threading.Lock()
@@ -52,3 +53,21 @@ def run(argv: list[str], timeout: float | None, *, env: dict | None = None, cwd=
             _LIVE.discard(proc.pid)
     _kill_group(proc.pid, signal.SIGKILL)  # grandchildren it left behind
     return subprocess.CompletedProcess(argv, proc.returncode, stdout, stderr)
+
+
+@contextmanager
+def tracking(proc: subprocess.Popen):
+    """Register a child started with start_new_session=True while the block runs; on any exception
+    (KeyboardInterrupt included) its whole group is killed first; grandchildren it left are killed after."""
+    with _LOCK:
+        _LIVE.add(proc.pid)
+    try:
+        yield proc
+    except BaseException:
+        _kill_group(proc.pid, signal.SIGKILL)
+        proc.wait()
+        raise
+    finally:
+        with _LOCK:
+            _LIVE.discard(proc.pid)
+    _kill_group(proc.pid, signal.SIGKILL)

@@ -11,10 +11,10 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
-
-from . import measure, runner
+from . import isolate, measure, runner
 from .errors import ConversionError, EdgekitError, RunnerError
+
+REFERENCE_SAMPLES = 20  # samples checked op by op against the reference kernels
 
 if TYPE_CHECKING:
     from .context import Context
@@ -57,49 +57,23 @@ def accelerated(ctx: Context, backend) -> bool:
     return ctx.target.profile.device.kind == "fpga" and backend.FORMAT == "tflite"
 
 
-def accelerator_figures(ctx: Context, artifact: Path, tflite_outputs) -> dict:
-    """Run the int8 graph on the accelerator emulator; compare with the float model and with TFLite."""
-    from . import accel
+def accelerator_figures(ctx: Context, artifact: Path, run_dir: Path) -> dict:
+    """Run the int8 graph on the accelerator emulator and check it against LiteRT's reference kernels,
+    each in an isolated child: a native crash there marks this figure failed, not the run."""
+    from .accel import figures, reference
     spec = ctx.target.profile.accelerator
+    runner.save_stacked(run_dir / "reference.npz", "out", ctx.reference)
     ctx.progress("tflite: running the accelerator emulator")
     try:
-        emu = accel.Emulator(artifact, spec)
+        result = isolate.run("edgekit.accel.figures:emulate_file", artifact, spec, run_dir, ctx.qconfig.precision,
+                             ctx.evalset.labels, ctx.source_accuracy, step="accelerator emulator",
+                             progress=ctx.progress)
     except ConversionError as exc:
-        return {"error": f"not emulated: {exc}", "how": "emulated (integer-only numpy emulator of the accelerator)"}
-    outputs = emulate_samples(emu, ctx.evalset.samples)
-    placement = emu.placement()
-    macs = {op.outputs[0]: accel.mac_count(emu, op, spec) for op, _ in placement}
-    on_accel = sum(macs[op.outputs[0]] for op, where in placement if where == "accelerator")
-    vs_tflite = measure.fidelity(tflite_outputs, outputs, ctx.qconfig.precision)
-    figures = {
-        "how": "emulated (integer-only numpy emulator of the accelerator)",
-        "coverage_macs": float(on_accel / max(sum(macs.values()), 1)),
-        "fallback_ops": sorted({op.kind for op, where in placement if where == "cpu"} - {"QUANTIZE", "DEQUANTIZE"}),
-        "fidelity_vs_float": measure.fidelity(ctx.reference, outputs, ctx.qconfig.precision),
-        "fidelity_vs_tflite": vs_tflite,
-        "vs_tflite_reference": accel.compare_with_reference(emu, artifact, [s[0] for s in ctx.evalset.samples[:20]]),
-        "estimate": accel.cycles(emu, spec),
-        "weights_bytes": int(sum(t.data.nbytes for t in emu.tensors if t.data is not None)),
-        "onchip_bytes": spec.onchip_kib * 1024,
-    }
-    figures["weights_fit_onchip"] = figures["weights_bytes"] <= figures["onchip_bytes"]
-    figures["activations_fit_onchip"] = all(layer["fits_onchip"] for layer in figures["estimate"]["layers"])
-    if ctx.evalset.labels is not None:
-        acc = measure.accuracy(outputs, ctx.evalset.labels)
-        figures["accuracy"] = {"value": acc, "delta": acc - ctx.source_accuracy, "how": figures["how"]}
-    return figures
-
-
-def emulate_samples(emu, samples: list[list[np.ndarray]], chunk: int = 64) -> list[list[np.ndarray]]:
-    """Emulator outputs (dequantized) for batch-1 samples, run `chunk` at a time."""
-    from .accel import quantize_input, dequantize_output
-    results = []
-    for start in range(0, len(samples), chunk):
-        part = samples[start:start + chunk]
-        arrays = [quantize_input(emu, i, np.concatenate([s[k] for s in part])) for k, i in enumerate(emu.inputs)]
-        outs = [dequantize_output(emu, i, o) for i, o in zip(emu.outputs, emu.run(arrays))]
-        results += [[o[n:n + 1] for o in outs] for n in range(len(part))]
-    return results
+        return {"error": f"not emulated: {exc}", "how": figures.HOW}
+    ctx.progress("tflite: checking the emulator against LiteRT's reference kernels, op by op")
+    result["vs_tflite_reference"] = reference.check(artifact, spec, run_dir / "in.npz", REFERENCE_SAMPLES,
+                                                    ctx.progress)
+    return result
 
 
 def emulating(ctx: Context) -> bool:

@@ -25,7 +25,7 @@ from typing import Callable
 
 import numpy as np
 
-from . import __version__, backends, data, devices, measure, report, runner, sources, targets
+from . import __version__, backends, data, devices, isolate, measure, report, runner, sources, targets
 from .context import Context, cache_dir
 from .options import ConvertOptions
 from .errors import ConversionError, EdgekitError
@@ -94,10 +94,13 @@ def convert_targets(model: str | Path | None = None, progress: Callable[[str], N
         for target in names:
             progress(f"target {target}")
             single = {**dataclasses.asdict(options), "target": target, "out": stage / target, "force": False}
-            try:
-                results.append(convert(model, progress, **single))
-            except EdgekitError as exc:
-                results.append({"target": {"name": target}, "error": exc.one_line(), "artifacts": []})
+            try:  # each target in its own process: a native crash in one leaves the others standing
+                results.append(isolate.run("edgekit.pipeline:convert", model, isolate.progress, **single,
+                                           step=f"target {target}", progress=progress))
+            except (EdgekitError, ConversionError) as exc:
+                for leftover in stage.glob(f".{target}.partial-*"):
+                    shutil.rmtree(leftover, ignore_errors=True)
+                results.append({"target": {"name": target}, "error": str(exc), "artifacts": []})
         summary = {"schema": "edgekit.summary/1", "model": str(model), "targets": results}
         report.write_summary(stage, summary)
         _replace(stage, out)
@@ -415,8 +418,8 @@ def _artifact(ctx: Context, backend, precision: str, directory: Path, role: str,
                 raise ConversionError(f"the fp32 {backend.FORMAT} baseline failed, so there is nothing to quantize")
             entry.update(quantize.run(backend, ctx.source, ctx.stage / baseline["file"], path, ctx.qconfig, ctx.calib))
             if devices.accelerated(ctx, backend) and ctx.target.profile.accelerator.requant == "shift":
-                from . import accel
-                accel.power_of_two_scales(path)
+                from .passes import pow2
+                pow2.run(path, path)
                 entry["notes"].append("scales rounded up to powers of two, weights and biases requantized "
                                       "(the accelerator requantizes by shifts only)")
         entry["convert_seconds"] = round(time.perf_counter() - started, 2)
@@ -455,7 +458,7 @@ def _measure(ctx: Context, backend, artifact: Path, precision: str) -> dict:
     for url in ctx.options.devices:
         figures.setdefault("remote", []).append(devices.remote_run(ctx, backend, artifact, run_dir, outputs, url))
     if devices.accelerated(ctx, backend) and precision != "fp32":
-        figures["accelerator"] = devices.accelerator_figures(ctx, artifact, outputs)
+        figures["accelerator"] = devices.accelerator_figures(ctx, artifact, run_dir)
     mcu = devices.mcu_probe(ctx, backend, artifact, precision, outputs)
     if mcu:
         figures["mcu"] = mcu

@@ -174,16 +174,24 @@ def accelerator_notes(acc: dict) -> list[str]:
     if "error" in acc:
         return [f"ACCELERATOR: {acc['error']}"]
     est, ref = acc["estimate"], acc["vs_tflite_reference"]
-    exact = "bit-exact" if ref["bit_exact"] else f"differs in {len(ref['mismatched_ops'])} op(s): " + \
-        ", ".join(list(ref["mismatched_ops"])[:3])
-    accuracy = f"accuracy {acc['accuracy']['value']:.2%} ({acc['accuracy']['delta'] * 100:+.2f}pt); " \
-        if acc.get("accuracy") else ""
+    if "error" in ref:
+        exact = f"not checked: {ref['error']}"
+    else:
+        exact = "bit-exact" if ref["bit_exact"] else f"differs in {len(ref['mismatched_ops'])} op(s): " + \
+            ", ".join(list(ref["mismatched_ops"])[:3])
+        exact = f"{ref['ops_compared']} ops on {ref['samples']} samples: {exact}"
+        if ref.get("not_compared"):
+            exact += "; not compared: " + "; ".join(f"{k}: {v}" for k, v in list(ref["not_compared"].items())[:3])
+    accuracy = f"accuracy {acc['accuracy']['value']:.2%}" if acc.get("accuracy") else ""
+    if accuracy and acc["accuracy"].get("delta") is not None:
+        accuracy += f" ({acc['accuracy']['delta'] * 100:+.2f}pt)"
+    accuracy += "; " if accuracy else ""
     return [
         f"ACCELERATOR ({acc['how']}): {acc['coverage_macs']:.1%} of MACs on the accelerator; CPU fallback ops: "
         f"{', '.join(acc['fallback_ops']) or 'none'}; {accuracy}cosine vs float "
         f"{acc['fidelity_vs_float']['cosine']:.6f}, vs TFLite int8 max diff {acc['fidelity_vs_tflite']['max_abs_error']:.2e}"
-        f" (top-1 {acc['fidelity_vs_tflite']['top1_agreement']:.1%}); against TFLite reference kernels, op by op on "
-        f"{ref['samples']} samples: {exact}.",
+        f" (top-1 {acc['fidelity_vs_tflite']['top1_agreement']:.1%}); against TFLite reference kernels, op by op: "
+        f"{exact}.",
         f"ACCELERATOR ESTIMATED ({est['how']}): {est['latency_ms']:.4g} ms, {est['cycles']:,} cycles, MAC utilisation "
         f"{est['mac_utilisation']:.1%}, DRAM traffic {kib(est['dram_bytes'])}; weights {kib(acc['weights_bytes'])} "
         f"{'fit' if acc['weights_fit_onchip'] else 'DO NOT FIT'} in {kib(acc['onchip_bytes'])} on chip; activations "

@@ -1,0 +1,63 @@
+"""The cycle model: per-layer cycles on the MAC array (compute- or memory-bound), latency,
+utilisation and DRAM traffic (docs/ACCELERATOR.md)."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .spec import MAC_OPS, AcceleratorSpec
+
+HOW = "estimated (MAC-array cycle model, docs/ACCELERATOR.md)"
+
+
+def cycles(emu, spec: AcceleratorSpec) -> dict:
+    bytes_per_cycle = spec.dram_gbps * 1e9 / (spec.clock_mhz * 1e6)
+    onchip = spec.onchip_kib * 1024
+    layers, total, macs_on, dram = [], 0, 0, 0
+    for op, where in emu.placement():
+        if where != "accelerator" or op.kind in ("RESHAPE",):
+            continue
+        out = emu.t(op.outputs[0])
+        compute, macs = layer_compute(emu, op, spec)
+        weights = int(sum(emu.t(i).data.nbytes for i in op.inputs[1:] if i >= 0 and emu.t(i).data is not None))
+        acts = sum(int(np.prod(emu.t(i).shape)) for i in op.inputs[:1] if i >= 0) + int(np.prod(out.shape))
+        fits = weights + acts <= onchip
+        tiles = 1 if fits else math.ceil(acts / max(onchip - weights, onchip // 2))
+        traffic = weights * tiles + (0 if fits else acts)
+        memory = math.ceil(traffic / bytes_per_cycle)
+        layer_cycles = max(compute, memory)
+        layers.append({"op": op.kind, "output": out.name, "macs": macs, "compute_cycles": compute,
+                       "memory_cycles": memory, "cycles": layer_cycles,
+                       "bound": "compute" if compute >= memory else "memory", "fits_onchip": fits,
+                       "dram_bytes": traffic})
+        total += layer_cycles
+        macs_on += macs
+        dram += traffic
+    return {"layers": layers, "cycles": total, "latency_ms": total / (spec.clock_mhz * 1e3),
+            "mac_utilisation": macs_on / (total * spec.mac_rows * spec.mac_cols) if total else 0.0,
+            "dram_bytes": dram, "how": HOW}
+
+
+def layer_compute(emu, op, spec: AcceleratorSpec) -> tuple[int, int]:
+    """(cycles, MACs) of one op on the array: R output channels x C reduction lanes per cycle."""
+    out = emu.t(op.outputs[0]).shape
+    if op.kind in MAC_OPS:
+        w = emu.t(op.inputs[1]).shape
+        if op.kind == "FULLY_CONNECTED":
+            pixels, out_channels, reduction = 1, w[0], w[1]
+        elif op.kind == "CONV_2D":
+            pixels, out_channels, reduction = out[1] * out[2], w[0], w[1] * w[2] * w[3]
+        else:  # depthwise: each output channel reduces over its own kernel window only
+            pixels, out_channels, reduction = out[1] * out[2], w[3], w[1] * w[2]
+        return (int(pixels * math.ceil(out_channels / spec.mac_rows) * math.ceil(reduction / spec.mac_cols)),
+                int(pixels * out_channels * reduction))
+    elements = int(np.prod(out))  # elementwise and pooling ops stream through the lanes
+    window = 1
+    if op.kind in ("MAX_POOL_2D", "AVERAGE_POOL_2D"):
+        window = op.options.filterHeight * op.options.filterWidth
+    return math.ceil(elements * window / spec.mac_cols), 0
+
+
+def mac_count(emu, op, spec: AcceleratorSpec) -> int:
+    return layer_compute(emu, op, spec)[1] if op.kind in MAC_OPS else 0

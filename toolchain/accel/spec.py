@@ -1,0 +1,28 @@
+"""What an int8 accelerator profile declares (`[accelerator]` in a target's TOML)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..schema import option
+
+# Ops the accelerator may be declared to run: each has an integer-only numpy kernel (kernels.py).
+EMULATED_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "ADD", "MAX_POOL_2D", "AVERAGE_POOL_2D",
+                "MEAN", "RESHAPE", "PAD", "CONCATENATION", "SOFTMAX", "QUANTIZE", "DEQUANTIZE")
+MAC_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
+
+
+@dataclass(frozen=True)
+class AcceleratorSpec:
+    mac_rows: int = option(16, "MAC array rows (output channels computed in parallel).")
+    mac_cols: int = option(16, "MAC array columns (input channels / reduction lanes in parallel).")
+    clock_mhz: float = option(200.0, "Accelerator clock.")
+    accumulator_bits: int = option(32, "Accumulator width; sums saturate at its limits.")
+    requant: str = option("fixed-point", "fixed-point (int32 multiplier + shift, as TFLite) or shift (power-of-two "
+                                         "scales, shift only).", choices=("fixed-point", "shift"))
+    scales: str = option("per-channel", "Weight scales per output channel or one per tensor.",
+                         choices=("per-channel", "per-tensor"))
+    onchip_kib: int = option(256, "On-chip buffer for weights and activations.")
+    dram_gbps: float = option(1.0, "DRAM bandwidth for what does not fit on chip.")
+    ops: list[str] = option(["CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "ADD", "MAX_POOL_2D",
+                             "AVERAGE_POOL_2D", "RESHAPE", "PAD", "CONCATENATION"],
+                            "Ops the accelerator runs; any other op falls back to the CPU.", choices=EMULATED_OPS)
