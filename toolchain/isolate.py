@@ -1,6 +1,6 @@
 """Run a native step that can crash (a converter, a runtime's reference kernels) in a child process.
 
-`run("edgekit.accel.figures:compute", args..., step="accelerator emulator")` starts a fresh
+`run("edgekit.accel.figures:emulate_file", args..., step="accelerator emulator")` starts a fresh
 `python -m edgekit.isolate` (never a fork of a process holding TensorFlow), calls the function
 there and returns its result. Arguments and result travel as pickles through a private temp dir.
 
