@@ -171,3 +171,41 @@ def test_op_list_and_parsers():
     assert parsed["records"]["NodeAndRegistration struct"] == {"bytes": 448, "requested": 448, "count": 7}
     assert tflm.arena_to_allocate(6272) == 6288 and tflm.arena_to_allocate(6273) == 6304
     assert shutil.which("arm-none-eabi-g++"), "make setup installs gcc-arm-none-eabi (requirements/apt.txt)"
+
+
+@pytest.fixture(scope="module")
+def clustered_keras(models_dir) -> Path:
+    """A dense layer whose weights take 4 values per output channel (as after weight clustering)."""
+    import keras
+    import numpy as np
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8, 1), name="image")
+    hidden = keras.layers.Dense(256, activation="relu", name="fc")(keras.layers.Flatten()(inputs))
+    model = keras.Model(inputs, keras.layers.Dense(4, activation="softmax", name="probs")(hidden))
+    rng = np.random.default_rng(0)
+    kernel = rng.choice([-0.2, -0.05, 0.05, 0.2], size=(64, 256)).astype("float32")
+    model.get_layer("fc").set_weights([kernel, np.zeros(256, "float32")])
+    model.save(models_dir / "clustered.keras")
+    return models_dir / "clustered.keras"
+
+
+def test_tflm_compression_where_it_applies(clustered_keras, m4_report, tiny_eval, capsys, tmp_path):
+    result = run_cli(capsys, "convert", clustered_keras, "--target", "arm-m-int8", "--data", tiny_eval,
+                     "--calib-samples", "8", "--runs", "2", "--tflm-compress", "--out", tmp_path / "o")
+    assert result.code == 0, result.err
+    mcu = json.loads((tmp_path / "o" / "report.json").read_text())["artifacts"][1]["mcu"]
+    comp = mcu["compressed"]
+    fc = next(t for t in comp["tensors"] if "fc" in t["tensor"])
+    assert fc["compressed"] and fc["index_bits"] == 2 and fc["distinct_per_channel"] <= 4
+    assert comp["runs"] and comp["parity_vs_uncompressed"]["bit_exact"]  # LUT compression is lossless
+    assert comp["tflite_bytes"] < mcu["c_artifact"]["tflite_bytes"] - 4096  # 16 KiB of int8 weights at 2 bits
+    assert comp["c_artifact"]["compiled"]["model_section_bytes"] == comp["tflite_bytes"]
+    assert (tmp_path / "o" / "mcu" / "compressed" / "model_data.cc").is_file()
+    assert "TFLM COMPRESSION" in result.err and "bit-exact" in result.err
+    # a model with ordinary int8 weights: said plainly why it does not apply, tensor by tensor
+    proc = subprocess.run([sys.executable, "-m", "edgekit.tflm", str(m4_report[0] / "model.tflite"), "--compress",
+                           str(tmp_path / "c.tflite"), "--json", str(tmp_path / "c.json")], capture_output=True)
+    plan = json.loads((tmp_path / "c.json").read_text())
+    assert proc.returncode == 1 and not plan["compressed"] and not (tmp_path / "c.tflite").exists()
+    assert plan["reason"].startswith("no weight tensor has few enough distinct values")
+    assert all(not t["compressed"] and "distinct values per channel" in t["why"] for t in plan["tensors"])

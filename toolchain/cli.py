@@ -63,6 +63,7 @@ def cli():
 @click.option("--trust-model", is_flag=True, help=_help("trust_model"))
 @click.option("--sensitivity", is_flag=True, help=_help("sensitivity"))
 @click.option("--emulate/--no-emulate", default=None, help=_help("emulate"))
+@click.option("--tflm-compress", is_flag=True, help=_help("tflm_compress"))
 @click.option("--device", "devices", multiple=True, metavar="ssh://USER@HOST[:PORT]", help=_help("devices"))
 @click.option("--prune", metavar="METHOD:AMOUNT", help=_help("prune"))
 @click.option("--prune-scope", type=click.Choice(["per-layer", "global"]), help=_help("prune_scope"))

@@ -49,5 +49,8 @@ class ConvertOptions:
                                       choices=("inherit", "fresh"))
     distill_features: list[str] = option([], "Layers (same name in teacher and student) to match, or auto.")
     devices: list[str] = option([], "Also benchmark every artifact on these devices over SSH (ssh://user@host[:port]).")
+    tflm_compress: bool = option(False, "MCU targets: also compress weights with TFLite Micro's LUT compression where a "
+                                        "tensor's distinct values per channel fit fewer than 8 bits; report its flash "
+                                        "size and parity in TFLite Micro (mcu/compressed/).")
     emulate: bool | None = option(None, "Also run TFLite/ONNX artifacts on emulated aarch64 (QEMU) and compare with "
                                         "the host; default: on for aarch64 targets when QEMU is installed.")

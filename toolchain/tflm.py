@@ -92,6 +92,8 @@ def run(artifact: Path, ctx: Context, host_outputs) -> dict:
     figures["c_artifact"] = write_c_artifact(artifact, model, arena, c_dir)
     if device.gcc_flags:
         figures["c_artifact"]["compiled"] = compile_c_artifact(c_dir, device.gcc_flags, ctx.workdir)
+    if ctx.options.tflm_compress:
+        figures["compressed"] = compressed(artifact, ctx, figures, c_dir / "compressed")
     figures["verdict"] = verdict(device, arena, estimate, figures["c_artifact"], artifact.stat().st_size,
                                  figures["ops"]["missing"])
     if figures["emulated"].get("runs") and ctx.evalset.labels is not None:
@@ -132,7 +134,23 @@ def notes(name: str, figures: dict) -> list[str]:
         why = compiled.get("reason", "the profile names no compiler flags (device.gcc_flags)")
         lines.append(f"C ARTIFACT {', '.join(c_art['files'])} written, not compiled ({why}); "
                      f"arena to allocate {c_art['arena_alloc_text']}")
+    if figures.get("compressed"):
+        lines.append(_compression_note(figures["compressed"], c_art))
     return lines
+
+
+def _compression_note(comp: dict, plain: dict) -> str:
+    done = [t for t in comp["tensors"] if t["compressed"]]
+    if not comp.get("runs"):
+        return f"TFLM COMPRESSION not applied: {comp['reason']}"
+    before, after = plain.get("compiled", {}), comp["c_artifact"].get("compiled", {})
+    flash = f"compiled model array {after['model_section_bytes']:,} B (uncompressed {before['model_section_bytes']:,} B)" \
+        if after.get("ok") and before.get("ok") else "not compiled"
+    bits = ", ".join(f"{t['tensor']} {t['index_bits']}-bit" for t in done[:4]) + (" ..." if len(done) > 4 else "")
+    return (f"TFLM COMPRESSION ({comp['how']}): {len(done)} of {len(comp['tensors'])} weight tensors ({bits}); "
+            f".tflite {comp['tflite_bytes']:,} B (uncompressed {plain['tflite_bytes']:,} B); {flash}; arena "
+            f"{comp['arena']['used_bytes']:,} B (decompressed weights live in it); outputs vs uncompressed in TFLM: "
+            f"{_parity_text(comp['parity_vs_uncompressed'])}; written to mcu/compressed/")
 
 
 def _parity_text(parity: dict) -> str:
@@ -179,8 +197,9 @@ def _text(value) -> str:
 
 # --- the emulated run (parent side) ---------------------------------------------------------------
 
-def emulate(artifact: Path, ctx: Context, host_outputs) -> dict:
-    """Run the artifact in TFLite Micro in a child process; compare its outputs with LiteRT's."""
+def emulate(artifact: Path, ctx: Context, host_outputs, litert_builtin: bool = True) -> dict:
+    """Run the artifact in TFLite Micro in a child process; compare its outputs with LiteRT's (or with
+    `host_outputs` alone when LiteRT cannot load it, as for a compressed model)."""
     from . import runner
     run_dir = Path(tempfile.mkdtemp(prefix="tflm-", dir=ctx.workdir))
     runner.save_stacked(run_dir / "in.npz", "in", ctx.evalset.samples)
@@ -195,10 +214,11 @@ def emulate(artifact: Path, ctx: Context, host_outputs) -> dict:
         log = (run_dir / "tflm.log").read_text(errors="replace") if (run_dir / "tflm.log").is_file() else ""
         return {"runs": False, "how": HOW, "reason": result.get("reason") or _crash_reason(proc, log)}
     outputs = runner.load_stacked(run_dir / "out.npz", "out")
-    return {"runs": True, "how": HOW, "version": result["version"], "arena": result["arena"],
-            "parity_vs_litert": parity(host_outputs, outputs),
-            "parity_vs_litert_builtin": parity(litert_builtin_outputs(artifact, ctx.evalset.samples), outputs),
-            "_outputs": outputs}
+    figures = {"runs": True, "how": HOW, "version": result["version"], "arena": result["arena"],
+               "parity_vs_litert": parity(host_outputs, outputs), "_outputs": outputs}
+    if litert_builtin:
+        figures["parity_vs_litert_builtin"] = parity(litert_builtin_outputs(artifact, ctx.evalset.samples), outputs)
+    return figures
 
 
 def litert_builtin_outputs(artifact: Path, samples: list[list[np.ndarray]]) -> list[list[np.ndarray]]:
@@ -309,6 +329,86 @@ def _budget(what: str, need: int | None, need_how: str | None, runtime: int, bud
             f"{verdict_word}" + (f", {total - budget:,} B over." if fits is False else "."))
     return {"fits": fits, "needed_bytes": total, "model_bytes": need, "model_how": need_how, "runtime_bytes": runtime,
             "runtime_how": STATED, "budget_bytes": budget, "text": text}
+
+
+# --- TFLite Micro weight compression (LUT) -----------------------------------------------------
+
+def compressed(artifact: Path, ctx: Context, figures: dict, out_dir: Path) -> dict:
+    """LUT-compress the weights where it applies and saves bytes; the compressed model's flash size,
+    arena and parity with the uncompressed one, all in TFLite Micro."""
+    work = Path(tempfile.mkdtemp(prefix="tflm-compress-", dir=ctx.workdir))
+    path = work / "model.tflite"
+    cmd = [sys.executable, "-m", "edgekit.tflm", str(artifact), "--compress", str(path), "--json", str(work / "c.json"),
+           "--log", str(work / "c.log")]
+    proc = children.run(cmd, TIMEOUT_S)
+    result = json.loads((work / "c.json").read_text()) if (work / "c.json").is_file() else {}
+    base = {"how": f"{HOW}, LUT compression (tensorflow/lite/micro/compression)", "tensors": result.get("tensors", [])}
+    if proc.returncode != 0 or not result.get("compressed"):
+        log = (work / "c.log").read_text(errors="replace") if (work / "c.log").is_file() else ""
+        return {**base, "applied": False, "reason": result.get("reason") or _crash_reason(proc, log)}
+    ctx.progress("tflite: running the compressed model in TFLite Micro")
+    plain = figures["emulated"].get("_outputs")
+    if not plain:
+        return {**base, "applied": True, "runs": False, "reason": "the uncompressed model did not run in TFLite Micro"}
+    emu = emulate(path, ctx, plain, litert_builtin=False)
+    if not emu.get("runs"):
+        return {**base, "applied": True, "runs": False, "reason": emu["reason"]}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    c_art = write_c_artifact(path, read_model(path), emu["arena"], out_dir)
+    device = ctx.target.profile.device
+    if device.gcc_flags:
+        c_art["compiled"] = compile_c_artifact(out_dir, device.gcc_flags, ctx.workdir)
+    shutil.copyfile(path, out_dir / "model.tflite")
+    return {**base, "applied": True, "runs": True, "tflite_bytes": path.stat().st_size,
+            "arena": emu["arena"], "c_artifact": c_art,
+            "parity_vs_uncompressed": emu["parity_vs_litert"]}
+
+
+def compression_plan(model_bytes: bytes) -> tuple[list, list[dict]]:
+    """Child side: a LUT spec for every constant int8/int16 weight tensor whose distinct values per
+    channel (quantized axis) fit in fewer than 8 bits and whose tables cost less than the bits saved."""
+    from tflite_micro.tensorflow.lite.micro.compression import model_editor, spec
+    model = model_editor.read(model_bytes)
+    specs, decisions = [], []
+    for g, graph in enumerate(model.subgraphs):
+        for i, t in enumerate(graph.tensors):
+            data = t.buffer.data if t.buffer is not None else None
+            if not data or t.dtype not in (9, 7) or len(t.shape) < 2:  # int8 / int16 weights
+                continue
+            dtype = np.int8 if t.dtype == 9 else np.int16
+            values = np.frombuffer(bytes(data), dtype).reshape(t.shape)
+            axis = t.quantization.axis if t.quantization is not None else None
+            channels = values.reshape(1, -1) if axis is None else np.moveaxis(values, axis, 0).reshape(values.shape[axis], -1)
+            distinct = max(len(np.unique(c)) for c in channels)
+            bits = max(1, int(np.ceil(np.log2(distinct))))
+            saved = values.size * (8 * values.itemsize - bits) // 8 - channels.shape[0] * (2 ** bits) * values.itemsize
+            entry = {"tensor": _text(t.name), "shape": list(map(int, t.shape)), "distinct_per_channel": int(distinct),
+                     "index_bits": bits}
+            if bits >= 8 * values.itemsize or saved <= 16:
+                entry["compressed"] = False
+                entry["why"] = (f"up to {distinct} distinct values per channel: {bits}-bit indices plus value tables "
+                                f"save nothing (cluster the weights to 16 values or fewer first)")
+            else:
+                entry["compressed"] = True
+                mode = spec.PerTensor() if axis is None else spec.PerChannel(axis)
+                specs.append(spec.Tensor(g, i, [spec.LookUpTableCompression(bits, mode)]))
+            decisions.append(entry)
+    return specs, decisions
+
+
+def compress_model(model_path: Path, out: Path) -> dict:
+    import warnings
+
+    from tflite_micro.tensorflow.lite.micro.compression import compress
+    specs, decisions = compression_plan(model_path.read_bytes())
+    if not specs:
+        return {"compressed": False, "tensors": decisions,
+                "reason": "no weight tensor has few enough distinct values per channel for LUT compression to save "
+                          "bytes (cluster the weights first)"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out.write_bytes(bytes(compress(model_path.read_bytes(), specs)))
+    return {"compressed": True, "tensors": decisions}
 
 
 # --- the C artifact ------------------------------------------------------------------------------
@@ -518,10 +618,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--outputs", type=Path)
     parser.add_argument("--json", type=Path)
     parser.add_argument("--log", type=Path, help="where TFLite Micro's own messages go (default: a temp file)")
+    parser.add_argument("--compress", type=Path, metavar="OUT", help="write a LUT-compressed copy instead of running")
     args = parser.parse_args(argv)
     log = args.log or Path(tempfile.mkstemp(prefix="tflm-", suffix=".log")[1])
     try:
-        result = probe(args.model, args.inputs, args.outputs, log)
+        with _Stderr(log):
+            result = compress_model(args.model, args.compress) if args.compress else None
+        result = result or probe(args.model, args.inputs, args.outputs, log)
     except ImportError:
         result = {"runs": False, "reason": "tflite-micro is not installed (pip install 'edgekit-toolchain[mcu]')"}
     text = json.dumps(result, indent=2)
@@ -529,7 +632,7 @@ def main(argv: list[str] | None = None) -> int:
         args.json.write_text(text)
     else:
         print(text)
-    return 0 if result["runs"] else 1
+    return 0 if result.get("runs", result.get("compressed")) else 1
 
 
 if __name__ == "__main__":
