@@ -9,18 +9,23 @@ import pytest
 
 from clihelp import run_cli
 from edgekit import accel
+from edgekit.accel import reference
 from edgekit.passes import pow2
 
 ALL_OPS = accel.AcceleratorSpec(ops=list(accel.EMULATED_OPS))
 
 
-def int8_tflite(build, path, shape=(8, 8, 3), per_channel=True):
-    """Full-integer (int8 I/O) TFLite of a Keras model built by `build(keras, layers, input)`."""
+def int8_tflite(build, path, shape=(8, 8, 3), per_channel=True, whole=None):
+    """Full-integer (int8 I/O) TFLite of a Keras model built by `build(keras, layers, input)`
+    (or `whole(keras)` for a complete model)."""
     import keras
     import tensorflow as tf
     keras.utils.set_random_seed(0)
-    inputs = keras.Input(shape)
-    model = keras.Model(inputs, build(keras.layers, inputs))
+    if whole is None:
+        inputs = keras.Input(shape)
+        model = keras.Model(inputs, build(keras.layers, inputs))
+    else:
+        model = whole(keras)
     data = np.random.default_rng(0).random((32, *shape), dtype=np.float32) * 2 - 0.5
     fn = tf.function(lambda t: model(t, training=False))
     converter = tf.lite.TFLiteConverter.from_concrete_functions([fn.get_concrete_function(tf.TensorSpec((1, *shape)))])
@@ -54,6 +59,69 @@ def test_bit_exact_with_tflite_reference_kernels(name, tmp_path):
     result = accel.compare_with_reference(emu, samples)
     assert result["bit_exact"], result["mismatched_ops"]
     assert result["ops_compared"] >= 2
+
+
+FPGA_INT8 = accel.AcceleratorSpec(ops=["CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "ADD", "MAX_POOL_2D",
+                                        "AVERAGE_POOL_2D", "MEAN", "RESHAPE", "PAD", "CONCATENATION"])
+ARCHITECTURES = {  # real architectures (random weights) at reduced resolution and width
+    # ReLU6, depthwise convs, inverted residual ADDs, global mean pooling
+    "mobilenet_v2": (lambda keras: keras.applications.MobileNetV2(
+        input_shape=(64, 64, 3), alpha=0.35, weights=None, classes=10), {"CONV_2D", "DEPTHWISE_CONV_2D", "ADD", "MEAN"},
+        {"SOFTMAX"}),
+    # hard-swish, squeeze-excite (MEAN with keepdims, MUL), residual ADDs
+    "mobilenet_v3_small": (lambda keras: keras.applications.MobileNetV3Small(
+        input_shape=(64, 64, 3), alpha=0.75, weights=None, classes=10), {"CONV_2D", "DEPTHWISE_CONV_2D", "MEAN"},
+        {"HARD_SWISH", "MUL", "SOFTMAX"}),
+}
+
+
+@pytest.mark.parametrize("name", ARCHITECTURES)
+def test_real_architectures_bit_exact_op_by_op(name, tmp_path):
+    """Every op the emulator computes itself matches the reference kernel on the same inputs; ops it
+    has no kernel for run in LiteRT as CPU fallback; the whole graph agrees with LiteRT bit for bit."""
+    from ai_edge_litert.interpreter import Interpreter
+    whole, accelerated, fallback = ARCHITECTURES[name]
+    path, samples = int8_tflite(None, tmp_path / f"{name}.tflite", shape=(64, 64, 3), whole=whole)
+    emu = accel.Emulator(path, FPGA_INT8)
+    placement = emu.placement()
+    assert accelerated <= {op.kind for op, where in placement if where == "accelerator"}
+    assert {op.kind for op, where in placement if where == "cpu"} == fallback
+    result = accel.compare_with_reference(emu, samples[:2])
+    assert result["bit_exact"], result["mismatched_ops"]
+    assert result["ops_compared"] >= 50 and not result["not_compared"]
+    interpreter = Interpreter(model_path=str(path))
+    interpreter.allocate_tensors()
+    x = accel.quantize_input(emu, emu.inputs[0], samples[2])
+    interpreter.set_tensor(interpreter.get_input_details()[0]["index"], x)
+    interpreter.invoke()
+    assert np.array_equal(interpreter.get_tensor(interpreter.get_output_details()[0]["index"]), emu.run([x])[0])
+    estimate = accel.cycles(emu, FPGA_INT8)
+    assert estimate["latency_ms"] > 0 and 0 < estimate["mac_utilisation"] <= 1
+
+
+def test_a_crashing_reference_kernel_is_left_out_by_name(tmp_path, monkeypatch):
+    """The reference check runs in a child; an op whose reference kernel aborts it is named and skipped,
+    and the other ops are still compared."""
+    path, _ = int8_tflite(MODELS["add"], tmp_path / "m.tflite")
+    samples = tmp_path / "in.npz"
+    np.savez(samples, in0=np.random.default_rng(1).random((3, 1, 8, 8, 3), dtype=np.float32))
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(
+        "import os\n"
+        "if os.environ.get('EDGEKIT_ISOLATE_STATUS'):\n"
+        "    from ai_edge_litert import interpreter\n"
+        "    real = interpreter.Interpreter.allocate_tensors\n"
+        "    def allocate(self):\n"
+        "        if [op['op_name'] for op in self._get_ops_details()] == ['ADD']:  # the single-op cut\n"
+        "            os.abort()\n"
+        "        return real(self)\n"
+        "    interpreter.Interpreter.allocate_tensors = allocate\n")
+    monkeypatch.setenv("PYTHONPATH", str(site))
+    result = reference.check(path, FPGA_INT8, samples, 3)
+    assert result["bit_exact"] and result["ops_compared"] >= 2
+    [(op, why)] = result["not_compared"].items()
+    assert op.startswith("ADD ") and why == "the reference kernel aborted in allocate_tensors (SIGABRT)"
 
 
 def test_every_listed_op_is_covered_by_the_models(tmp_path):
