@@ -72,7 +72,7 @@ def load_source(path: Path, opts):
     from edgekit.sources import Source, TensorSpec
     session = Session(path)
     specs = [TensorSpec(n, s, d) for n, s, d in session.inputs]
-    return Source("fake", path, path.stem, specs, session.run, workdir=opts.workdir)
+    return Source("fake", path, path.stem, specs, session.run)
 
 
 def export(source, out_path: Path, ctx) -> list[str]:

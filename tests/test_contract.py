@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import types
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -126,3 +127,29 @@ def test_a_stuck_runner_fails_its_artifact_after_the_timeout(plumb, tmp_path, mo
 def _data(tmp_path):
     np.savez(tmp_path / "val.npz", x=np.random.default_rng(0).random((5, 2, 3), dtype=np.float32))
     return tmp_path / "val.npz"
+
+
+# --- probes -----------------------------------------------------------------------------------
+
+def test_every_probe_follows_the_contract():
+    from edgekit import probes
+    from edgekit.probes.base import Probe
+    found = probes.all_probes()
+    assert {p.NAME for p in found} >= {"gpu", "aarch64", "remote", "accelerator"}
+    assert all(isinstance(p, Probe) for p in found)
+
+
+def test_a_new_kind_of_device_is_one_probe_module(plumb, tmp_path, monkeypatch):
+    """tests/command_probe.py, named in $EDGEKIT_PROBES, adds its figures and report lines."""
+    script = tmp_path / "twice.py"  # "the device": the fake model's outputs, computed by another process
+    script.write_text("import sys, numpy as np\nsys.path.insert(0, %r)\nimport fake_backend\nfrom edgekit import runner\n"
+                      "s = fake_backend.Session(sys.argv[1])\n"
+                      "runner.save_stacked(sys.argv[3], 'out', [s.run(x) for x in runner.load_stacked(sys.argv[2], 'in')])\n"
+                      % str(Path(__file__).parent))
+    monkeypatch.setenv("EDGEKIT_PROBES", "command_probe")
+    monkeypatch.setenv("EDGEKIT_PROBE_COMMAND", f"{sys.executable} {script}")
+    model, profiles = plumb(precision="fp32")
+    result = pipeline.convert(model, target="plumb", targets_dirs=[profiles], out=tmp_path / "o", data=_data(tmp_path))
+    [artifact] = result["artifacts"]
+    assert artifact["command"]["max_abs_diff_vs_host"] == 0.0 and artifact["command"]["samples"] == 5
+    assert "COMMAND (run by" in (tmp_path / "o" / "report.md").read_text()

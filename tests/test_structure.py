@@ -77,3 +77,13 @@ def test_no_import_cycles_among_edgekit_modules():
 def test_the_cycle_check_finds_a_cycle():
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_every_subpackage_is_in_the_built_wheel():
+    """setup.cfg lists packages by hand: a new subpackage left out is missing from every install."""
+    import configparser
+    config = configparser.ConfigParser()
+    config.read(PACKAGE.parent / "setup.cfg")
+    listed = {p.strip() for p in config["options"]["packages"].replace("\n", ",").split(",") if p.strip()}
+    found = {_module_name(p) for p in PACKAGE.rglob("__init__.py")}
+    assert found <= listed, f"add to setup.cfg [options] packages: {sorted(found - listed)}"

@@ -18,7 +18,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-HOW = "estimated (per-op roofline cost model, docs/COSTMODEL.md)"
+from .measure import ESTIMATED, how
+
+HOW = how(ESTIMATED, "per-op roofline cost model, docs/COSTMODEL.md")
 # bytes per element (activations, weights) and which MAC rate applies, per precision
 PRECISION = {"fp32": (4, 4, "fp32"), "fp16": (2, 2, "fp32"), "dynamic": (4, 1, "fp32"),
              "int8": (1, 1, "int8"), "int8-io": (1, 1, "int8"), "int16x8": (2, 1, "int16")}

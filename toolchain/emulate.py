@@ -26,11 +26,12 @@ from importlib import metadata
 from pathlib import Path
 
 from .errors import ConversionError
+from .measure import EMULATED, how
 
 RUNTIMES = {"tflite": "ai-edge-litert", "onnx": "onnxruntime"}  # formats that run under emulation
 MIRROR = os.environ.get("EDGEKIT_DEBIAN_MIRROR", "http://deb.debian.org/debian")
 CPU = "cortex-a72"
-HOW = "emulated (QEMU user mode, cortex-a72; runtimes' aarch64 wheels)"
+HOW = how(EMULATED, "QEMU user mode, cortex-a72; runtimes' aarch64 wheels")
 _CPUINFO = "".join(f"processor\t: {i}\nBogoMIPS\t: 108.00\nFeatures\t: fp asimd evtstrm crc32 cpuid\n"
                    f"CPU implementer\t: 0x41\nCPU architecture: 8\nCPU variant\t: 0x0\nCPU part\t: 0xd08\n"
                    f"CPU revision\t: 3\n\n" for i in range(2))

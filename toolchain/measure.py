@@ -18,8 +18,19 @@ TOLERANCE = {
     "int8": {"min_cosine": 0.98, "min_top1_agreement": 0.90},
     "int8-io": {"min_cosine": 0.98, "min_top1_agreement": 0.90},
 }
+# How a figure was obtained: every "how" label starts with one of these (detail in parentheses).
 MEASURED, EMULATED, ESTIMATED, REMOTE = "measured on host", "emulated", "estimated", "measured on remote device"
-HOW = (MEASURED, EMULATED, ESTIMATED, REMOTE)
+NOT_MEASURED = "not measured"
+HOW = (MEASURED, EMULATED, ESTIMATED, REMOTE, NOT_MEASURED)
+
+
+def how(kind: str, detail: str = "") -> str:
+    assert kind in HOW, kind
+    return f"{kind} ({detail})" if detail else kind
+
+
+def kib(n: int) -> str:
+    return f"{n / 1024:.1f} KiB"
 
 
 def size(paths: list[Path]) -> dict:

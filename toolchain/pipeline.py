@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import hashlib
-import json
 import os
 import shutil
 import tempfile
@@ -25,7 +24,7 @@ from typing import Callable
 
 import numpy as np
 
-from . import __version__, backends, data, devices, isolate, measure, report, runner, sources, targets
+from . import __version__, backends, data, isolate, measure, probes, report, runner, sources, targets
 from .context import Context, cache_dir
 from .options import ConvertOptions
 from .errors import ConversionError, EdgekitError
@@ -317,8 +316,7 @@ def _warnings(ctx: Context) -> list[str]:
     if device.kind == "cpu" and device.arch != host["machine"] or device.kind in ("arm", "mcu", "fpga"):
         notes.append(f"latency was measured on this {host['machine']} host, not on the target device "
                      f"({device.description or device.arch}); it is not the device's latency")
-    if device.kind == "gpu":
-        notes.append("latency: not measured: no GPU found; fidelity and accuracy were measured on the host CPU")
+    notes += probes.warnings(ctx)
     if ctx.calib is not None and ctx.calib.uncalibrated:
         notes.append("UNCALIBRATED: quantization ranges come from random inputs (--calib random); "
                      "accuracy figures say nothing about real data")
@@ -417,7 +415,7 @@ def _artifact(ctx: Context, backend, precision: str, directory: Path, role: str,
             if baseline is None or baseline["status"] != "ok":
                 raise ConversionError(f"the fp32 {backend.FORMAT} baseline failed, so there is nothing to quantize")
             entry.update(quantize.run(backend, ctx.source, ctx.stage / baseline["file"], path, ctx.qconfig, ctx.calib))
-            if devices.accelerated(ctx, backend) and ctx.target.profile.accelerator.requant == "shift":
+            if _shift_requantizing_accelerator(ctx, backend):
                 from .passes import pow2
                 pow2.run(path, path)
                 entry["notes"].append("scales rounded up to powers of two, weights and biases requantized "
@@ -433,6 +431,11 @@ def _artifact(ctx: Context, backend, precision: str, directory: Path, role: str,
     return entry
 
 
+def _shift_requantizing_accelerator(ctx: Context, backend) -> bool:
+    profile = ctx.target.profile
+    return profile.device.kind == "fpga" and backend.FORMAT == "tflite" and profile.accelerator.requant == "shift"
+
+
 def _measure(ctx: Context, backend, artifact: Path, precision: str) -> dict:
     result, outputs, run_dir = _run(ctx, backend, artifact)
     try:
@@ -444,24 +447,15 @@ def _measure(ctx: Context, backend, artifact: Path, precision: str) -> dict:
         raise ConversionError(f"artifact outputs do not match the source model: {exc}") from None
     where = f"{measure.MEASURED} ({result['host']['cpu']}, {result['host']['machine']})"
     figures["size"] = measure.size(backend.files(artifact))
-    if ctx.target.profile.device.kind == "gpu":
-        figures["latency_ms"] = devices.gpu_latency(ctx, backend, artifact, run_dir)
-    else:
-        figures["latency_ms"] = {**result["latency_ms"], "threads": result["threads"], "warmup": result["warmup"],
-                                 "runs": result["runs"], "how": where}
+    figures["latency_ms"] = {**result["latency_ms"], "threads": result["threads"], "warmup": result["warmup"],
+                             "runs": result["runs"], "how": where}
     figures["memory"] = {**result["memory"], "how": where}
     figures["runtime"] = result["runtime"]
     if backend.op_summary:
         figures["ops"] = backend.op_summary(artifact)
-    if devices.emulating(ctx):
-        figures["aarch64"] = devices.emulated_run(ctx, backend, artifact, run_dir, outputs)
-    for url in ctx.options.devices:
-        figures.setdefault("remote", []).append(devices.remote_run(ctx, backend, artifact, run_dir, outputs, url))
-    if devices.accelerated(ctx, backend) and precision != "fp32":
-        figures["accelerator"] = devices.accelerator_figures(ctx, artifact, run_dir)
-    mcu = devices.mcu_probe(ctx, backend, artifact, precision, outputs)
-    if mcu:
-        figures["mcu"] = mcu
+    host = probes.HostRun(result, outputs, run_dir)
+    for probe in probes.for_artifact(ctx, backend, precision):
+        figures.update(probe.run(ctx, backend, artifact, host))
     if ctx.evalset.labels is not None:
         acc = measure.accuracy(outputs, ctx.evalset.labels)
         figures["accuracy"] = {"value": acc, "delta": acc - ctx.source_accuracy, "samples": len(outputs),

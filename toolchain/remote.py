@@ -20,6 +20,7 @@ from pathlib import Path
 
 from . import children
 from .errors import EdgekitError, RunnerError
+from .measure import REMOTE
 
 CONNECT_TIMEOUT_S = 10
 
@@ -122,7 +123,7 @@ def bench(url: str, files: list[Path], inputs: Path | None, threads: int, warmup
                 os.replace(Path(tmp, "outputs.npz"), outputs)
     finally:
         _cleanup(device, workdir)
-    result["how"] = f"measured on remote device {result['host']['hostname']} ({device.label}, {result['host']['machine']})"
+    result["how"] = f"{REMOTE} {result['host']['hostname']} ({device.label}, {result['host']['machine']})"
     return result
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .measure import TOLERANCE
-from .tflm import notes as mcu_notes
+from . import probes
+from .measure import TOLERANCE, kib
 
 COLUMNS = ("format", "precision", "size", "gzip", "median ms", "p90 ms", "× fp32 size/lat", "int ops",
            "max err", "top-1", "acc Δ", "status")
@@ -46,10 +46,6 @@ def _int_ops(ops: dict | None) -> str:
     return f"{ops['ops'] - ops['float_ops']}/{ops['ops']}" if ops else "-"
 
 
-def kib(n: int) -> str:
-    return f"{n / 1024:.1f} KiB"
-
-
 def title(result: dict) -> str:
     return f"{result['model']['name']} → {result['target']['name']} ({result['target']['precision']})"
 
@@ -80,29 +76,7 @@ def measurement_notes(result: dict) -> list[str]:
                      f"lifetimes){budgets} ({est['how']})")
     elif est:
         notes.append(est["error"])
-    for a in mcu:
-        notes += mcu_notes(f"{a['format']} {a['precision']}", a["mcu"])
-    for a in result["artifacts"]:
-        arm = a.get("aarch64")
-        if arm and arm["runs"]:
-            notes.append(f"aarch64 ({arm['how']}): {a['format']} {a['precision']} runs: yes; max abs diff vs host "
-                         f"{arm['max_abs_diff_vs_host']:.1e}, top-1 agreement {arm['top1_agreement_vs_host']:.1%} "
-                         f"on {arm['samples']} samples (no latency: emulation says nothing about speed)")
-        elif arm:
-            notes.append(f"aarch64: {a['format']} {a['precision']} runs: {'no' if arm['runs'] is False else 'not run'}"
-                         f" ({arm['reason']})")
-    for a in result["artifacts"]:
-        for r in a.get("remote", []):
-            if "error" in r:
-                notes.append(f"REMOTE {r['device']}: {a['format']} {a['precision']}: {r['error']}")
-            else:
-                lat = r["latency_ms"]
-                notes.append(f"REMOTE {a['format']} {a['precision']}: median {lat['median']:.4g} ms, p90 {lat['p90']:.4g}, "
-                             f"p99 {lat['p99']:.4g} ({lat['threads']} thread(s), {lat['runs']} runs; {lat['how']}); "
-                             f"outputs vs host: max diff {r['max_abs_diff_vs_host']:.1e}, top-1 "
-                             f"{r['top1_agreement_vs_host']:.1%}")
-        if a.get("accelerator"):
-            notes += accelerator_notes(a["accelerator"])
+    notes += probes.notes(result)
     tolerance = TOLERANCE[result["target"]["precision"]]
     notes.append("Sizes: bytes on disk and gzip -9 of the same bytes (measured). × fp32: against the fp32 artifact of "
                  "the same format. int ops: ops running in integer / all compute ops. Fidelity: outputs against the "
@@ -168,35 +142,6 @@ def print_summary(summary: dict, console) -> None:
     for row in summary_rows(summary):
         table.add_row(*row)
     console.print(table)
-
-
-def accelerator_notes(acc: dict) -> list[str]:
-    if "error" in acc:
-        return [f"ACCELERATOR: {acc['error']}"]
-    est, ref = acc["estimate"], acc["vs_tflite_reference"]
-    if "error" in ref:
-        exact = f"not checked: {ref['error']}"
-    else:
-        exact = "bit-exact" if ref["bit_exact"] else f"differs in {len(ref['mismatched_ops'])} op(s): " + \
-            ", ".join(list(ref["mismatched_ops"])[:3])
-        exact = f"{ref['ops_compared']} ops on {ref['samples']} samples: {exact}"
-        if ref.get("not_compared"):
-            exact += "; not compared: " + "; ".join(f"{k}: {v}" for k, v in list(ref["not_compared"].items())[:3])
-    accuracy = f"accuracy {acc['accuracy']['value']:.2%}" if acc.get("accuracy") else ""
-    if accuracy and acc["accuracy"].get("delta") is not None:
-        accuracy += f" ({acc['accuracy']['delta'] * 100:+.2f}pt)"
-    accuracy += "; " if accuracy else ""
-    return [
-        f"ACCELERATOR ({acc['how']}): {acc['coverage_macs']:.1%} of MACs on the accelerator; CPU fallback ops: "
-        f"{', '.join(acc['fallback_ops']) or 'none'}; {accuracy}cosine vs float "
-        f"{acc['fidelity_vs_float']['cosine']:.6f}, vs TFLite int8 max diff {acc['fidelity_vs_tflite']['max_abs_error']:.2e}"
-        f" (top-1 {acc['fidelity_vs_tflite']['top1_agreement']:.1%}); against TFLite reference kernels, op by op: "
-        f"{exact}.",
-        f"ACCELERATOR ESTIMATED ({est['how']}): {est['latency_ms']:.4g} ms, {est['cycles']:,} cycles, MAC utilisation "
-        f"{est['mac_utilisation']:.1%}, DRAM traffic {kib(est['dram_bytes'])}; weights {kib(acc['weights_bytes'])} "
-        f"{'fit' if acc['weights_fit_onchip'] else 'DO NOT FIT'} in {kib(acc['onchip_bytes'])} on chip; activations "
-        f"{'fit' if acc['activations_fit_onchip'] else 'DO NOT all fit'} layer by layer.",
-    ]
 
 
 def _budget(fits: bool | None, budget: int | None, what: str) -> str:

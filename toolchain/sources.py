@@ -43,7 +43,6 @@ class Source:
     inputs: list[TensorSpec]
     predict_one: Callable[[list[np.ndarray]], list[np.ndarray]]
     handle: Any = None  # the loaded model object backends may convert from (keras.Model, tf function, ...)
-    workdir: Path | None = None
 
     def predict(self, samples: list[list[np.ndarray]]) -> list[list[np.ndarray]]:
         return [self.predict_one(s) for s in samples]
@@ -138,7 +137,7 @@ def _load_tf(kind: str, path: Path, opts: LoadOptions) -> Source:
         out = out if isinstance(out, (list, tuple)) else list(out.values()) if isinstance(out, dict) else [out]
         return [np.asarray(o) for o in out]
 
-    return Source(kind, path, path.stem, specs, predict_one, handle=(fn, signature, handle), workdir=opts.workdir)
+    return Source(kind, path, path.stem, specs, predict_one, handle=(fn, signature, handle))
 
 
 def _input_name(tensor, index: int) -> str:

@@ -54,6 +54,7 @@ class TuneSetup:
     trials_budget: int
     storage: str
     targets_dirs: list[str]
+    deadline_s: float | None = None  # --budget-minutes: workers stop starting trials after this
 
 
 def recipe_space(trial, setup: TuneSetup) -> dict:
@@ -193,8 +194,7 @@ def _worker(setup: TuneSetup, trials: int) -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
         study = optuna.load_study(study_name=STUDY, storage=storage(setup.storage))
-        deadline = float(os.environ.get("EDGEKIT_TUNE_DEADLINE_S", "0")) or None
-        study.optimize(objective_fn(setup), n_trials=trials, timeout=deadline, catch=(Exception,))
+        study.optimize(objective_fn(setup), n_trials=trials, timeout=setup.deadline_s, catch=(Exception,))
     except Exception:  # storage trouble outside a trial: keep the trace; the parent starts a new worker
         (setup.out / f"worker-{os.getpid()}.log").write_text(traceback.format_exc())
         raise
@@ -340,7 +340,7 @@ def tune(model=None, target: str = "cpu-int8", data: Path | None = None, max_acc
     setup.candidates = [row["layer"] for row in sensitivity]
     if budget_minutes:
         setup.trials_budget = trials  # workers also stop at the time budget
-        os.environ["EDGEKIT_TUNE_DEADLINE_S"] = str(budget_minutes * 60)
+        setup.deadline_s = budget_minutes * 60
     all_trials, pruned = search(setup, workers or default_workers(), progress=progress)
     front = pareto(all_trials, objective)
     progress("checking the best candidates on the held-out split")

@@ -1,6 +1,6 @@
 """The accelerator figures of one int8 artifact: emulator run, coverage, fidelity, cycle estimate.
 
-`emulate_file` runs in an isolated child (see devices.accelerator_figures): it reads the eval
+`emulate_file` runs in an isolated child (see probes/accelerator.py): it reads the eval
 samples, the float reference outputs and the TFLite outputs from .npz files and streams the
 samples through the emulator a few at a time.
 """

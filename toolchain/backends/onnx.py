@@ -125,7 +125,7 @@ def load_source(path: Path, opts):
     fixed = path.parent / "fixed.onnx"
     onnx.save(_fix_outputs(onnx, model), str(fixed))
     session = Session(fixed, display_name=path.name)
-    source = Source("onnx", path, path.stem, specs, session.run, workdir=opts.workdir)
+    source = Source("onnx", path, path.stem, specs, session.run)
     source.onnx_fixed_path = fixed
     return source
 

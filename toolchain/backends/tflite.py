@@ -75,7 +75,7 @@ def load_source(path: Path, opts):
     specs = [TensorSpec(n, s, d) for n, s, d in session.inputs]
     if any(min(s.shape, default=1) < 1 for s in specs):
         raise EdgekitError(f"{path.name} has dynamic input dims", "re-export the .tflite with a fixed input shape")
-    return Source("tflite", path, path.stem, specs, session.run, workdir=opts.workdir)
+    return Source("tflite", path, path.stem, specs, session.run)
 
 
 def export(source, out_path: Path, ctx) -> list[str]:

@@ -1,0 +1,28 @@
+"""MCU targets: the target artifact in TFLite Micro's own kernels (host build), its C artifact
+compiled for the profile's core, and the RAM/flash verdict per board. The engine is `edgekit.tflm`."""
+from __future__ import annotations
+
+from pathlib import Path
+
+NAME = "mcu"
+ORDER = 35
+
+
+def applies(ctx, backend, precision: str) -> bool:
+    from .. import tflm
+    return backend.FORMAT == "tflite" and precision == ctx.qconfig.precision and tflm.applies(ctx.target)
+
+
+def run(ctx, backend, artifact: Path, host) -> dict:
+    from .. import tflm
+    return {NAME: tflm.run(artifact, ctx, host.outputs)}
+
+
+def warnings(ctx) -> list[str]:
+    return []
+
+
+def notes(result: dict) -> list[str]:
+    from .. import tflm
+    return [line for a in result["artifacts"] if a.get(NAME)
+            for line in tflm.notes(f"{a['format']} {a['precision']}", a[NAME])]
