@@ -463,8 +463,9 @@ def _measure(ctx: Context, backend, artifact: Path, precision: str) -> dict:
     return figures
 
 
-def _run(ctx: Context, backend, artifact: Path) -> tuple[dict, list[list[np.ndarray]]]:
-    """Run the artifact in the light runner, in its own process; returns its JSON and the outputs."""
+def _run(ctx: Context, backend, artifact: Path) -> tuple[dict, list[list[np.ndarray]], Path]:
+    """Run the artifact in the light runner, in its own process; returns its JSON, its outputs and the
+    run directory (with `in.npz`, which probes reuse)."""
     threads, warmup, runs = ctx.bench_settings()
     run_dir = Path(tempfile.mkdtemp(prefix=f"run-{backend.FORMAT}-", dir=ctx.workdir))
     runner.save_stacked(run_dir / "in.npz", "in", ctx.evalset.samples)
