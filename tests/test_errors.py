@@ -117,12 +117,20 @@ def test_data_that_is_not_npz(tiny_keras, capsys, tmp_path):
 
 def test_existing_out_dir_needs_force(tiny_keras, capsys, tmp_path):
     out = tmp_path / "out"
+    assert convert(capsys, tiny_keras, "--out", out, "--format", "onnx").code == 0
+    assert_user_error(convert(capsys, tiny_keras, "--out", out, "--format", "onnx"), "already exists", "--force")
+    (out / "model.onnx").write_bytes(b"old")
+    assert convert(capsys, tiny_keras, "--out", out, "--format", "onnx", "--force").code == 0
+    assert (out / "model.onnx").read_bytes() != b"old"
+
+
+def test_force_never_replaces_a_directory_edgekit_did_not_write(tiny_keras, capsys, tmp_path):
+    out = tmp_path / "out"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
-    assert_user_error(convert(capsys, tiny_keras, "--out", out, "--format", "onnx"), "already exists", "--force")
-    assert (out / "keep.txt").read_text() == "mine"
-    assert convert(capsys, tiny_keras, "--out", out, "--format", "onnx", "--force").code == 0
-    assert not (out / "keep.txt").exists() and (out / "model.onnx").is_file()
+    assert_user_error(convert(capsys, tiny_keras, "--out", out, "--format", "onnx", "--force"),
+                      "not written by edgekit", "choose another --out")
+    assert [p.name for p in out.iterdir()] == ["keep.txt"] and (out / "keep.txt").read_text() == "mine"
 
 
 def test_bench_missing_artifact(capsys):

@@ -8,11 +8,29 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import threading
 from contextlib import contextmanager
 
 _LIVE: set[int] = set()  # process group ids of children still running
 _LOCK = threading.Lock()
+
+
+def _prctl():
+    try:
+        import ctypes
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+_PRCTL = _prctl() if sys.platform.startswith("linux") else None
+
+
+def die_with_parent() -> None:
+    """preexec_fn: Linux sends the child SIGKILL when edgekit dies first, even of SIGKILL (no orphans)."""
+    if _PRCTL is not None:
+        _PRCTL(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 def live_groups() -> list[int]:
@@ -39,7 +57,7 @@ def run(argv: list[str], timeout: float | None, *, env: dict | None = None, cwd=
     exception here (KeyboardInterrupt included) the whole group is killed before it propagates."""
     proc = subprocess.Popen(argv, stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=cwd,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=die_with_parent)
     with _LOCK:
         _LIVE.add(proc.pid)
     try:

@@ -6,10 +6,11 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Callable
 
 import click
 
-from . import __version__
+from . import __version__, output
 from .errors import EdgekitError
 
 _OPTION_HELP = None
@@ -36,7 +37,8 @@ targets_dir_option = click.option("--targets-dir", "targets_dirs", multiple=True
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="edgekit")
-def cli():
+@click.option("--verbose", is_flag=True, help="Show the converters' and runtimes' own log output (anywhere on the line).")
+def cli(verbose):
     """Convert trained models to TFLite, ONNX and OpenVINO for an edge target, and measure them."""
 
 
@@ -148,7 +150,7 @@ def analyze(model, layers, json_path, **options):
                       f"{result['calibration']}; scored on {result['data']}. Keep the top rows in float with "
                       f"--keep-float LAYER.[/dim]", soft_wrap=True)
     if json_path:
-        json_path.write_text(json.dumps(result, indent=2) + "\n")
+        output.write_file(json_path, json.dumps(result, indent=2) + "\n", inputs=[model] if model else [])
 
 
 @cli.command()
@@ -267,7 +269,7 @@ def bench(artifact, threads, runs, warmup, inputs, json_path, devices, timeout):
                f"p90 {lat['p90']:.4g}, p99 {lat['p99']:.4g}, mean {lat['mean']:.4g} ± {lat['stdev']:.2g} ms; "
                f"peak RSS {result['memory']['peak_rss_mib']:.0f} MiB (measured on {result['host']['hostname']})")
     if json_path:
-        json_path.write_text(json.dumps(result, indent=2) + "\n")
+        output.write_file(json_path, json.dumps(result, indent=2) + "\n", inputs=[artifact, inputs])
 
 
 def _remote_bench(artifact, threads, runs, warmup, inputs, json_path, devices, timeout):
@@ -289,14 +291,69 @@ def _remote_bench(artifact, threads, runs, warmup, inputs, json_path, devices, t
     for url, r in zip(devices, results):
         console.print(f"{url}: {r['how']}; {threads} thread(s), {warmup} warm-up, {runs} runs", soft_wrap=True)
     if json_path:
-        json_path.write_text(json.dumps(results, indent=2) + "\n")
+        output.write_file(json_path, json.dumps(results, indent=2) + "\n", inputs=[artifact, inputs])
+
+
+NOISY_ENV = {"TF_CPP_MIN_LOG_LEVEL": "3", "GLOG_minloglevel": "3", "TF_CPP_MIN_VLOG_LEVEL": "0",
+             "ORT_LOGGING_LEVEL": "3", "OPENVINO_LOG_LEVEL": "0", "KERAS_BACKEND": "tensorflow"}
+NOISY_LOGGERS = ("tensorflow", "absl", "keras", "tf2onnx", "onnx2tf", "nncf", "openvino", "onnxruntime", "h5py")
+
+
+def silence_native_logs() -> Callable[[], None]:
+    """Until the returned function is called, what native libraries (TensorFlow, absl, onnxruntime,
+    OpenVINO) write to file descriptor 2 goes to a scratch log instead of the terminal: their
+    start-up chatter must not come before our one-line errors. Python's own stderr stays on the
+    terminal. `--verbose` (or EDGEKIT_VERBOSE=1) keeps everything."""
+    import logging
+    import tempfile
+    import warnings
+    for key, value in NOISY_ENV.items():
+        os.environ.setdefault(key, value)
+    for name in NOISY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", module=r"(tensorflow|keras|tf2onnx|onnx2tf|nncf|openvino|onnxruntime|h5py|google)")
+    try:
+        real_stderr = sys.stderr.fileno() == 2
+    except (AttributeError, OSError, ValueError):
+        real_stderr = False  # already captured (in-process tests): nothing native reaches it anyway
+    if not real_stderr:
+        return lambda: None
+    sys.stderr.flush()
+    terminal = os.dup(2)
+    log = tempfile.TemporaryFile(prefix="edgekit-log-")
+    os.dup2(log.fileno(), 2)
+    previous = sys.stderr
+    sys.stderr = open(os.dup(terminal), "w", encoding=previous.encoding, errors=previous.errors, buffering=1)
+
+    def restore() -> None:
+        sys.stderr.flush()
+        os.dup2(terminal, 2)
+        os.close(terminal)
+        sys.stderr.close()
+        sys.stderr = previous
+        log.close()
+    return restore
 
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: user errors print one line and exit 2; nothing prints a traceback unless EDGEKIT_DEBUG=1."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
+    from . import interrupt
+    args = list(sys.argv[1:] if argv is None else argv)
+    verbose = "--verbose" in args or os.environ.get("EDGEKIT_VERBOSE") == "1"
+    args = [a for a in args if a != "--verbose"]
+    restore_logs = (lambda: None) if verbose else silence_native_logs()
+    restore_signals = interrupt.install()
     try:
-        cli.main(args=argv, prog_name="edgekit", standalone_mode=False)
+        _main(args)
+    finally:
+        restore_signals()
+        restore_logs()
+
+
+def _main(args: list[str]) -> None:
+    from .interrupt import Interrupted
+    try:
+        cli.main(args=args, prog_name="edgekit", standalone_mode=False)
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         sys.exit(130)
@@ -306,9 +363,9 @@ def main(argv: list[str] | None = None) -> None:
     except EdgekitError as exc:
         click.echo(f"error: {exc.one_line()}", err=True)
         sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         click.echo("interrupted; no partial output was kept", err=True)
-        sys.exit(130)
+        sys.exit(exc.exit_code if isinstance(exc, Interrupted) else 130)
     except Exception as exc:  # a bug, not a user error: say so in one line
         if os.environ.get("EDGEKIT_DEBUG"):
             raise

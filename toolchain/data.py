@@ -1,7 +1,7 @@
 """Evaluation and calibration data: loading, validation, and the held-apart calibration slice."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +20,7 @@ class EvalSet:
     samples: list[list[np.ndarray]]
     labels: np.ndarray | None
     origin: str
+    note: str | None = None  # how the labels were read, when it is worth saying (one-hot converted)
 
 
 @dataclass(frozen=True)
@@ -32,16 +33,7 @@ class Preprocess:
 
 def load_npz_inputs(path: Path, specs: list[TensorSpec], what: str) -> tuple[list[list[np.ndarray]], dict]:
     """Samples (batched like the model's inputs) from an .npz with `x` (or one array per input name) / an .npy."""
-    if not path.exists():
-        raise EdgekitError(f"{what} file not found: {path}", "give an .npz with arrays x (and y)")
-    try:
-        if path.suffix == ".npy":
-            arrays = {"x": np.load(path, allow_pickle=False)}
-        else:
-            with np.load(path, allow_pickle=False) as npz:
-                arrays = {k: npz[k] for k in npz.files}
-    except Exception as exc:
-        raise EdgekitError(f"{path} is not a readable .npz ({exc})", "save it with numpy.savez(path, x=..., y=...)") from None
+    arrays = read_arrays(path, what)
     keys = ["x"] if len(specs) == 1 else [s.name for s in specs]
     if len(specs) == 1 and "x" not in arrays and len(arrays) == 1 and what == "calibration":
         keys = list(arrays)
@@ -53,29 +45,87 @@ def load_npz_inputs(path: Path, specs: list[TensorSpec], what: str) -> tuple[lis
     return [list(c) for c in zip(*columns)], arrays
 
 
+def read_arrays(path: Path, what: str) -> dict[str, np.ndarray]:
+    """Every array of an .npz (or the one array of an .npy, as `x`); one-line errors for anything else."""
+    path = Path(path)
+    if not path.is_file():
+        raise EdgekitError(f"{what} file not found: {path}", "give an .npz with arrays x (and y)")
+    try:
+        if path.suffix == ".npy":
+            arrays = {"x": np.load(path, allow_pickle=False)}
+        else:
+            with np.load(path, allow_pickle=False) as npz:
+                arrays = {k: npz[k] for k in npz.files}
+    except Exception as exc:
+        text = str(exc).splitlines()[0][:150] if str(exc).strip() else type(exc).__name__
+        raise EdgekitError(f"{path} is not a readable .npz ({text})",
+                           "save it with numpy.savez(path, x=..., y=...)") from None
+    if not all(isinstance(a, np.ndarray) for a in arrays.values()):
+        raise EdgekitError(f"{path} is not a readable .npz (unexpected content)", "save it with numpy.savez")
+    return arrays
+
+
+def check_labels(y: np.ndarray, path, count: int | None = None) -> tuple[np.ndarray, str | None]:
+    """Integer class ids from `y` (one per sample); one-hot rows are converted (with a note).
+    Strings, complex numbers, fractions, negatives and empty label sets are refused."""
+    y = np.asarray(y)
+    fix = "store y as integer class ids 0..C-1 (or one-hot rows), one per input"
+    if y.size == 0 or y.ndim == 0:
+        raise EdgekitError(f"{path}: y holds no labels", fix)
+    if not (np.issubdtype(y.dtype, np.integer) or np.issubdtype(y.dtype, np.floating) or y.dtype == bool):
+        raise EdgekitError(f"{path}: y has dtype {y.dtype}; labels must be numbers", fix)
+    if np.issubdtype(y.dtype, np.floating) and not np.all(np.isfinite(y)):
+        raise EdgekitError(f"{path}: y contains NaN or infinite values", fix)
+    note = None
+    if y.ndim == 2 and y.shape[1] > 1:
+        if not (np.all((y == 0) | (y == 1)) and np.all(y.sum(axis=1) == 1)):
+            raise EdgekitError(f"{path}: y has shape {y.shape} but its rows are not one-hot", fix)
+        y, note = y.argmax(axis=1), f"labels in {Path(path).name} were one-hot; converted to class ids"
+    elif y.ndim == 2:
+        y = y[:, 0]
+    if y.ndim != 1:
+        raise EdgekitError(f"{path}: y has shape {y.shape}; expected one class id per input", fix)
+    if np.issubdtype(y.dtype, np.floating) and not np.all(y == np.round(y)):
+        raise EdgekitError(f"{path}: y holds non-integer values (e.g. {y[y != np.round(y)][0]:g})", fix)
+    if np.any(y < 0):
+        raise EdgekitError(f"{path}: y holds negative class ids (e.g. {int(y[y < 0][0])})", fix)
+    if count is not None and len(y) < count:
+        raise EdgekitError(f"{path}: y has {len(y)} labels for {count} inputs", "give one label per input")
+    return y.astype(np.int64), note
+
+
+def check_classes(labels: np.ndarray, classes: int, origin: str) -> None:
+    """Class ids must index the model's output (top-1 is an argmax over it)."""
+    if labels is not None and len(labels) and int(labels.max()) >= classes:
+        raise EdgekitError(f"{origin}: label {int(labels.max())} is out of range for a model with {classes} outputs",
+                           f"labels must be class ids 0..{classes - 1}")
+
+
 def load_evalset(path: Path | None, specs: list[TensorSpec], seed: int) -> EvalSet:
     if path is None:
         return EvalSet(make_inputs(specs, 32, seed), None, f"random inputs (seed {seed})")
     samples, arrays = load_npz_inputs(Path(path), specs, "data")
-    labels = arrays.get("y")
+    if not samples:
+        raise EdgekitError(f"{path}: x holds no samples", "give at least one input")
+    labels, note = arrays.get("y"), None
     if labels is not None:
         batch = specs[0].shape[0]
-        if len(labels) < len(samples) * batch:
-            raise EdgekitError(f"{path}: y has {len(labels)} labels for {len(samples) * batch} inputs",
-                               "give one label per input")
-        labels = np.asarray(labels)[: len(samples) * batch: batch]
-    return EvalSet(samples, labels, str(path))
+        labels, note = check_labels(labels, path, len(samples) * batch)
+        labels = labels[: len(samples) * batch: batch]
+    return EvalSet(samples, labels, str(path), note)
 
 
 def labels_for(y: np.ndarray, samples: int, batch: int, path) -> np.ndarray:
     """One label per input row of `samples` batches, checked."""
-    if len(y) < samples * batch:
-        raise EdgekitError(f"{path}: y has {len(y)} labels for {samples * batch} inputs", "give one label per input")
-    return np.asarray(y)[: samples * batch]
+    labels, _ = check_labels(y, path, samples * batch)
+    return labels[: samples * batch]
 
 
 def split_batches(x: np.ndarray, spec: TensorSpec, path: Path) -> list[np.ndarray]:
     per_sample = spec.shape[1:]
+    if np.issubdtype(x.dtype, np.complexfloating) and not np.issubdtype(np.dtype(spec.dtype), np.complexfloating):
+        raise EdgekitError(f"{path}: x is complex ({x.dtype}) but input '{spec.name}' takes {spec.dtype}",
+                           "store real numbers; complex values would lose their imaginary part")
     if not (np.issubdtype(x.dtype, np.number) or x.dtype == bool):
         raise EdgekitError(f"{path}: arrays of dtype {x.dtype} cannot feed input '{spec.name}' ({spec.dtype})",
                            "store numbers (e.g. float32)")
@@ -91,7 +141,7 @@ def split_batches(x: np.ndarray, spec: TensorSpec, path: Path) -> list[np.ndarra
 
 def take(evalset: EvalSet, count: int) -> EvalSet:
     labels = evalset.labels[:count] if evalset.labels is not None else None
-    return EvalSet(evalset.samples[:count], labels, evalset.origin)
+    return replace(evalset, samples=evalset.samples[:count], labels=labels)
 
 
 def hold_out(evalset: EvalSet, count: int) -> tuple[EvalSet, Calibration]:
@@ -104,7 +154,7 @@ def hold_out(evalset: EvalSet, count: int) -> tuple[EvalSet, Calibration]:
     rest = total - count
     labels = evalset.labels[:rest] if evalset.labels is not None else None
     calib = Calibration(evalset.samples[rest:], f"last {count} samples of {evalset.origin}, held apart from scoring")
-    return EvalSet(evalset.samples[:rest], labels, evalset.origin), calib
+    return replace(evalset, samples=evalset.samples[:rest], labels=labels), calib
 
 
 def load_calibration(spec: str, specs: list[TensorSpec], count: int, preprocess: Preprocess, seed: int) -> Calibration:

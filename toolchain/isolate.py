@@ -54,7 +54,8 @@ def run(function: str, /, *args, step: str, progress: Callable[[str], None] | No
                      _STATUS_ENV: str(status), **(env or {})}
         with open(work / "stderr", "wb") as err:
             proc = subprocess.Popen([sys.executable, "-m", "edgekit.isolate", str(work)], stdin=subprocess.DEVNULL,
-                                    stdout=subprocess.DEVNULL, stderr=err, env=child_env, start_new_session=True)
+                                    stdout=subprocess.DEVNULL, stderr=err, env=child_env, start_new_session=True,
+                                    preexec_fn=children.die_with_parent)
             with children.tracking(proc):
                 where = _follow(proc, status, progress, timeout, step)
         return _outcome(proc.returncode, work, step, where)

@@ -11,10 +11,11 @@ from .schema import option
 @dataclass
 class ConvertOptions:
     target: str = option("cpu", "Target profile name (see `edgekit targets`).")
-    out: Path | None = option(None, "Output directory; default ./edgekit-out/<model>-<target>/.")
+    out: Path | None = option(None, "Output directory; default ./edgekit-out/<model>-<target>/. Never the input's "
+                                    "folder, the current or home directory, or one of their parents.")
     data: Path | None = option(None, "Evaluation .npz with `x` (inputs) and optional `y` (labels).")
     input_shape: list[str] = option([], "Input shape that fixes dynamic dims: '1,224,224,3' or 'name:1,3,32,32'.")
-    force: bool = option(False, "Replace an existing output directory.")
+    force: bool = option(False, "Replace an existing output directory that edgekit wrote (or an empty one).")
     trust_model: bool = option(False, "Allow Keras models that need unsafe deserialisation (Lambda with Python code).")
     formats: list[str] = option([], "Artifact formats to build instead of the profile's list.")
     precision: str | None = option(None, "Precision instead of the profile's.", choices=quantize.PRECISIONS)

@@ -14,17 +14,15 @@ import dataclasses
 import datetime
 import hashlib
 import os
-import shutil
 import tempfile
 import time
-from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
-from . import __version__, backends, data, isolate, measure, probes, report, runner, sources, targets
+from . import __version__, backends, data, isolate, measure, output, probes, report, runner, sources, targets
 from .context import Context, cache_dir
 from .options import ConvertOptions
 from .errors import ConversionError, EdgekitError
@@ -46,10 +44,9 @@ def convert(model: str | Path | None = None, progress: Callable[[str], None] | N
     target = targets.get_target(options.target, tuple(options.targets_dirs))
     model, name = _resolve_model(model, options, progress)
     out = Path(options.out or Path("edgekit-out") / f"{name}-{target.name}")
-    if out.exists() and not options.force:
-        raise EdgekitError(f"output directory {out} already exists", "pass --force to replace it, or choose --out")
-    with _staging(out) as stage, tempfile.TemporaryDirectory(prefix="edgekit-") as work:
-        ctx = prepare(model, name, target, options, Path(work), progress)
+    replacing = output.check(out, _inputs(model, options), options.force) == "replace"
+    with output.staging(out) as stage, output.tempdir() as work:
+        ctx = prepare(model, name, target, options, work, progress)
         ctx.stage = stage
         result = _report_header(ctx, model)
         result["artifacts"] = [a for fmt in _formats(ctx) for a in _build_format(ctx, fmt)]
@@ -62,10 +59,27 @@ def convert(model: str | Path | None = None, progress: Callable[[str], None] | N
         result["estimate"] = _estimate(ctx, result["artifacts"])
         if options.sensitivity:
             result["sensitivity"] = layer_sensitivity(ctx)
+        if replacing:
+            _keep_previous_unless_built(result["artifacts"], out)
         report.write(stage, result)
-        _replace(stage, out)
+        output.commit(stage, out, "convert")
     result["out_dir"] = str(out)
     return result
+
+
+def _inputs(model: Path, options: ConvertOptions) -> list[Path]:
+    """Every file the user gave us to read: --out may never be, or contain, one of them."""
+    paths = [model, options.data, options.train_data]
+    if options.calib and options.calib != "random":
+        paths.append(Path(options.calib))
+    return [Path(p) for p in paths if p]
+
+
+def _keep_previous_unless_built(artifacts: list[dict], out: Path) -> None:
+    """A --force run that built nothing does not replace the previous output."""
+    if not any(a["status"] == "ok" for a in artifacts):
+        reasons = "; ".join(f"{a['format']} {a['precision']}: {a.get('reason', '')}" for a in artifacts)
+        raise EdgekitError(f"no artifact could be built ({reasons[:300]})", f"the previous output in {out} was kept")
 
 
 def target_names(spec: str, dirs: tuple[str, ...] = ()) -> list[str]:
@@ -86,10 +100,9 @@ def convert_targets(model: str | Path | None = None, progress: Callable[[str], N
         targets.get_target(name, tuple(options.targets_dirs))  # unknown names fail before any work
     model, name = _resolve_model(model, options, progress)
     out = Path(options.out or Path("edgekit-out") / f"{name}-{options.target.replace(',', '+')}")
-    if out.exists() and not options.force:
-        raise EdgekitError(f"output directory {out} already exists", "pass --force to replace it, or choose --out")
+    replacing = output.check(out, _inputs(model, options), options.force) == "replace"
     results = []
-    with _staging(out) as stage:
+    with output.staging(out) as stage:
         for target in names:
             progress(f"target {target}")
             single = {**dataclasses.asdict(options), "target": target, "out": stage / target, "force": False}
@@ -97,12 +110,15 @@ def convert_targets(model: str | Path | None = None, progress: Callable[[str], N
                 results.append(isolate.run("edgekit.pipeline:convert", model, isolate.progress, **single,
                                            step=f"target {target}", progress=progress))
             except (EdgekitError, ConversionError) as exc:
-                for leftover in stage.glob(f".{target}.partial-*"):
-                    shutil.rmtree(leftover, ignore_errors=True)
+                output.sweep(stage)  # the staging directory of a target whose process died
                 results.append({"target": {"name": target}, "error": str(exc), "artifacts": []})
+        if replacing:
+            _keep_previous_unless_built([a for r in results for a in r["artifacts"]] or
+                                        [{"format": r["target"]["name"], "precision": "", "status": "failed",
+                                          "reason": r.get("error", "")} for r in results], out)
         summary = {"schema": "edgekit.summary/1", "model": str(model), "targets": results}
         report.write_summary(stage, summary)
-        _replace(stage, out)
+        output.commit(stage, out, "convert")
     summary["out_dir"] = str(out)
     return summary
 
@@ -118,8 +134,8 @@ def analyze(model: str | Path | None = None, sensitivity: bool = False,
     target = targets.get_target(options.target, tuple(options.targets_dirs))
     model, name = _resolve_model(model, options, progress)
     options.precision = "int8" if sensitivity else "fp32"
-    with tempfile.TemporaryDirectory(prefix="edgekit-") as work:
-        ctx = prepare(model, name, target, options, Path(work), progress)
+    with output.tempdir() as work:
+        ctx = prepare(model, name, target, options, work, progress)
         try:
             stats = analysis.layer_stats(onnx_backend.float_model(ctx.source)[0])
         except ConversionError as exc:
@@ -210,6 +226,7 @@ def prepare(model: Path, name: str, target, options: ConvertOptions, work: Path,
     progress(f"running the source model on {len(evalset.samples)} samples")
     reference = stages[-1][1].predict(evalset.samples)
     _check_finite(reference, "the source model's outputs")
+    data.check_classes(evalset.labels, _classes(reference), evalset.origin)
     ctx = Context(stages[-1][1], target, options, qconfig, None, work, evalset, calib, reference, progress)
     ctx.stages, ctx.pruning, ctx.distillation = stages, pruning, distilled
     if evalset.labels is not None:
@@ -238,7 +255,8 @@ def _training_data(options: ConvertOptions, evalset: data.EvalSet, source,
         raise EdgekitError(f"--data has {len(evalset.samples)} sample(s) left: too few to hold half apart for training",
                            "give more data, or a separate --train-data")
     labels = evalset.labels
-    rest = data.EvalSet(evalset.samples[half:], labels[half:] if labels is not None else None, evalset.origin)
+    rest = dataclasses.replace(evalset, samples=evalset.samples[half:],
+                               labels=labels[half:] if labels is not None else None)
     return rest, (evalset.samples[:half], labels[:half] if labels is not None else None,
                   f"first {half} samples of {evalset.origin}, held apart from scoring")
 
@@ -284,6 +302,11 @@ def parse_input_shapes(flags: list[str], profile_shape: list[int]) -> dict:
     return shapes
 
 
+def _classes(outputs: list[list[np.ndarray]]) -> int:
+    """How many classes top-1 chooses from: the size of the first output of one sample."""
+    return int(np.size(outputs[0][0])) if outputs and outputs[0] else 0
+
+
 def _check_finite(outputs: list[list[np.ndarray]], what: str) -> None:
     if any(not np.all(np.isfinite(o)) for s in outputs for o in s if np.issubdtype(o.dtype, np.floating)):
         raise EdgekitError(f"{what} contain NaN or infinite values", "check the model's weights and the input range")
@@ -301,7 +324,7 @@ def _report_header(ctx: Context, model: Path) -> dict:
                    "precision": ctx.qconfig.precision, "quantize": asdict(ctx.qconfig)},
         "host": runner.host_info(),
         "data": {"origin": ctx.evalset.origin, "samples": len(ctx.evalset.samples),
-                 "labelled": ctx.evalset.labels is not None},
+                 "labelled": ctx.evalset.labels is not None, "note": ctx.evalset.note},
         "calibration": None if ctx.calib is None else {"origin": ctx.calib.origin, "samples": len(ctx.calib.samples),
                                                        "uncalibrated": ctx.calib.uncalibrated},
         "warnings": _warnings(ctx),
@@ -473,29 +496,3 @@ def _run(ctx: Context, backend, artifact: Path) -> tuple[dict, list[list[np.ndar
                            inputs=run_dir / "in.npz", outputs=run_dir / "out.npz", what=f"the {backend.RUNTIME} runner")
     return result, runner.load_stacked(run_dir / "out.npz", "out"), run_dir
 
-
-@contextmanager
-def _staging(out: Path):
-    created_parent = not out.parent.exists()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    stage.chmod(0o777 & ~umask)  # mkdtemp makes it private; the output should not be
-    try:
-        yield stage
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
-        if created_parent and not any(out.parent.iterdir()):
-            out.parent.rmdir()
-
-
-def _replace(stage: Path, out: Path) -> None:
-    """Swap the finished staging directory into place (the old output only goes once the new is complete)."""
-    old = None
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        os.replace(out, old)
-    os.replace(stage, out)
-    if old:
-        shutil.rmtree(old, ignore_errors=True)

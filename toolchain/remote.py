@@ -36,11 +36,18 @@ class Device:
         return f"{self.user}@{self.host}:{self.port}" if self.user else f"{self.host}:{self.port}"
 
 
+# A user name and a host name (DNS name, IPv4, or [IPv6]) that can never be read as an ssh option.
+_USER = r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}"
+_HOST = r"[A-Za-z0-9](?:[A-Za-z0-9.-]{0,252}[A-Za-z0-9])?|\[[0-9A-Fa-f:.]{2,45}\]"
+
+
 def parse(url: str) -> Device:
-    match = re.fullmatch(r"ssh://(?:([^@/:]+)@)?([^@/:]+)(?::(\d+))?/?", url)
-    if not match:
-        raise EdgekitError(f"--device '{url}' is not ssh://user@host[:port]", "write it like ssh://pi@192.168.1.20")
-    return Device(match.group(1) or "", match.group(2), int(match.group(3) or 22))
+    match = re.fullmatch(rf"ssh://(?:({_USER})@)?({_HOST})(?::(\d{{1,5}}))?/?", url)
+    port = int(match.group(3) or 22) if match else 0
+    if not match or not 0 < port < 65536:
+        raise EdgekitError(f"--device '{url}' is not ssh://user@host[:port] (letters, digits, '.', '_', '-'; "
+                           "no leading '-')", "write it like ssh://pi@192.168.1.20")
+    return Device(match.group(1) or "", match.group(2).strip("[]"), port)
 
 
 def _ssh_options(device: Device) -> list[str]:
@@ -57,8 +64,13 @@ def _target(device: Device) -> str:
     return f"{device.user}@{device.host}" if device.user else device.host
 
 
+def _scp_target(device: Device, path: str) -> str:
+    host = f"[{device.host}]" if ":" in device.host else device.host
+    return f"{device.user}@{host}:{path}" if device.user else f"{host}:{path}"
+
+
 def _ssh_argv(device: Device, command: str) -> list[str]:
-    return ["ssh", *_ssh_options(device), "-p", str(device.port), _target(device), command]
+    return ["ssh", *_ssh_options(device), "-p", str(device.port), "--", _target(device), command]
 
 
 def _no_answer(device: Device, timeout: float) -> EdgekitError:
@@ -93,7 +105,7 @@ def _connection_error(device: Device, stderr: str) -> EdgekitError:
 
 
 def _scp(device: Device, sources: list[str], destination: str, timeout: float) -> None:
-    cmd = ["scp", "-q", *_ssh_options(device), "-P", str(device.port), *sources, destination]
+    cmd = ["scp", "-q", *_ssh_options(device), "-P", str(device.port), "--", *sources, destination]
     try:
         proc = children.run(cmd, timeout)
     except subprocess.TimeoutExpired:
@@ -110,7 +122,7 @@ def bench(url: str, files: list[Path], inputs: Path | None, threads: int, warmup
     workdir = _ssh(device, "mktemp -d /tmp/edgekit.XXXXXX", timeout).stdout.strip()
     if not workdir.startswith("/tmp/edgekit."):
         raise EdgekitError(f"{device.label}: could not make a temporary directory", "check /tmp on the device")
-    remote = f"{_target(device)}:{workdir}/"
+    remote = _scp_target(device, f"{workdir}/")
     try:
         _scp(device, [str(f) for f in files] + ([str(inputs)] if inputs else []), remote, timeout)
         _run_runner(device, workdir, files[0].name, inputs.name if inputs else None, python, timeout,
@@ -133,7 +145,7 @@ def _run_runner(device: Device, workdir: str, model: str, inputs: str | None, py
     try:
         invoke(f"{workdir}/{model}", f"{workdir}/result.json", python=(python,), timeout=timeout,
                inputs=f"{workdir}/{inputs}" if inputs else None, outputs=f"{workdir}/outputs.npz" if inputs else None,
-               launcher=lambda argv: _ssh_argv(device, f"cd {shlex.quote(workdir)} && " + shlex.join(argv)),
+               launcher=lambda argv: _ssh_argv(device, _remembering_pid(workdir, argv)),
                what=f"{device.label}: the run", **options)
     except RunnerError as exc:
         if exc.returncode is None:  # it timed out
@@ -153,8 +165,18 @@ def _run_error(device: Device, proc: subprocess.CompletedProcess) -> EdgekitErro
     return EdgekitError(f"{device.label}: the run failed ({text})", "see docs/DEVICES.md")
 
 
+def _remembering_pid(workdir: str, argv: list[str]) -> str:
+    """The runner's shell command; its pid is kept while it runs, so clean-up can stop it if we
+    are interrupted or time out (the device does not notice that ssh went away)."""
+    return (f"cd {shlex.quote(workdir)} && {{ {shlex.join(argv)} & echo $! > runner.pid; wait $!; rc=$?; "
+            "rm -f runner.pid; exit $rc; }")
+
+
 def _cleanup(device: Device, workdir: str) -> None:
+    """Stop the runner if it still runs (interrupt, timeout), then remove the device's temp dir."""
+    quoted = shlex.quote(workdir)
     try:
-        _ssh(device, f"rm -rf {shlex.quote(workdir)}", CONNECT_TIMEOUT_S * 3)
+        _ssh(device, f"if [ -f {quoted}/runner.pid ]; then pid=$(cat {quoted}/runner.pid); kill -TERM $pid 2>/dev/null"
+                     f" && sleep 1 && kill -KILL $pid 2>/dev/null; fi; rm -rf {quoted}", CONNECT_TIMEOUT_S * 3)
     except EdgekitError:
         pass  # the device went away; a reboot clears /tmp

@@ -54,7 +54,8 @@ def measurement_notes(result: dict) -> list[str]:
     first = next((a for a in result["artifacts"] if a["status"] == "ok" and "runs" in a["latency_ms"]), None)
     notes = [f"WARNING: {w}" for w in result.get("warnings", [])]
     notes += [f"FAILED {a['format']} {a['precision']}: {a['reason']}" for a in result["artifacts"] if a["status"] != "ok"]
-    notes.append(f"Data: {result['data']['origin']} ({result['data']['samples']} samples scored).")
+    notes.append(f"Data: {result['data']['origin']} ({result['data']['samples']} samples scored)"
+                 + (f"; {result['data']['note']}." if result["data"].get("note") else "."))
     if result.get("calibration"):
         cal = result["calibration"]
         methods = sorted({a["calibration"]["method"] for a in result["artifacts"] if a.get("calibration")})

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import children
+from . import children, interrupt, output
 from .errors import EdgekitError
 from .runner import failure_reason
 
@@ -138,7 +138,7 @@ def _convert_trial(setup: TuneSetup, recipe: dict) -> None:
                    "drop_points": (report["source_accuracy"] - artifact["accuracy"]["value"]) * 100,
                    "bytes": artifact["size"]["bytes"], "latency_ms": artifact["latency_ms"]["median"],
                    "memory_mib": artifact["memory"]["peak_rss_mib"] - artifact["memory"]["baseline_rss_mib"],
-                   "file": str(Path(report["out_dir"]) / artifact["file"])}
+                   "file": str(Path(report["out_dir"]).relative_to(setup.out) / artifact["file"])}  # moves with out
     except EdgekitError as exc:
         figures = {"key": key, "recipe": recipe, "ok": False, "error": exc.one_line()}
     figures["worker_pid"] = os.getppid()  # the worker that ran this trial
@@ -191,6 +191,7 @@ def _worker(setup: TuneSetup, trials: int) -> None:
     import traceback
 
     import optuna
+    interrupt.install()  # SIGTERM from the parent: the running trial's process group goes with us
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
         study = optuna.load_study(study_name=STUDY, storage=storage(setup.storage))
@@ -234,10 +235,19 @@ def search(setup: TuneSetup, workers: int, seed: int = 0, progress=lambda msg: N
         progress(f"running {remaining} trials on {workers} worker(s)")
         share = [remaining // workers + (i < remaining % workers) for i in range(workers)]
         processes = [context.Process(target=_worker, args=(setup, n)) for n in share if n]
-        for p in processes:
-            p.start()
-        for p in processes:
-            p.join()
+        try:
+            for p in processes:
+                p.start()
+            for p in processes:
+                p.join()
+        except BaseException:  # interrupted: stop the workers (each stops its trial) before cleaning up
+            for p in processes:
+                p.terminate()
+            for p in processes:
+                p.join(interrupt.GRACE_S * 3)
+                if p.is_alive():
+                    p.kill()
+            raise
         dead = {p.pid for p in processes if p.exitcode}
         study = optuna.load_study(study_name=STUDY, storage=storage(setup.storage))
         if not dead:
@@ -258,26 +268,36 @@ def pareto(trials: list[dict], objective: str) -> list[dict]:
 
 def holdout_accuracy(path: Path, data: Path) -> float:
     """Accuracy of an artifact on the held-out split (never seen while tuning)."""
-    import tempfile
-
     from . import measure, runner
     with np.load(data) as npz:
         x, y = npz["x"], npz["y"]
-    with tempfile.TemporaryDirectory() as tmp:
-        runner.save_stacked(Path(tmp) / "in.npz", "in", [[x[i:i + 1]] for i in range(len(x))])
-        runner.invoke(path, Path(tmp) / "r.json", runs=1, warmup=0, inputs=Path(tmp) / "in.npz",
-                      outputs=Path(tmp) / "out.npz", what="the held-out run")
-        return measure.accuracy(runner.load_stacked(Path(tmp) / "out.npz", "out"), y)
+    with output.tempdir("holdout-") as tmp:
+        runner.save_stacked(tmp / "in.npz", "in", [[x[i:i + 1]] for i in range(len(x))])
+        runner.invoke(path, tmp / "r.json", runs=1, warmup=0, inputs=tmp / "in.npz", outputs=tmp / "out.npz",
+                      what="the held-out run")
+        return measure.accuracy(runner.load_stacked(tmp / "out.npz", "out"), y)
+
+
+def labelled_npz(path: Path, why: str) -> tuple[np.ndarray, np.ndarray]:
+    """x and integer labels y from --data, checked before anything is written."""
+    from .data import check_labels, read_arrays
+    arrays = read_arrays(path, "data")
+    for key in ("x", "y"):
+        if key not in arrays:
+            raise EdgekitError(f"{path} has no array named {key!r} (has: {', '.join(arrays) or 'none'})", why)
+    x = arrays["x"]
+    if x.ndim < 1 or len(x) < 4:
+        raise EdgekitError(f"{path}: x holds {len(x) if x.ndim else 0} sample(s); tune splits them in two halves",
+                           "give at least 4 labelled samples (hundreds for a meaningful accuracy)")
+    y, _ = check_labels(arrays["y"], path, len(x))
+    return x, y[: len(x)]
 
 
 def split_data(data: Path, out: Path, seed: int = 0) -> tuple[Path, Path]:
     """Tuning and held-out halves of --data (a fixed shuffle, saved once so reruns reuse them)."""
     tune_path, holdout_path = out / "data-tune.npz", out / "data-holdout.npz"
     if not tune_path.is_file():
-        with np.load(data) as npz:
-            if "y" not in npz.files:
-                raise EdgekitError(f"{data} has no labels (y)", "tune needs labelled data to measure accuracy")
-            x, y = npz["x"], npz["y"]
+        x, y = labelled_npz(data, "tune needs labelled data to measure accuracy")
         order = np.random.default_rng(seed).permutation(len(x))
         half = len(x) // 2
         np.savez(tune_path, x=x[order[:half]], y=y[order[:half]])
@@ -289,9 +309,9 @@ def choose(trials: list[dict], setup: TuneSetup, fp32: dict | None) -> dict:
     """The cheapest trial within budget on the tuning split that also holds it on the held-out split."""
     within = sorted((t for t in trials if t["ok"] and t["drop_points"] <= setup.budget_points),
                     key=lambda t: cost(t, setup.objective))
-    holdout_source = holdout_accuracy(Path(fp32["file"]), setup.holdout_data) if fp32 else None
+    holdout_source = holdout_accuracy(setup.out / fp32["file"], setup.holdout_data) if fp32 else None
     for t in within:
-        t["holdout_accuracy"] = holdout_accuracy(Path(t["file"]), setup.holdout_data)
+        t["holdout_accuracy"] = holdout_accuracy(setup.out / t["file"], setup.holdout_data)
         t["holdout_drop_points"] = (holdout_source - t["holdout_accuracy"]) * 100 if holdout_source is not None else None
         if t["holdout_drop_points"] is not None and t["holdout_drop_points"] <= setup.budget_points:
             return t
@@ -299,10 +319,11 @@ def choose(trials: list[dict], setup: TuneSetup, fp32: dict | None) -> dict:
 
 
 def clean_copy(best: dict, out: Path) -> Path:
+    """best/ in our own output directory: the chosen artifact alone. Returns its path relative to out."""
     target = out / "best"
     shutil.rmtree(target, ignore_errors=True)
-    shutil.copytree(Path(best["file"]).parent, target)
-    return target / Path(best["file"]).name
+    shutil.copytree((out / best["file"]).parent, target)
+    return Path("best") / Path(best["file"]).name
 
 
 def default_workers() -> int:
@@ -321,10 +342,34 @@ def tune(model=None, target: str = "cpu-int8", data: Path | None = None, max_acc
     if options.data is None:
         raise EdgekitError("tune needs labelled data", "pass --data val.npz with x and y")
     out = Path(out or Path("edgekit-out") / f"{name}-tune-{target}")
-    if force:
-        shutil.rmtree(out, ignore_errors=True)
-    out.mkdir(parents=True, exist_ok=True)  # an existing directory is resumed, not overwritten
-    tune_data, holdout = split_data(Path(options.data), out)
+    mode = output.check(out, [model, options.data], force, resume="tune")
+    labelled_npz(Path(options.data), "tune needs labelled data to measure accuracy")
+    run = dict(model=model, target=target, profile=profile, data=Path(options.data), final=out,
+               max_accuracy_drop=max_accuracy_drop, relative=relative, budget_minutes=budget_minutes,
+               objective=objective, workers=workers, cluster=cluster, trials=trials, targets_dirs=targets_dirs,
+               progress=progress)
+    if mode == "replace":  # the previous result stays until this one is complete
+        with output.staging(out) as stage:
+            result = _tune_into(stage, **run)
+            output.commit(stage, out, "tune")
+        return result
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)  # a new (or empty) directory, or our own earlier run resumed
+    if mode == "new":
+        output.write_marker(out, "tune")
+    try:
+        return _tune_into(out, **run)
+    except EdgekitError:
+        if mode == "new":  # nothing worth resuming: leave the place as we found it
+            shutil.rmtree(out) if created else [shutil.rmtree(p) if p.is_dir() else p.unlink() for p in out.iterdir()]
+        raise
+
+
+def _tune_into(out: Path, model: Path, target: str, profile, data: Path, final: Path, max_accuracy_drop: float,
+               relative: bool, budget_minutes, objective: str, workers, cluster, trials: int, targets_dirs,
+               progress) -> dict:
+    """The whole search, written into `out` (the output itself, or its staging directory)."""
+    tune_data, holdout = split_data(data, out)
     keras = model.suffix in (".keras", ".h5")
     setup = TuneSetup(model, target, profile.build.formats[0], tune_data, holdout, out, max_accuracy_drop, objective,
                       [], keras, 0.0, trials, cluster or f"sqlite:///{(out / 'study.db').resolve()}", targets_dirs)
@@ -348,16 +393,17 @@ def tune(model=None, target: str = "cpu-int8", data: Path | None = None, max_acc
     result = {"schema": "edgekit.tune/1", "model": str(model), "target": target, "format": setup.fmt,
               "objective": objective, "budget_points": setup.budget_points, "relative": relative,
               "fp32": fp32, "best": best or None, "pareto": front, "trials": all_trials, "trials_pruned": pruned,
-              "sensitivity": sensitivity, "out_dir": str(out),
+              "sensitivity": sensitivity, "out_dir": str(final),
               "how": "accuracy on the tuning split for every trial; the chosen artifact re-checked on the held-out "
-                     "split; latency measured on this host (1 thread unless the profile says otherwise)"}
+                     "split; latency measured on this host (1 thread unless the profile says otherwise); "
+                     "artifact paths are relative to out_dir"}
     if best:
-        result["best_artifact"] = str(clean_copy(best, out))
+        result["best_artifact"] = str(final / clean_copy(best, out))
     else:
         within = sorted((t for t in all_trials if t["ok"]), key=lambda t: t["drop_points"])[:3]
         result["closest"] = within
         result["blocking_layers"] = setup.candidates[:3]
-    (out / "tune.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
+    output.write_file(out / "tune.json", json.dumps(result, indent=2, default=str) + "\n")
     return result
 
 
@@ -373,6 +419,7 @@ def _sensitivity(model: Path, data: Path, target: str, targets_dirs, out: Path, 
 
 
 if __name__ == "__main__":  # one trial, run by run_trial in its own process: JSON on stdin
+    interrupt.install()
     job = json.loads(sys.stdin.read())
     fields = job["setup"]
     for name in ("model", "tune_data", "holdout_data", "out"):

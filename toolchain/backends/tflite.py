@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import children
 from ..errors import ConversionError, EdgekitError
 from . import require
 
@@ -165,7 +166,7 @@ def _from_onnx(source, out_path: Path) -> list[str]:
     keep = ",".join(s.name for s in source.inputs)
     cmd = [sys.executable, "-m", "onnx2tf", "-i", str(model), "-o", "out", "-kat", *keep.split(","), "-n"]
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "-1", "TF_CPP_MIN_LOG_LEVEL": "3"}
-    proc = subprocess.run(cmd, cwd=work, capture_output=True, text=True, env=env, timeout=1800)
+    proc = children.run(cmd, 1800, env=env, cwd=work)
     produced = work / "out" / "model_float32.tflite"
     if proc.returncode != 0 or not produced.is_file():
         raise ConversionError(f"onnx2tf failed: {_last_error_line(proc.stdout + proc.stderr)}")

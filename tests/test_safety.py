@@ -1,0 +1,189 @@
+"""Never lose a user's file: where --out may point, what --force may replace, and failed runs.
+
+Each test reproduces a case from issue #11 through the CLI, in-process, and checks the user's
+files byte for byte afterwards.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import time
+
+import numpy as np
+import pytest
+
+from clihelp import assert_user_error, run_cli
+from conftest import tree_digest
+from edgekit import output
+import fake_backend as fake
+
+PROFILE = 'name = "plumb"\n[build]\nformats = ["fake"]\n[bench]\nruns = 2\nwarmup = 0\neval_samples = 4\n'
+
+
+@pytest.fixture
+def profiles(tmp_path):
+    d = tmp_path / "profiles"
+    d.mkdir()
+    (d / "plumb.toml").write_text(PROFILE)
+    return d
+
+
+@pytest.fixture
+def project(tmp_path, make_model):
+    """proj/ holding the user's model and notes, as in the issue's reproduction."""
+    proj = tmp_path / "proj"
+    proj.mkdir()
+    shutil.copy(make_model("tflite"), proj / "model.tflite")
+    (proj / "notes.txt").write_text("notes\n")
+    return proj
+
+
+def convert(capsys, *args):
+    return run_cli(capsys, "convert", *args, "--runs", "1", "--warmup", "0", "--format", "tflite")
+
+
+def test_out_equal_to_the_inputs_folder_is_refused_even_with_force(project, capsys):
+    before = tree_digest(project)
+    assert_user_error(convert(capsys, project / "model.tflite", "--out", project, "--force"), "contains the input")
+    assert tree_digest(project) == before
+
+
+def test_out_above_the_input_is_refused(project, capsys, tmp_path):
+    before = tree_digest(tmp_path / "proj")
+    assert_user_error(convert(capsys, project / "model.tflite", "--out", tmp_path, "--force"), "contains the input")
+    assert_user_error(convert(capsys, project / "model.tflite", "--out", "/", "--force"), "contains")
+    assert tree_digest(tmp_path / "proj") == before
+
+
+def test_out_equal_to_the_current_directory_is_refused(project, capsys, monkeypatch, make_model, tmp_path):
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "precious.txt").write_text("keep me")
+    monkeypatch.chdir(work)
+    model = project / "model.tflite"
+    assert_user_error(convert(capsys, model, "--out", os.getcwd(), "--force"), "is the current directory")
+    assert_user_error(convert(capsys, model, "--out", ".", "--force"), "is the current directory")
+    assert (work / "precious.txt").read_text() == "keep me" and len(list(work.iterdir())) == 1
+
+
+def test_out_equal_to_home_or_above_it_is_refused(project, capsys, monkeypatch, tmp_path):
+    home = tmp_path / "home" / "me"
+    home.mkdir(parents=True)
+    (home / "thesis.tex").write_text("years of work")
+    monkeypatch.setenv("HOME", str(home))
+    assert_user_error(convert(capsys, project / "model.tflite", "--out", home, "--force"), "home directory")
+    assert_user_error(convert(capsys, project / "model.tflite", "--out", home.parent, "--force"), "home directory")
+    assert (home / "thesis.tex").read_text() == "years of work"
+
+
+def test_out_equal_to_the_input_file_is_refused(project, capsys):
+    before = tree_digest(project)
+    assert_user_error(convert(capsys, project / "model.tflite", "--out", project / "model.tflite", "--force"),
+                      "existing file")
+    assert tree_digest(project) == before
+    assert sorted(p.name for p in project.iterdir()) == ["model.tflite", "notes.txt"]  # no hidden .old copy
+
+
+def test_out_that_is_a_symlink_is_refused(project, capsys, tmp_path):
+    real = tmp_path / "real"
+    real.mkdir()
+    (tmp_path / "link").symlink_to(real)
+    assert_user_error(convert(capsys, project / "model.tflite", "--out", tmp_path / "link", "--force"), "symbolic link")
+    assert list(real.iterdir()) == []
+
+
+def test_out_inside_a_savedmodel_input_is_refused(make_model, capsys, tmp_path):
+    saved = tmp_path / "sm"
+    shutil.copytree(make_model("savedmodel"), saved)
+    before = tree_digest(saved)
+    assert_user_error(convert(capsys, saved, "--out", saved / "variables" / "x"), "inside the input")
+    assert tree_digest(saved) == before
+
+
+def test_an_empty_directory_may_be_used(project, capsys, tmp_path):
+    out = tmp_path / "empty"
+    out.mkdir()
+    assert convert(capsys, project / "model.tflite", "--out", out).code == 0
+    assert output.owned(out) and (out / "model.tflite").is_file()
+
+
+def test_forced_run_that_builds_nothing_keeps_the_previous_output(profiles, capsys, tmp_path):
+    model = fake.save_model(tmp_path / "fake.npz", (1, 2, 3), classes=4)
+    out = tmp_path / "keepme"
+    common = ["--target", "plumb", "--targets-dir", profiles, "--out", out]
+    assert run_cli(capsys, "convert", model, *common).code == 0
+    before = tree_digest(out)
+    result = run_cli(capsys, "convert", model, *common, "--force", "--format", "onnx")
+    assert_user_error(result, "no artifact could be built", "previous output", "kept")
+    assert tree_digest(out) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fake.npz", "keepme", "profiles"]  # no staging left
+
+
+def test_tune_force_checks_before_touching_anything(tiny_keras, capsys, tmp_path):
+    proj = tmp_path / "t"
+    proj.mkdir()
+    shutil.copy(tiny_keras, proj / "m.keras")
+    np.savez(tmp_path / "bad.npz", inputs=np.zeros((8, 8, 8, 1), np.float32))
+    before = tree_digest(proj)
+    # The issue's reproduction: --out is the folder holding the model.
+    assert_user_error(run_cli(capsys, "tune", proj / "m.keras", "--data", tmp_path / "bad.npz", "--out", proj,
+                              "--force"), "contains the input")
+    assert tree_digest(proj) == before
+    # An earlier tune output of ours, and bad data: refused before anything is removed.
+    earlier = tmp_path / "earlier"
+    earlier.mkdir()
+    output.write_marker(earlier, "tune")
+    (earlier / "tune.json").write_text("{}")
+    kept = tree_digest(earlier)
+    assert_user_error(run_cli(capsys, "tune", proj / "m.keras", "--data", tmp_path / "bad.npz", "--out", earlier,
+                              "--force"), "no array named 'x'")
+    assert tree_digest(earlier) == kept
+
+
+@pytest.mark.parametrize("labels, words", [
+    (np.array(["a", "b"] * 4), "labels must be numbers"),
+    (np.array([0.5] * 8), "non-integer"),
+    (np.array([-1] * 8), "negative"),
+    (np.array([], np.int64), "no labels"),
+])
+def test_tune_refuses_bad_labels_and_writes_nothing(labels, words, tiny_keras, capsys, tmp_path):
+    np.savez(tmp_path / "d.npz", x=np.zeros((8, 8, 8, 1), np.float32), y=labels)
+    assert_user_error(run_cli(capsys, "tune", tiny_keras, "--data", tmp_path / "d.npz", "--out", tmp_path / "o"), words)
+    assert not (tmp_path / "o").exists()
+
+
+def test_json_output_never_overwrites_the_input(make_model, capsys, tmp_path):
+    model = tmp_path / "m.tflite"
+    shutil.copy(make_model("tflite"), model)
+    before = model.read_bytes()
+    assert_user_error(run_cli(capsys, "bench", model, "--runs", "1", "--json", model), "will not write over it")
+    assert model.read_bytes() == before
+
+
+def test_every_output_carries_the_marker(project, capsys, tmp_path):
+    out = tmp_path / "o"
+    assert convert(capsys, project / "model.tflite", "--out", out).code == 0
+    marker = (out / output.MARKER).read_text()
+    assert output.MARKER_SCHEMA in marker and '"command": "convert"' in marker
+
+
+def test_staging_and_swap_leave_nothing_beside_the_output(project, capsys, tmp_path):
+    out = tmp_path / "runs" / "o"
+    for extra in ([], ["--force"]):
+        assert convert(capsys, project / "model.tflite", "--out", out, *extra).code == 0
+    assert [p.name for p in out.parent.iterdir()] == ["o"]
+
+
+def test_stale_leftovers_of_a_killed_run_are_recognised(tmp_path):
+    dead = 2 ** 22 + 17  # above the kernel's default pid_max: never a running process
+    leftover = tmp_path / f".o.edgekit-partial-{socket.gethostname()}-{dead}-1"
+    leftover.mkdir()
+    alive = tmp_path / f".o.edgekit-partial-{socket.gethostname()}-{os.getpid()}-{int(time.time())}"
+    alive.mkdir()
+    other_host = tmp_path / f".o.edgekit-partial-elsewhere-{dead}-1"
+    other_host.mkdir()
+    user = tmp_path / ".o.partial-123"  # not ours by name: never touched
+    user.mkdir()
+    assert output.sweep(tmp_path) == [leftover]
+    assert {p.name for p in tmp_path.iterdir()} == {alive.name, other_host.name, user.name}

@@ -1,0 +1,208 @@
+"""Where edgekit writes, and what it may replace: only what it created itself.
+
+Every command that writes a directory goes through here:
+
+    check(out, inputs, force)      refuse a destination that would put the user's files at risk
+    with staging(out) as stage:    a fresh directory beside `out` (same file system)
+        ... write into stage ...
+        commit(stage, out, "convert")   marker file in, then rename into place; the old output
+                                        (one of ours) is removed only once the new one is there
+
+A failure or an interrupt anywhere before commit() removes the staging directory and leaves the
+previous output as it was. Scratch directories (`tempdir`) and staging directories carry the
+host, pid and creation time in their names, so leftovers of a killed run (SIGKILL) are
+recognised as stale and removed by the next run.
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import re
+import shutil
+import socket
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+from .errors import EdgekitError
+
+MARKER = ".edgekit-output.json"
+MARKER_SCHEMA = "edgekit.output/1"
+_LEFTOVER = re.compile(r"\.edgekit-(?:partial|old)-(?P<host>.+)-(?P<pid>\d+)-(?P<time>\d+)$")
+_TEMP = re.compile(r"^edgekit-(?P<pid>\d+)-(?P<time>\d+)-")
+
+
+def owned(path: Path) -> bool:
+    """A directory edgekit wrote: it carries the marker (a regular file with our schema)."""
+    marker = Path(path) / MARKER
+    if marker.is_symlink() or not marker.is_file():
+        return False
+    try:
+        return json.loads(marker.read_text(encoding="utf-8")).get("schema") == MARKER_SCHEMA
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _protected(inputs) -> list[tuple[Path, str]]:
+    places = [(Path(p), "the input") for p in inputs if p is not None]
+    places += [(Path.cwd(), "the current directory"), (Path.home(), "your home directory")]
+    return [(p.resolve(), what) for p, what in places]
+
+
+def check(out: Path, inputs=(), force: bool = False, resume: str | None = None) -> str:
+    """Is `out` a safe destination? Returns "new", "replace" or "resume"; raises a one-line error.
+
+    `resume`: the command whose own earlier output may be reused without --force (tune)."""
+    out = Path(out)
+    if out.is_symlink():
+        raise EdgekitError(f"--out {out} is a symbolic link", "give a real directory path")
+    if out.exists() and not out.is_dir():
+        raise EdgekitError(f"--out {out} is an existing file, not a directory", "choose a new directory for --out")
+    real = out.resolve()
+    for place, what in _protected(inputs):
+        if real == place or real in place.parents:
+            relation = "is" if real == place else "contains"
+            raise EdgekitError(f"--out {out} {relation} {what} ({place}); edgekit will not write over it",
+                               "choose a new directory for --out, e.g. ./edgekit-out/NAME")
+        if what == "the input" and place in real.parents:
+            raise EdgekitError(f"--out {out} is inside the input {place}", "choose a directory outside the input")
+    if not out.exists() or not any(out.iterdir()):
+        return "new"
+    if not owned(out):
+        raise EdgekitError(f"{out} exists and was not written by edgekit (no {MARKER}); edgekit only replaces "
+                           "its own output", "choose another --out, or empty or remove that directory yourself")
+    if resume and _marker(out).get("command") == resume and not force:
+        return "resume"
+    if not force:
+        raise EdgekitError(f"output directory {out} already exists", "pass --force to replace it, or choose --out")
+    return "replace"
+
+
+def _marker(path: Path) -> dict:
+    try:
+        return json.loads((path / MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+def write_marker(directory: Path, command: str) -> None:
+    from . import __version__
+    (directory / MARKER).write_text(json.dumps({
+        "schema": MARKER_SCHEMA, "command": command, "edgekit_version": __version__,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "note": "written by edgekit: `--force` may replace this directory"}, indent=2) + "\n")
+
+
+def _tag() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{int(time.time())}"
+
+
+@contextmanager
+def staging(out: Path):
+    """A fresh directory beside `out`, removed on any exit that did not commit() it."""
+    out = Path(out)
+    created = [p for p in (out.parent, *out.parent.parents) if not p.exists()]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    sweep(out.parent)
+    stage = out.parent / f".{out.name}.edgekit-partial-{_tag()}"
+    stage.mkdir()
+    umask = os.umask(0)
+    os.umask(umask)
+    stage.chmod(0o777 & ~umask)
+    try:
+        yield stage
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+        for parent in created:  # directories made only to hold the output go again if it never came
+            try:
+                parent.rmdir()
+            except OSError:
+                break
+
+
+def commit(stage: Path, out: Path, command: str) -> None:
+    """Mark the finished staging directory as ours and swap it into place."""
+    write_marker(stage, command)
+    old = None
+    if out.exists():
+        if any(out.iterdir()) and not owned(out):  # checked at the start; re-checked in case it changed since
+            raise EdgekitError(f"{out} was changed by someone else during the run", "choose another --out")
+        old = out.with_name(f".{out.name}.edgekit-old-{_tag()}")
+        os.replace(out, old)
+    os.replace(stage, out)
+    if old:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def write_file(path: Path, text: str, inputs=()) -> None:
+    """One output file (--json, an HTML report), written beside itself and renamed; never over an input."""
+    path = Path(path)
+    if path.is_symlink() or path.is_dir():
+        raise EdgekitError(f"{path} is a {'symbolic link' if path.is_symlink() else 'directory'}",
+                           "give a file path to write to")
+    real = path.resolve()
+    for place, what in _protected(inputs):
+        if real == place or what == "the input" and place in real.parents:
+            raise EdgekitError(f"{path} is {what}; edgekit will not write over it", "choose another file name")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.edgekit-partial-{_tag()}")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+@contextmanager
+def tempdir(prefix: str = ""):
+    """A scratch directory in $TMPDIR named with our pid and start time (stale ones are swept)."""
+    base = Path(tempfile.gettempdir())
+    sweep(base)
+    path = Path(tempfile.mkdtemp(prefix=f"edgekit-{os.getpid()}-{int(time.time())}-{prefix}", dir=base))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def sweep(directory: Path) -> list[Path]:
+    """Remove leftovers of edgekit runs that no longer exist (killed with SIGKILL, power loss)."""
+    removed = []
+    try:
+        entries = list(Path(directory).iterdir())
+    except OSError:
+        return removed
+    host = socket.gethostname()
+    for entry in entries:
+        match = _LEFTOVER.search(entry.name) if entry.name.startswith(".") else _TEMP.match(entry.name)
+        if not match or match.groupdict().get("host", host) != host or entry.is_symlink():
+            continue
+        if stale(int(match["pid"]), int(match["time"])):
+            shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink(missing_ok=True)
+            removed.append(entry)
+    return removed
+
+
+def stale(pid: int, created: float) -> bool:
+    """The process that made a leftover is gone (or its pid now belongs to a later process)."""
+    started = process_start(pid)
+    return started is None or started > created + 2
+
+
+def process_start(pid: int) -> float | None:
+    """Start time (epoch seconds) of a running process, or None if there is none."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        pass  # exists, owned by someone else
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        boot = next(float(ln.split()[1]) for ln in Path("/proc/stat").read_text().splitlines()
+                    if ln.startswith("btime"))
+        return boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, StopIteration, IndexError, ValueError):
+        return 0.0  # running, start unknown: never stale
