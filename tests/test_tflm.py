@@ -129,22 +129,23 @@ def test_missing_op_is_named_in_one_line_and_other_figures_come_out(gelu_keras, 
     assert "measure it before flashing" in (tmp_path / "o" / "mcu" / "model_data.h").read_text()
 
 
-def test_the_smaller_board_says_does_not_fit_with_measured_bytes(wide_keras, tiny_eval, capsys, tmp_path):
-    result = run_cli(capsys, "convert", wide_keras, "--target", "arm-m-int8,arm-m0plus-int8", "--data", tiny_eval,
-                     "--calib-samples", "8", "--runs", "2", "--out", tmp_path / "o")
-    assert result.code == 0, result.err
-    summary = json.loads((tmp_path / "o" / "summary.json").read_text())
-    verdicts = {r["target"]["name"]: r["artifacts"][1]["mcu"]["verdict"] for r in summary["targets"]}
+def test_the_smaller_board_says_does_not_fit_with_measured_bytes(wide_keras, tiny_eval, tmp_path):
+    from edgekit import pipeline, report
+    results = {name: pipeline.convert(wide_keras, target=name, data=tiny_eval, calib_samples=8, runs=2,
+                                      out=tmp_path / name) for name in ("arm-m-int8", "arm-m0plus-int8")}
+    verdicts = {name: r["artifacts"][1]["mcu"]["verdict"] for name, r in results.items()}
     assert verdicts["arm-m-int8"]["fits"] is True
     small = verdicts["arm-m0plus-int8"]
-    arena = summary["targets"][1]["artifacts"][1]["mcu"]["emulated"]["arena"]["used_bytes"]
+    arena = results["arm-m0plus-int8"]["artifacts"][1]["mcu"]["emulated"]["arena"]["used_bytes"]
     assert small["fits"] is False and small["ram"]["fits"] is False and small["flash"]["fits"] is True
     assert f"{tflm.arena_to_allocate(arena):,} B tensor arena (emulated (TFLite Micro host build))" in small["summary"]
     assert small["summary"].startswith("DOES NOT FIT on Arduino Zero")
     assert "does not fit" in small["ram"]["text"] and "B over" in small["ram"]["text"]
-    table = (tmp_path / "o" / "summary.md").read_text()
-    assert "| - | yes |" in table and "| - | NO (RAM) |" in table
-    assert summary["targets"][1]["artifacts"][1]["mcu"]["c_artifact"]["compiled"]["cpu"] == "cortex-m0plus"
+    assert "MCU VERDICT tflite int8-io: DOES NOT FIT" in (tmp_path / "arm-m0plus-int8" / "report.md").read_text()
+    rows = report.summary_rows({"targets": list(results.values())})
+    fits = report.SUMMARY_COLUMNS.index("fits board")
+    assert [r[fits] for r in rows] == ["yes", "NO (RAM)"]
+    assert results["arm-m0plus-int8"]["artifacts"][1]["mcu"]["c_artifact"]["compiled"]["cpu"] == "cortex-m0plus"
 
 
 def test_child_survives_a_model_that_aborts_tflite_micro(tmp_path):

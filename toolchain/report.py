@@ -113,7 +113,7 @@ def summary_rows(summary: dict) -> list[tuple[str, ...]]:
 
 
 def _fits_board(mcu: dict | None) -> str:
-    if not mcu or mcu["verdict"]["fits"] is None:
+    if not mcu or "error" in mcu or mcu["verdict"]["fits"] is None:
         return "-"
     v = mcu["verdict"]
     if not v.get("runs", True):

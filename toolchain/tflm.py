@@ -106,6 +106,8 @@ def run(artifact: Path, ctx: Context, host_outputs) -> dict:
 
 def notes(name: str, figures: dict) -> list[str]:
     """Report lines, most decisive first: missing ops, the verdict, then how each figure was had."""
+    if "error" in figures:
+        return [f"MCU {name}: {figures['error']}"]
     lines = []
     ops, emu, c_art, v = figures["ops"], figures["emulated"], figures["c_artifact"], figures["verdict"]
     if ops["missing"]:
@@ -260,9 +262,11 @@ def _crash_reason(proc: subprocess.CompletedProcess, log: str) -> str:
 
 def parity(reference: list[list[np.ndarray]], actual: list[list[np.ndarray]]) -> dict:
     """TFLM outputs against LiteRT's on the same (quantized) inputs: bit-exact or how far apart."""
-    diffs = [float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(r, np.float64)))) if np.size(r) else 0.0
+    diffs = [float(np.max(np.abs(np.asarray(a, np.float64).reshape(np.shape(r)) - np.asarray(r, np.float64))))
+             if np.size(r) and np.size(r) == np.size(a) else (0.0 if np.size(r) == np.size(a) else float("inf"))
              for ref, act in zip(reference, actual) for r, a in zip(ref, act)]
-    differing = sum(any(not np.array_equal(r, a) for r, a in zip(ref, act)) for ref, act in zip(reference, actual))
+    differing = sum(any(np.size(r) != np.size(a) or not np.array_equal(np.ravel(r), np.ravel(a))
+                        for r, a in zip(ref, act)) for ref, act in zip(reference, actual))
     top1 = [int(np.argmax(ref[0])) == int(np.argmax(act[0])) for ref, act in zip(reference, actual)]
     return {"samples": len(reference), "bit_exact": differing == 0, "samples_differing": differing,
             "max_abs_diff": max(diffs, default=0.0), "top1_agreement": float(np.mean(top1)) if top1 else 1.0,

@@ -14,8 +14,15 @@ def applies(ctx, backend, precision: str) -> bool:
 
 
 def run(ctx, backend, artifact: Path, host) -> dict:
+    import subprocess
+
     from .. import tflm
-    return {NAME: tflm.run(artifact, ctx, host.outputs)}
+    from ..errors import ConversionError, EdgekitError
+    try:  # the probe never fails the artifact LiteRT already verified
+        return {NAME: tflm.run(artifact, ctx, host.outputs)}
+    except (ConversionError, EdgekitError, OSError, ValueError, subprocess.SubprocessError) as exc:
+        reason = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
+        return {NAME: {"error": f"the MCU probe failed: {reason}", "how": tflm.HOW}}
 
 
 def warnings(ctx) -> list[str]:
