@@ -62,8 +62,9 @@ def run(function: str, /, *args, step: str, progress: Callable[[str], None] | No
 
 
 def _follow(proc: subprocess.Popen, status: Path, progress, timeout: float | None, step: str) -> str | None:
-    """Wait for the child, forwarding its progress lines; returns its last `where` note."""
-    started, offset, where = time.monotonic(), 0, None
+    """Wait for the child, forwarding its progress lines; returns its last `where` note, else the
+    last progress line (what it was doing)."""
+    started, offset, where, doing = time.monotonic(), 0, None, None
     while True:
         finished = proc.poll() is not None
         with open(status, "rb") as f:
@@ -75,10 +76,12 @@ def _follow(proc: subprocess.Popen, status: Path, progress, timeout: float | Non
             kind, _, text = line.partition(" ")
             if kind == "W":
                 where = text or None
-            elif kind == "P" and progress:
-                progress(text)
+            elif kind == "P":
+                doing = text
+                if progress:
+                    progress(text)
         if finished:
-            return where
+            return where or (f"'{doing}'" if doing else None)
         if timeout is not None and time.monotonic() - started > timeout:
             raise ConversionError(f"{step} timed out after {timeout:.0f} s")  # tracking() kills it
         time.sleep(0.1)

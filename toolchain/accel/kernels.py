@@ -59,34 +59,42 @@ def conv(emu, op, args, style: str, bits: int) -> np.ndarray:
     zp = int(xin.zero_point[0])
     centred = x.astype(np.float64) - zp
     acc = None
-    taps = _taps(centred, w.shape[1], w.shape[2], o.strideH, o.strideW, o.dilationHFactor, o.dilationWFactor,
+    pointwise = w.shape[1] == w.shape[2] == 1 and o.strideH == o.strideW == 1
+    taps = [(centred, None)] if pointwise else _taps(centred, w.shape[1], w.shape[2], o.strideH, o.strideW, o.dilationHFactor, o.dilationWFactor,
                  o.padding == 0, 0.0, np.float64)
     for k, (view, _) in enumerate(taps):
         i, j = divmod(k, w.shape[2])
         part = view @ w[:, i, j, :].astype(np.float64).T
-        acc = part if acc is None else acc + part
+        if acc is None:
+            acc = part
+        else:
+            acc += part
     acc = saturate(acc.astype(np.int64) + _bias(args), bits)
     m, s = multipliers(float(xin.scale[0]), win.scale, float(emu.t(op.outputs[0]).scale[0]), w.shape[0])
     return _finish(emu, op, acc, m, s, style)
 
 
 def depthwise(emu, op, args, style: str, bits: int) -> np.ndarray:
-    x, w = args[0], args[1].astype(np.int64)
+    x, w = args[0], args[1]
     xin, win = emu.t(op.inputs[0]), emu.t(op.inputs[1])
     o = op.options
     zp = int(xin.zero_point[0])
     multiplier = o.depthMultiplier or 1
-    centred = x.astype(np.int64) - zp
+    centred = x.astype(np.int32) - zp  # |sum| <= taps * 255 * 127: int32 is exact for any window below 66,000
     if multiplier > 1:  # output channel c*m + k reads input channel c
         centred = np.repeat(centred, multiplier, axis=-1)
     acc = None
+    w = w.astype(np.int32)
     taps = _taps(centred, w.shape[1], w.shape[2], o.strideH, o.strideW, o.dilationHFactor, o.dilationWFactor,
-                 o.padding == 0, 0, np.int64)
+                 o.padding == 0, 0, np.int32)
     for k, (view, _) in enumerate(taps):
         i, j = divmod(k, w.shape[2])
         part = view * w[0, i, j]
-        acc = part if acc is None else acc + part
-    acc = saturate(acc + _bias(args), bits)
+        if acc is None:
+            acc = part
+        else:
+            acc += part
+    acc = saturate(acc.astype(np.int64) + _bias(args), bits)
     m, s = multipliers(float(xin.scale[0]), win.scale, float(emu.t(op.outputs[0]).scale[0]), w.shape[-1])
     return _finish(emu, op, acc, m, s, style)
 
