@@ -194,6 +194,7 @@ def test_fpga_report(target, small_keras, tiny_eval, capsys, tmp_path):
     assert acc["fidelity_vs_float"]["cosine"] > 0.99 and acc["fidelity_vs_tflite"]["top1_agreement"] > 0.9
     assert acc["estimate"]["latency_ms"] > 0 and 0 < acc["estimate"]["mac_utilisation"] <= 1
     assert acc["weights_fit_onchip"] and "accuracy" in acc
+    assert acc["vs_tflite_reference"]["exact_by_design"] == (target == "fpga-int8")
     if target == "fpga-int8":
         assert acc["vs_tflite_reference"]["bit_exact"]
     else:

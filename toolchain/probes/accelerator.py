@@ -53,6 +53,8 @@ def artifact_notes(acc: dict) -> list[str]:
     else:
         exact = "bit-exact" if ref["bit_exact"] else f"differs in {len(ref['mismatched_ops'])} op(s): " + \
             ", ".join(list(ref["mismatched_ops"])[:3])
+        if not ref["bit_exact"] and ref.get("exact_by_design") is False:
+            exact += " (expected: this profile's requantization or accumulator width is not TFLite's)"
         exact = f"{ref['ops_compared']} ops on {ref['samples']} samples: {exact}"
         if ref.get("not_compared"):
             exact += "; not compared: " + "; ".join(f"{k}: {v}" for k, v in list(ref["not_compared"].items())[:3])
