@@ -135,3 +135,18 @@ def test_force_never_replaces_a_directory_edgekit_did_not_write(tiny_keras, caps
 
 def test_bench_missing_artifact(capsys):
     assert_user_error(run_cli(capsys, "bench", "missing.tflite"), "artifact not found")
+
+
+def test_one_line_means_one_line_in_a_real_process(tiny_keras, tmp_path):
+    """TensorFlow's C++ start-up lines (absl, oneDNN, cpu_feature_guard) never come before the error."""
+    import subprocess
+    import sys
+    np.savez(tmp_path / "bad.npz", x=np.zeros((4, 8, 8), np.float32))
+    args = [sys.executable, "-m", "edgekit", "convert", str(tiny_keras), "--data", str(tmp_path / "bad.npz")]
+    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith(("TF_CPP", "GLOG"))}
+    quiet = subprocess.run(args, capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert quiet.returncode == 2 and quiet.stdout == ""
+    assert len(quiet.stderr.splitlines()) == 1 and quiet.stderr.startswith("error: "), quiet.stderr
+    verbose = subprocess.run([*args, "--verbose"], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert verbose.returncode == 2 and verbose.stderr.splitlines()[-1] == quiet.stderr.strip()
+    assert len(verbose.stderr.splitlines()) > 1  # the libraries' own lines, when asked for

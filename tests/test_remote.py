@@ -125,8 +125,57 @@ def test_failures_on_the_device_leave_nothing_behind(body, words, extra, ssh_env
     assert leftovers() == before
 
 
-def test_bad_device_url(artifacts, capsys):
-    assert_user_error(run_cli(capsys, "bench", artifacts / "model.onnx", "--device", "pi@host"), "ssh://")
+@pytest.mark.parametrize("url", ["pi@host", "ssh://-oProxyCommand=touch${IFS}pwned@host", "ssh://pi@-oProxyCommand=x",
+                                 "ssh://pi@host:99999", "ssh://pi@ho st", "ssh://p;i@host", "ssh://pi@host/../x"])
+def test_bad_device_url(url, artifacts, capsys, tmp_path):
+    assert_user_error(run_cli(capsys, "bench", artifacts / "model.onnx", "--device", url), "ssh://")
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_ssh_and_scp_never_read_the_destination_as_an_option():
+    from edgekit import remote
+    device = remote.parse("ssh://pi@192.168.1.20:2222")
+    argv = remote._ssh_argv(device, "true")
+    assert argv[argv.index("--") + 1] == "pi@192.168.1.20" and argv[-1] == "true"
+    assert remote.parse("ssh://[fe80::1]").host == "fe80::1"
+    assert remote._scp_target(remote.parse("ssh://u@[fe80::1]:22"), "/tmp/x") == "u@[fe80::1]:/tmp/x"
+
+
+@pytest.mark.parametrize("how", ["SIGTERM", "SIGINT", "timeout"])
+def test_interrupted_remote_run_stops_the_runner_and_cleans_the_device(how, ssh_env, tmp_path, monkeypatch):
+    """The device does not notice that ssh went away: edgekit stops the runner there and removes its
+    temporary directory, on a signal and on --timeout."""
+    import signal
+
+    import fake_backend
+    model = fake_backend.save_model(tmp_path / "slow.npz", (1, 4, 4), classes=3, sleep_s=0.05)
+    # the device's Python sees the fake backend plug-in, like the host's runner does
+    monkeypatch.setenv("EDGEKIT_REMOTE_PYTHON", _fake_python(
+        tmp_path, f"export EDGEKIT_BACKENDS=fake_backend PYTHONPATH={Path(__file__).parent}\nexec {sys.executable} \"$@\""))
+    before = leftovers()
+    args = ["bench", model, "--device", ssh_env["url"], "--runs", "100000", "--warmup", "0"]
+    proc = subprocess.Popen([sys.executable, "-m", "edgekit", *map(str, args), *(["--timeout", "10"] if how == "timeout"
+                            else [])], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline, pid_file = time.time() + 60, None
+    while pid_file is None and time.time() < deadline:
+        pid_file = next((p / "runner.pid" for p in Path("/tmp").glob("edgekit.*") if p.name not in before
+                         and (p / "runner.pid").is_file() and (p / "runner.pid").read_text().strip()), None)
+        time.sleep(0.1)
+    assert pid_file, proc.communicate()
+    runner = int(pid_file.read_text())
+    time.sleep(0.5)
+    if how != "timeout":
+        proc.send_signal(getattr(signal, how))
+    _, err = proc.communicate(timeout=120)
+    if how == "timeout":
+        assert proc.returncode == 2 and "no answer within 10 s" in err, err
+    else:
+        assert proc.returncode == 128 + getattr(signal, how) and "interrupted" in err, err
+    deadline = time.time() + 10
+    while Path(f"/proc/{runner}").exists() and time.time() < deadline:
+        time.sleep(0.1)
+    assert not Path(f"/proc/{runner}").exists(), "the runner still runs on the device"
+    assert leftovers() == before
 
 
 def test_emulated_aarch64_device(ssh_env, artifacts, capsys, tmp_path, monkeypatch):

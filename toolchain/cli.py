@@ -335,6 +335,17 @@ def silence_native_logs() -> Callable[[], None]:
     return restore
 
 
+def _interrupted(exc: KeyboardInterrupt | None) -> None:
+    """Everything was cleaned up on the way here; also sweep the scratch of workers killed with us."""
+    import tempfile
+
+    from .interrupt import Interrupted
+    from .output import sweep
+    sweep(Path(tempfile.gettempdir()))
+    click.echo("interrupted; no partial output was kept" if exc else "aborted", err=True)
+    sys.exit(exc.exit_code if isinstance(exc, Interrupted) else 130)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: user errors print one line and exit 2; nothing prints a traceback unless EDGEKIT_DEBUG=1."""
     from . import interrupt
@@ -351,12 +362,10 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _main(args: list[str]) -> None:
-    from .interrupt import Interrupted
     try:
         cli.main(args=args, prog_name="edgekit", standalone_mode=False)
-    except click.exceptions.Abort:
-        click.echo("aborted", err=True)
-        sys.exit(130)
+    except click.exceptions.Abort as exc:  # click turns KeyboardInterrupt (and our signals) into Abort
+        _interrupted(exc.__context__ if isinstance(exc.__context__, KeyboardInterrupt) else None)
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
@@ -364,8 +373,7 @@ def _main(args: list[str]) -> None:
         click.echo(f"error: {exc.one_line()}", err=True)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt as exc:
-        click.echo("interrupted; no partial output was kept", err=True)
-        sys.exit(exc.exit_code if isinstance(exc, Interrupted) else 130)
+        _interrupted(exc)
     except Exception as exc:  # a bug, not a user error: say so in one line
         if os.environ.get("EDGEKIT_DEBUG"):
             raise
