@@ -13,14 +13,15 @@ setup: sysdeps $(STAMP)
 # Debian packages (requirements/apt.txt): QEMU user mode and debootstrap for the emulated ARM targets,
 # OpenSSH for remote device runs (and the loopback server the tests start), Chromium for the
 # browser test of `edgekit report`; GNU time, the independent peak-memory check of the runner; the Arm
-# bare-metal GCC that compiles the MCU C artifact.
+# bare-metal GCC that compiles the MCU C artifact. Any package of the list that is not installed is.
 sysdeps:
-	@if ! command -v qemu-aarch64-static >/dev/null || ! command -v debootstrap >/dev/null \
-	    || ! test -x /usr/sbin/sshd || ! test -x /usr/bin/time || ! command -v ssh >/dev/null || ! command -v chromium >/dev/null \
-	    || ! command -v arm-none-eabi-g++ >/dev/null; then \
+	@missing=$$(for pkg in $$(grep -v '^\s*#' requirements/apt.txt); do \
+	    dpkg-query -W -f='$${Status}\n' $$pkg 2>/dev/null | grep -q 'install ok installed' || echo $$pkg; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages: $$missing"; \
 	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
 	  $$SUDO apt-get update -qq && \
-	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$(cat requirements/apt.txt); \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
 
 $(STAMP): requirements/lock.txt requirements/no-deps.txt requirements/runtime.txt setup.cfg pyproject.toml
