@@ -47,6 +47,9 @@ MODELS = {
     "pools_concat": lambda L, x: L.Concatenate()([L.MaxPooling2D()(c := L.Conv2D(4, 3, padding="same")(x)),
                                                   L.AveragePooling2D(3, strides=2, padding="same")(c)]),
     "mean": lambda L, x: L.GlobalAveragePooling2D()(L.Conv2D(4, 3, padding="same")(x)),
+    # SPLIT (two outputs) and MUL have no numpy kernel: CPU fallback in LiteRT, the rest compared
+    "split_mul_fallback": lambda L, x: L.Multiply()(__import__("keras").ops.split(L.Conv2D(4, 3, padding="same")(x), 2,
+                                                                                 axis=-1)),
     "pad_reshape_softmax": lambda L, x: L.Softmax()(L.Dense(3)(L.Reshape((4 * 5 * 5,))(
         L.MaxPooling2D()(L.ZeroPadding2D(1)(L.Conv2D(4, 3, padding="same")(x)))))),
 }
@@ -58,7 +61,7 @@ def test_bit_exact_with_tflite_reference_kernels(name, tmp_path):
     emu = accel.Emulator(path, ALL_OPS)
     result = accel.compare_with_reference(emu, samples)
     assert result["bit_exact"], result["mismatched_ops"]
-    assert result["ops_compared"] >= 2
+    assert result["ops_compared"] >= (1 if "fallback" in name else 2)
 
 
 FPGA_INT8 = accel.AcceleratorSpec(ops=["CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "ADD", "MAX_POOL_2D",

@@ -15,7 +15,7 @@ from .spec import AcceleratorSpec
 
 
 class LiteRTOp:
-    """One op run alone in LiteRT (default CPU kernels), sample by sample."""
+    """One op run alone in LiteRT (default CPU kernels), sample by sample; returns all its outputs."""
 
     def __init__(self, content: bytes, op: Op):
         from ai_edge_litert.interpreter import Interpreter, OpResolverType
@@ -36,9 +36,9 @@ class LiteRTOp:
                 self.interpreter.set_tensor(detail["index"], np.ascontiguousarray(array[n:n + 1], detail["dtype"]))
             isolate.where(f"LiteRT invoke for {op.kind} (op {op.index})")
             self.interpreter.invoke()
-            results.append(self.interpreter.get_tensor(self.outputs[0]["index"]))
+            results.append([self.interpreter.get_tensor(d["index"]) for d in self.outputs])
         isolate.where(None)
-        return np.concatenate(results)
+        return [np.concatenate([r[k] for r in results]) for k in range(len(self.outputs))]
 
 
 class Emulator:
@@ -77,13 +77,15 @@ class Emulator:
         keep = set(self.outputs)
         for op, where in self.placement():
             args = [self.value(values, i) for i in op.inputs]
-            if op.index in litert:
-                result = litert[op.index](self, op, args, "fixed-point", 32)
+            if op.index in litert:  # every output (SPLIT, UNPACK, ... have several)
+                results = litert[op.index](self, op, args, "fixed-point", 32)
+                values.update(zip(op.outputs, results))
+                result = results[0]
             else:
                 style = self.spec.requant if where == "accelerator" else "fixed-point"
                 bits = self.spec.accumulator_bits if where == "accelerator" else 32
                 result = KERNELS[op.kind](self, op, args, style, bits)
-            values[op.outputs[0]] = result
+                values[op.outputs[0]] = result
             if on_op is not None:
                 on_op(op, args, result)
             for i in op.inputs:
