@@ -35,7 +35,7 @@ def compared_ops(emu: Emulator, skip) -> list:
 
 
 def compare(emu: Emulator, samples: list[np.ndarray], skip: dict[int, str] | None = None) -> dict:
-    """Emulator vs reference kernels on batch-1 `samples` (float or int8 inputs of the first graph input)."""
+    """Emulator vs reference kernels on batch-1 `samples` (each an array, or a list with one per graph input)."""
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
     skip = skip or {}
     ops = compared_ops(emu, skip)
@@ -66,7 +66,8 @@ def compare(emu: Emulator, samples: list[np.ndarray], skip: dict[int, str] | Non
             mismatched[key] = mismatched.get(key, 0) + 1
 
     for sample in samples:
-        emu.run([quantize_input(emu, emu.inputs[0], sample)], on_op=check)
+        arrays = [sample] if isinstance(sample, np.ndarray) else sample
+        emu.run([quantize_input(emu, i, a) for i, a in zip(emu.inputs, arrays)], on_op=check)
     isolate.where(None)
     return {"ops_compared": len(ops), "samples": len(samples), "mismatched_ops": mismatched,
             "bit_exact": not mismatched and bool(ops),
@@ -82,8 +83,8 @@ def describe(emu: Emulator, op) -> str:
 def compare_file(path: Path, spec: AcceleratorSpec, samples_npz: Path, count: int, skip: dict[int, str]) -> dict:
     """Child side of check(): the first `count` samples of a stacked .npz (runner.save_stacked)."""
     with np.load(samples_npz) as data:
-        stacked = data["in0"][:count]
-    return compare(Emulator(path, spec), [s for s in stacked], skip)
+        stacked = [data[f"in{k}"][:count] for k in range(len(data.files))]
+    return compare(Emulator(path, spec), [list(arrays) for arrays in zip(*stacked)], skip)
 
 
 def check(path: Path, spec: AcceleratorSpec, samples_npz: Path, count: int = 20, progress=None) -> dict:
