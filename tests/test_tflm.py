@@ -171,6 +171,9 @@ def test_op_list_and_parsers():
     assert (parsed["used_bytes"], parsed["head_bytes"], parsed["tail_bytes"]) == (6272, 3072, 3200)
     assert parsed["records"]["NodeAndRegistration struct"] == {"bytes": 448, "requested": 448, "count": 7}
     assert tflm.arena_to_allocate(6272) == 6288 and tflm.arena_to_allocate(6273) == 6304
+    refused = tflm._first_error("tensorflow/lite/micro/kernels/dequantize_common.cc:42 input->type == kTfLiteInt8 was "
+                                "not true.\nNode DEQUANTIZE (number 0) failed to prepare with status 1\n")
+    assert refused.startswith("TFLite Micro's DEQUANTIZE kernel refused node 0 at prepare (input->type ==")
     assert shutil.which("arm-none-eabi-g++"), "make setup installs gcc-arm-none-eabi (requirements/apt.txt)"
 
 

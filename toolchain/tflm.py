@@ -610,8 +610,18 @@ def probe(model_path: Path, inputs: Path | None, outputs: Path | None, log: Path
             "arena_size_given": arena_size, "samples": len(samples)}
 
 
+NODE_FAILED = re.compile(r"Node (\S+) \(number (\d+)\) failed to (prepare|invoke)")
+
+
 def _first_error(log: str, fallback: str = "could not load the model") -> str:
+    """One line: the kernel that refused a node (and its check) when TFLM says so, else its first messages."""
     lines = [ln.strip() for ln in log.splitlines() if ln.strip()]
+    for i, line in enumerate(lines):
+        node = NODE_FAILED.search(line)
+        if node:
+            check = re.sub(r"^\S+\.cc:\d+ ", "", lines[i - 1]) if i else "no message"
+            return (f"TFLite Micro's {node.group(1)} kernel refused node {node.group(2)} at {node.group(3)} "
+                    f"({check[:200]}): this op is there but not for these types or options")
     return "TFLite Micro: " + ("; ".join(lines[:2])[:300] if lines else fallback)
 
 
