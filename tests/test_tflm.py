@@ -90,6 +90,9 @@ def test_c_artifact_compiles_for_cortex_m4_and_matches_the_tflite(m4_report, tmp
     tflite = (out / "model.tflite").read_bytes()
     source = (out / "mcu" / "model_data.cc").read_text()
     assert "alignas(16) const unsigned char g_model_data[]" in source
+    header = (out / "mcu" / "model_data.h").read_text()
+    ops = report["artifacts"][1]["mcu"]["ops"]["used"]
+    assert f"tflite::MicroMutableOpResolver<{len(ops)}> resolver;" in header and "resolver.AddConv2D();" in header
     array = bytes(int(b, 16) for b in re.findall(r"0x([0-9a-f]{2})", source))
     assert array == tflite and f"g_model_data_len = {len(tflite)};" in source
     compiled = report["artifacts"][1]["mcu"]["c_artifact"]["compiled"]
@@ -171,6 +174,11 @@ def test_op_list_and_parsers():
     assert (parsed["used_bytes"], parsed["head_bytes"], parsed["tail_bytes"]) == (6272, 3072, 3200)
     assert parsed["records"]["NodeAndRegistration struct"] == {"bytes": 448, "requested": 448, "count": 7}
     assert tflm.arena_to_allocate(6272) == 6288 and tflm.arena_to_allocate(6273) == 6304
+    names = {op: tflm.resolver_method(op) for op in ("CONV_2D", "DEPTHWISE_CONV_2D", "BATCH_TO_SPACE_ND", "PADV2",
+                                                     "UNIDIRECTIONAL_SEQUENCE_LSTM", "CUSTOM:SignalPCAN", "CUSTOM:Foo")}
+    assert names == {"CONV_2D": "AddConv2D", "DEPTHWISE_CONV_2D": "AddDepthwiseConv2D", "BATCH_TO_SPACE_ND":
+                     "AddBatchToSpaceNd", "PADV2": "AddPadV2", "UNIDIRECTIONAL_SEQUENCE_LSTM":
+                     "AddUnidirectionalSequenceLSTM", "CUSTOM:SignalPCAN": "AddPCAN", "CUSTOM:Foo": None}
     refused = tflm._first_error("tensorflow/lite/micro/kernels/dequantize_common.cc:42 input->type == kTfLiteInt8 was "
                                 "not true.\nNode DEQUANTIZE (number 0) failed to prepare with status 1\n")
     assert refused.startswith("TFLite Micro's DEQUANTIZE kernel refused node 0 at prepare (input->type ==")

@@ -439,12 +439,39 @@ def write_c_artifact(artifact: Path, model: dict, arena: dict | None, out_dir: P
               f"constexpr unsigned int kTensorArenaSize = {alloc};", ""]
     else:
         h += [f"// Tensor arena: {alloc_text}; measure it before flashing.", ""]
+    h += _resolver_lines(model["ops"])
     h += _io_lines("Input", model["inputs"]) + _io_lines("Output", model["outputs"])
     h += ["#endif  // EDGEKIT_MODEL_DATA_H_", ""]
     (out_dir / "model_data.cc").write_text("\n".join(cc))
     (out_dir / "model_data.h").write_text("\n".join(h))
     return {"files": [f"{out_dir.name}/model_data.cc", f"{out_dir.name}/model_data.h"], "symbol": symbol,
             "tflite_bytes": len(data), "arena_alloc_bytes": alloc, "arena_alloc_text": alloc_text}
+
+
+RESOLVER_NAMES = {"UNIDIRECTIONAL_SEQUENCE_LSTM": "UnidirectionalSequenceLSTM", "CUMSUM": "CumSum",
+                  "BATCH_MATMUL": "BatchMatMul", "PADV2": "PadV2", "CUSTOM:TFLite_Detection_PostProcess": "DetectionPostprocess",
+                  "CUSTOM:CIRCULAR_BUFFER": "CircularBuffer", "CUSTOM:ethos-u": "EthosU"}
+
+
+def resolver_method(op: str) -> str | None:
+    """The tflite::MicroMutableOpResolver method that registers `op` (CONV_2D -> AddConv2D)."""
+    if op in RESOLVER_NAMES:
+        return "Add" + RESOLVER_NAMES[op]
+    if op.startswith("CUSTOM:Signal"):
+        return "Add" + op.removeprefix("CUSTOM:Signal")
+    if op.startswith("CUSTOM:"):
+        return "AddDecode" if op == "CUSTOM:TFLM_DECODE" else None
+    return "Add" + "".join(part if part[:1].isdigit() else part.capitalize() for part in op.split("_"))
+
+
+def _resolver_lines(ops: list[str]) -> list[str]:
+    methods = [m for m in map(resolver_method, ops) if m]
+    custom = [op for op in ops if resolver_method(op) is None]
+    lines = [f"// The {len(ops)} op(s) this model uses; register exactly these in the firmware:",
+             f"//   static tflite::MicroMutableOpResolver<{len(ops)}> resolver;",
+             *[f"//   resolver.{m}();" for m in methods]]
+    lines += [f"//   {op}: a custom op, register its kernel with resolver.AddCustom()" for op in custom]
+    return lines + [f"constexpr int kModelOpCount = {len(ops)};", ""]
 
 
 def _io_lines(kind: str, tensors: list[dict]) -> list[str]:
