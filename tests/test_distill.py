@@ -2,7 +2,9 @@
 unlabelled data, an ONNX teacher into a Keras student, and the user errors."""
 from __future__ import annotations
 
+import dataclasses
 import json
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -170,3 +172,24 @@ def test_distillation_user_errors(make_model, small_keras, labelled, capsys, tmp
     assert_user_error(run_cli(capsys, "convert", small_keras, "--distill", "width:0.5", "--distill-alpha", "0",
                               "--train-data", labelled / "unlabelled.npz"), "labels")
     assert_user_error(run_cli(capsys, "convert", small_keras, "--distill", "width:0.5"), "training inputs")
+
+
+def test_tune_searches_distillation_and_its_trials_convert(small_keras, labelled, tmp_path):
+    import optuna
+
+    from edgekit import tune
+    setup = tune.TuneSetup(model=small_keras, target="cpu-int8", fmt="tflite", tune_data=labelled / "eval.npz",
+                           holdout_data=labelled / "eval.npz", out=tmp_path, budget_points=1.0, objective="size",
+                           candidates=[], keras=True, source_accuracy=1.0, trials_budget=1, storage="", targets_dirs=[])
+    params = {"precision": "int8", "per_channel": True, "calib_method": "minmax", "calib_samples": 32,
+              "keep_float": 0, "prune": "none", "distill": "width:0.5", "temperature": 2.0}
+    recipe = tune.recipe_space(optuna.trial.FixedTrial(params), setup)
+    assert recipe["distill"] == "width:0.5" and recipe["temperature"] == 2.0
+    assert "distill width:0.5 T=2" in tune.recipe_text(recipe)
+    figures = tune.run_trial(setup, recipe)
+    assert figures["ok"], figures
+    report = json.loads((Path(figures["file"]).parent / "report.json").read_text())
+    assert report["distillation"]["temperature"] == 2.0 and report["distillation"]["params"]["student"] < \
+        report["distillation"]["params"]["teacher"]
+    plain = tune.recipe_space(optuna.trial.FixedTrial(params), dataclasses.replace(setup, keras=False))
+    assert plain["distill"] == "none"  # an ONNX/TFLite teacher has no width:R student

@@ -6,7 +6,8 @@
 2. Per-layer sensitivity (passes/sensitivity.py) ranks the layers; "keep in float" candidates are
    the top of that ranking, never a blind guess.
 3. Optuna's multi-objective sampler (NSGA-II) searches precision, per-channel/per-tensor,
-   calibration method and samples, layers kept in float, and pruning (kind, level, fine-tuning);
+   calibration method and samples, layers kept in float, pruning (kind, level, fine-tuning) and
+   distillation into a narrower student (width, temperature; Keras models);
    objectives: accuracy drop and the cost (`--objective` latency, size or memory).
    Trials cannot leave the budget by keeping *fewer* layers in float than one that already
    missed it by far (monotone in keep-float): those are pruned without running.
@@ -36,6 +37,8 @@ from .runner import failure_reason
 STUDY = "edgekit-tune"
 TRIAL_TIMEOUT_S = 1800
 PRUNE_CHOICES = ("none", "magnitude:0.5", "channels:0.25", "channels:0.5")
+DISTILL_CHOICES = ("none", "width:0.5", "width:0.25")  # Keras models: a narrower student, distilled
+DISTILL_EPOCHS = 15  # per trial, with early stopping
 
 
 @dataclass
@@ -71,6 +74,8 @@ def recipe_space(trial, setup: TuneSetup) -> dict:
     }
     recipe["finetune_epochs"] = trial.suggest_categorical("finetune_epochs", [0, 2]) if recipe["prune"] != "none" \
         and setup.keras else 0
+    recipe["distill"] = trial.suggest_categorical("distill", DISTILL_CHOICES) if setup.keras else "none"
+    recipe["temperature"] = trial.suggest_categorical("temperature", [2.0, 4.0]) if recipe["distill"] != "none" else 0
     return recipe
 
 
@@ -129,6 +134,8 @@ def _convert_trial(setup: TuneSetup, recipe: dict) -> None:
                    targets_dirs=setup.targets_dirs, emulate=False)
     if recipe["prune"] != "none":
         options.update(prune=recipe["prune"], finetune_epochs=recipe["finetune_epochs"] or None)
+    if recipe.get("distill", "none") != "none":
+        options.update(distill=recipe["distill"], distill_temperature=recipe["temperature"], distill_epochs=DISTILL_EPOCHS)
     try:
         report = pipeline.convert(setup.model, **options)
         artifact = next(a for a in report["artifacts"] if a["role"] == "target")
@@ -225,7 +232,7 @@ def search(setup: TuneSetup, workers: int, seed: int = 0, progress=lambda msg: N
     if not study.trials:  # start from the recipes people reach for first
         for precision in ("int8", "dynamic", "fp16"):
             study.enqueue_trial({"precision": precision, "per_channel": True, "calib_method": "minmax",
-                                 "calib_samples": 100, "keep_float": 0, "prune": "none"})
+                                 "calib_samples": 100, "keep_float": 0, "prune": "none", "distill": "none"})
     progress(f"{_counted(study)} trials already done (resumed)")
     context = multiprocessing.get_context("spawn")
     for _ in range(3):  # a worker that dies is replaced, twice at most
@@ -375,7 +382,8 @@ def _tune_into(out: Path, model: Path, target: str, profile, data: Path, final: 
                       [], keras, 0.0, trials, cluster or f"sqlite:///{(out / 'study.db').resolve()}", targets_dirs)
     progress("fp32 baseline")
     fp32 = run_trial(setup, {"precision": "fp32", "per_channel": True, "calib_method": "minmax",
-                             "calib_samples": 100, "keep_float": 0, "prune": "none", "finetune_epochs": 0})
+                             "calib_samples": 100, "keep_float": 0, "prune": "none", "finetune_epochs": 0,
+                             "distill": "none", "temperature": 0})
     if not fp32["ok"]:
         raise EdgekitError(f"the fp32 baseline failed: {fp32['error']}", "check `edgekit convert` on this model")
     setup.source_accuracy = fp32["accuracy"]
@@ -434,6 +442,8 @@ def recipe_text(recipe: dict) -> str:
                   f"{recipe['calib_samples']} samples"]
     if recipe.get("keep_float"):
         parts.append(f"{recipe['keep_float']} layer(s) float")
+    if recipe.get("distill", "none") != "none":
+        parts.append(f"distill {recipe['distill']} T={recipe['temperature']:g}")
     if recipe.get("prune", "none") != "none":
         parts.append(recipe["prune"] + (f" + {recipe['finetune_epochs']} ep" if recipe.get("finetune_epochs") else ""))
     return ", ".join(parts)

@@ -29,6 +29,7 @@ import numpy as np
 from ..errors import EdgekitError
 from ..schema import option
 from .prune import as_source
+from .prune_keras import recalibrate_batchnorm
 from .prune_plan import PruneConfig
 
 INITS = ("inherit", "fresh")
@@ -308,6 +309,10 @@ def fit(student, inputs: list[np.ndarray], targets: list[np.ndarray], labels: np
                 yield [x[b] for x in inputs], [g[b] for g in goals], y[b], len(b)
 
         def mean_loss(index):
+            # BatchNorm's moving statistics lag the weights by many steps (momentum 0.99): measure the
+            # weights as they are, with statistics re-estimated on training inputs (never the held-apart ones).
+            stats_from = [x[fit_idx[:512]] for x in inputs]
+            recalibrate_batchnorm(student, stats_from if len(stats_from) > 1 else stats_from[0])
             total = sum(float(evaluate(xs, g, yb)) * n for xs, g, yb, n in batches(index))
             return total / len(index)
 
