@@ -151,15 +151,24 @@ def test_the_smaller_board_says_does_not_fit_with_measured_bytes(wide_keras, tin
     assert results["arm-m0plus-int8"]["artifacts"][1]["mcu"]["c_artifact"]["compiled"]["cpu"] == "cortex-m0plus"
 
 
-def test_child_survives_a_model_that_aborts_tflite_micro(tmp_path):
-    """Native aborts stay in the child; the parent gets a reason line, not a dead process."""
-    garbage = tmp_path / "bad.tflite"
-    garbage.write_bytes(b"TFL3" + bytes(64))
-    proc = subprocess.run([sys.executable, "-m", "edgekit.tflm", str(garbage), "--json", str(tmp_path / "r.json")],
-                          capture_output=True, text=True, timeout=120)
-    assert proc.returncode != 0
-    if (tmp_path / "r.json").is_file():
-        assert json.loads((tmp_path / "r.json").read_text())["runs"] is False
+def test_a_tflite_micro_abort_stays_in_the_child_and_becomes_one_line(m4_report, tmp_path):
+    """A softmax input scale of 1e-12 fails a CHECK in TFLite Micro's kernel: the child dies with SIGABRT,
+    the parent turns it into a reason line naming the signal."""
+    from tensorflow.lite.python import schema_py_generated as schema
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    from edgekit import children
+    model = flatbuffer_utils.read_model(str(m4_report[0] / "model.tflite"))
+    graph = model.subgraphs[0]
+    for op in graph.operators:
+        if model.operatorCodes[op.opcodeIndex].builtinCode == schema.BuiltinOperator.SOFTMAX:
+            graph.tensors[op.inputs[0]].quantization.scale = [1e-12]
+    flatbuffer_utils.write_model(model, str(tmp_path / "abort.tflite"))
+    proc = children.run([sys.executable, "-m", "edgekit.tflm", str(tmp_path / "abort.tflite"), "--json",
+                         str(tmp_path / "r.json"), "--log", str(tmp_path / "tflm.log")], 120)
+    assert proc.returncode < 0 and not (tmp_path / "r.json").exists()
+    reason = tflm._crash_reason(proc, (tmp_path / "tflm.log").read_text())
+    assert reason.startswith("TFLite Micro died with SIGABRT while loading or running the model") and "\n" not in reason
 
 
 def test_op_list_and_parsers():
