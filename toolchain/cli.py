@@ -60,6 +60,7 @@ def cli(verbose):
 @click.option("--keep-float", multiple=True, metavar="LAYER", help=_help("keep_float"))
 @click.option("--threads", type=click.IntRange(min=1), help=_help("threads"))
 @click.option("--runs", type=click.IntRange(min=1), help=_help("runs"))
+@click.option("--processes", type=click.IntRange(min=1), help=_help("processes"))
 @click.option("--warmup", type=click.IntRange(min=0), help=_help("warmup"))
 @click.option("--force", is_flag=True, help=_help("force"))
 @click.option("--trust-model", is_flag=True, help=_help("trust_model"))

@@ -40,6 +40,10 @@ class Context:
         return (opts.threads or bench.threads, bench.warmup if opts.warmup is None else opts.warmup,
                 opts.runs or bench.runs)
 
+    def timing_processes(self) -> int:
+        """Runner processes per artifact in a timing phase: the profile's, unless overridden."""
+        return self.options.processes or self.target.profile.bench.processes
+
 
 def cache_dir() -> Path:
     return Path(os.environ.get("EDGEKIT_CACHE", Path.home() / ".cache" / "edgekit"))

@@ -29,6 +29,8 @@ class ConvertOptions:
     calib_scale: float | None = option(None, "Pixel scale for image-folder calibration, instead of the profile's.")
     threads: int | None = option(None, "Inference threads for latency, instead of the profile's.")
     runs: int | None = option(None, "Timed runs, instead of the profile's.")
+    processes: int | None = option(None, "Runner processes per artifact for latency (interleaved between the "
+                                         "artifacts compared), instead of the profile's.")
     warmup: int | None = option(None, "Warm-up runs, instead of the profile's.")
     targets_dirs: list[str] = option([], "Extra directories searched for target profiles.")
     seed: int = option(0, "Seed for generated inputs when no --data is given.")

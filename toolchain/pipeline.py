@@ -22,7 +22,7 @@ from typing import Callable
 
 import numpy as np
 
-from . import __version__, backends, data, isolate, measure, output, probes, report, runner, sources, targets
+from . import __version__, backends, data, isolate, measure, output, probes, report, runner, sources, targets, timing
 from .context import Context, cache_dir
 from .options import ConvertOptions
 from .errors import ConversionError, EdgekitError
@@ -377,8 +377,11 @@ def _stage_figures(ctx: Context, artifacts: list[dict]) -> list[dict]:
         path = ctx.workdir / f"stage-{i}" / f"model{backend.SUFFIX}"
         path.parent.mkdir()
         backend.export(source, path, ctx)
-        result, outputs, _ = _run(ctx, backend, path)
-        row.update(size=measure.size(backend.files(path)), latency_ms=result["latency_ms"]["median"],
+        _, outputs, _ = _run(ctx, backend, path)
+        threads, warmup, runs = ctx.bench_settings()
+        latency = timing.measure([path], timing.one_sample(ctx.evalset.samples, ctx.workdir), threads=threads,
+                                 warmup=warmup, runs=runs, processes=ctx.timing_processes())[0]
+        row.update(size=measure.size(backend.files(path)), latency_ms=latency.get("latency_ms", {}).get("median"),
                    accuracy=measure.accuracy(outputs, ctx.evalset.labels) if ctx.evalset.labels is not None else None)
         rows.append(row)
     final = next((a for a in artifacts if a["format"] == fmt and a["role"] == "target" and a["status"] == "ok"), None)
@@ -391,10 +394,19 @@ def _stage_figures(ctx: Context, artifacts: list[dict]) -> list[dict]:
 
 
 def _slower_than_fp32(artifacts: list[dict]) -> list[str]:
-    """Quantized artifacts that run slower than their fp32 baseline here: users should know before shipping."""
-    return [f"{a['format']} {a['precision']} runs {a['vs_fp32']['latency']:.2f}x the fp32 latency on this host; "
-            f"the fp32 artifact is faster here" for a in artifacts
-            if a.get("vs_fp32") and (a["vs_fp32"].get("latency") or 0) > 1.0]
+    """Quantized artifacts that run slower than their fp32 baseline here (users should know before
+    shipping), and latencies too unsteady to compare (no ratio sentence is built on those)."""
+    notes = []
+    for a in artifacts:
+        ratio = a.get("vs_fp32") or {}
+        if ratio.get("latency_unstable"):
+            notes.append(f"{a['format']}: latency too unsteady on this host to compare {a['precision']} with fp32 "
+                         f"(dispersion above {timing.UNSTABLE_CV:.0%} CV or {timing.UNSTABLE_SPREAD:.0%} spread "
+                         f"across processes); rerun on a quieter machine")
+        elif ratio.get("latency") and min(ratio.get("latency_range") or [ratio["latency"]]) > 1.0:
+            notes.append(f"{a['format']} {a['precision']} runs {ratio['latency']:.2f}x the fp32 latency on this "
+                         f"host; the fp32 artifact is faster here")
+    return notes
 
 
 def _sha256(path: Path) -> str:
@@ -405,21 +417,54 @@ def _sha256(path: Path) -> str:
 
 
 def _build_format(ctx: Context, fmt: str) -> list[dict]:
-    """The target's artifact for one format, preceded by its fp32 baseline when the target quantizes."""
+    """The target's artifact for one format, preceded by its fp32 baseline when the target quantizes;
+    then one timing phase for both, interleaved, so the ratio between them holds under load."""
     backend = backends.get(fmt)
     if ctx.qconfig.precision == "fp32":
-        return [_artifact(ctx, backend, "fp32", ctx.stage, "target")]
-    baseline = _artifact(ctx, backend, "fp32", ctx.stage / "fp32", "baseline")
-    quantized = _artifact(ctx, backend, ctx.qconfig.precision, ctx.stage, "target", baseline)
-    if quantized["status"] == "ok" and baseline["status"] == "ok":
+        entries = [_artifact(ctx, backend, "fp32", ctx.stage, "target")]
+    else:
+        baseline = _artifact(ctx, backend, "fp32", ctx.stage / "fp32", "baseline")
+        entries = [baseline, _artifact(ctx, backend, ctx.qconfig.precision, ctx.stage, "target", baseline)]
+    _time(ctx, backend, entries)
+    if len(entries) == 2 and all(e["status"] == "ok" for e in entries):
+        quantized, baseline = entries[1], entries[0]
         quantized["vs_fp32"] = {"size": quantized["size"]["bytes"] / baseline["size"]["bytes"],
-                                "latency": _ratio(quantized, baseline)}
-    return [baseline, quantized]
+                                **_latency_ratio(quantized, baseline)}
+    return entries
 
 
-def _ratio(artifact: dict, baseline: dict) -> float | None:
-    a, b = artifact["latency_ms"].get("median"), baseline["latency_ms"].get("median")
-    return a / b if a and b else None
+def _latency_ratio(artifact: dict, baseline: dict) -> dict:
+    ratio = timing.ratio(artifact["latency_ms"], baseline["latency_ms"])
+    if ratio is None:
+        return {"latency": None}
+    return {"latency": ratio["value"], "latency_range": ratio["range"], "latency_unstable": ratio["unstable"]}
+
+
+def _time(ctx: Context, backend, entries: list[dict]) -> None:
+    """One timing phase on this host's CPU for the format's working artifacts (not for GPU targets:
+    a CPU figure is never reported as a GPU one)."""
+    ok = [e for e in entries if e["status"] == "ok"]
+    if not ok or ctx.target.profile.device.kind == "gpu":
+        return
+    threads, warmup, runs = ctx.bench_settings()
+    ctx.progress(f"{backend.FORMAT}: timing")
+    figures = timing.measure([ctx.stage / e["file"] for e in ok], timing.one_sample(ctx.evalset.samples, ctx.workdir),
+                             threads=threads, warmup=warmup, runs=runs, processes=ctx.timing_processes(),
+                             progress=ctx.progress)
+    for entry, result in zip(ok, figures):
+        if "error" in result:
+            _fail(entry, backend, ctx.stage / entry["file"], result["error"], ctx)
+            continue
+        where = f"{measure.MEASURED} ({result['host']['cpu']}, {result['host']['machine']})"
+        entry["latency_ms"] = {**result["latency_ms"], "how": where}
+        entry["memory"] = {**result["memory"], "how": where}
+
+
+def _fail(entry: dict, backend, path: Path, reason: str, ctx: Context) -> None:
+    for f in backend.files(path):
+        f.unlink(missing_ok=True)
+    entry.update(status="failed", reason=reason)
+    ctx.progress(f"{backend.FORMAT} {entry['precision']}: failed: {reason}")
 
 
 def _artifact(ctx: Context, backend, precision: str, directory: Path, role: str, baseline: dict | None = None) -> dict:
@@ -447,10 +492,7 @@ def _artifact(ctx: Context, backend, precision: str, directory: Path, role: str,
         ctx.progress(f"{backend.FORMAT} {precision}: verifying and benchmarking")
         entry.update(_measure(ctx, backend, path, precision))
     except (ConversionError, EdgekitError) as exc:
-        for f in backend.files(path):
-            f.unlink(missing_ok=True)
-        entry.update(status="failed", reason=str(exc))
-        ctx.progress(f"{backend.FORMAT} {precision}: failed: {exc}")
+        _fail(entry, backend, path, str(exc), ctx)
     return entry
 
 
@@ -470,9 +512,7 @@ def _measure(ctx: Context, backend, artifact: Path, precision: str) -> dict:
         raise ConversionError(f"artifact outputs do not match the source model: {exc}") from None
     where = f"{measure.MEASURED} ({result['host']['cpu']}, {result['host']['machine']})"
     figures["size"] = measure.size(backend.files(artifact))
-    figures["latency_ms"] = {**result["latency_ms"], "threads": result["threads"], "warmup": result["warmup"],
-                             "runs": result["runs"], "how": where}
-    figures["memory"] = {**result["memory"], "how": where}
+    figures["memory"] = {**result["memory"], "how": where}  # replaced by the timing phase's on the CPU
     figures["runtime"] = result["runtime"]
     if backend.op_summary:
         figures["ops"] = backend.op_summary(artifact)
@@ -487,12 +527,13 @@ def _measure(ctx: Context, backend, artifact: Path, precision: str) -> dict:
 
 
 def _run(ctx: Context, backend, artifact: Path) -> tuple[dict, list[list[np.ndarray]], Path]:
-    """Run the artifact in the light runner, in its own process; returns its JSON, its outputs and the
-    run directory (with `in.npz`, which probes reuse)."""
-    threads, warmup, runs = ctx.bench_settings()
+    """Run the artifact on every evaluation sample in the light runner, in its own process (no timing
+    here: that happens in the host's timing phase); returns its JSON, its outputs and the run directory
+    (with `in.npz`, which probes reuse)."""
     run_dir = Path(tempfile.mkdtemp(prefix=f"run-{backend.FORMAT}-", dir=ctx.workdir))
     runner.save_stacked(run_dir / "in.npz", "in", ctx.evalset.samples)
-    result = runner.invoke(artifact, run_dir / "result.json", threads=threads, warmup=warmup, runs=runs,
+    threads, _, _ = ctx.bench_settings()
+    result = runner.invoke(artifact, run_dir / "result.json", threads=threads, warmup=0, runs=1,
                            inputs=run_dir / "in.npz", outputs=run_dir / "out.npz", what=f"the {backend.RUNTIME} runner")
     return result, runner.load_stacked(run_dir / "out.npz", "out"), run_dir
 

@@ -7,7 +7,7 @@ from pathlib import Path
 from . import probes
 from .measure import TOLERANCE, kib
 
-COLUMNS = ("format", "precision", "size", "gzip", "median ms", "p90 ms", "× fp32 size/lat", "int ops",
+COLUMNS = ("format", "precision", "size", "gzip", "median ms", "p90 ms", "CV", "× fp32 size/lat", "int ops",
            "max err", "top-1", "acc Δ", "status")
 
 
@@ -26,7 +26,7 @@ def _row(a: dict) -> tuple[str, ...]:
         return (a["format"], precision, *["-"] * (len(COLUMNS) - 3), "FAILED (see below)")
     lat, fid, acc = a["latency_ms"], a["fidelity"], a.get("accuracy")
     return (a["format"], precision, kib(a["size"]["bytes"]), kib(a["size"]["gzip_bytes"]),
-            _ms(lat, "median"), _ms(lat, "p90"), _vs_fp32(a.get("vs_fp32")), _int_ops(a.get("ops")),
+            _ms(lat, "median"), _ms(lat, "p90"), _dispersion(lat), _vs_fp32(a.get("vs_fp32")), _int_ops(a.get("ops")),
             f"{fid['max_abs_error']:.1e}", f"{fid['top1_agreement']:.1%}",
             f"{acc['delta'] * 100:+.2f}pt" if acc else "n/a", "verified" if fid["verified"] else "MISMATCH")
 
@@ -35,10 +35,17 @@ def _ms(latency: dict, key: str) -> str:
     return f"{latency[key]:.4g}" if key in latency else "not measured"
 
 
+def _dispersion(latency: dict) -> str:
+    if "cv" not in latency:
+        return "-"
+    return f"{latency['cv']:.0%}" + (" UNSTABLE" if latency.get("unstable") else "")
+
+
 def _vs_fp32(ratios: dict | None) -> str:
     if not ratios:
         return ""
-    latency = f"{ratios['latency']:.2f}×" if ratios.get("latency") else "-"
+    latency = "unstable" if ratios.get("latency_unstable") else \
+        f"{ratios['latency']:.2f}×" if ratios.get("latency") else "-"
     return f"{ratios['size']:.2f}× / {latency}"
 
 
@@ -64,8 +71,7 @@ def measurement_notes(result: dict) -> list[str]:
         notes.append(f"Source model accuracy: {result['source_accuracy']:.2%}; acc Δ is artifact minus source, in points.")
     if first:
         lat = first["latency_ms"]
-        notes.append(f"Latency: {lat['how']}; batch 1, {lat['threads']} thread(s), {lat['warmup']} warm-up runs, "
-                     f"{lat['runs']} timed runs; each runtime in its own process.")
+        notes.append(latency_note(lat))
     est = result.get("estimate")
     mcu = [a for a in result["artifacts"] if a.get("mcu")]
     if est and "latency_ms" in est:
@@ -84,6 +90,16 @@ def measurement_notes(result: dict) -> list[str]:
                  f"source model on the same inputs; 'verified' means cosine ≥ {tolerance['min_cosine']} and top-1 "
                  f"agreement ≥ {tolerance['min_top1_agreement']:.0%} for {result['target']['precision']}.")
     return notes
+
+
+def latency_note(lat: dict) -> str:
+    from .timing import UNSTABLE_CV, UNSTABLE_SPREAD
+    processes = lat.get("processes", 1)
+    return (f"Latency: {lat['how']}; batch 1, {lat['threads']} thread(s); {processes} runner process(es) per artifact, "
+            f"each {lat['warmup']} warm-up + {lat['runs']} timed runs, interleaved with the artifacts compared in one "
+            f"timing phase (one per host at a time); median = median of the process medians. CV = IQR / 1.349 / median "
+            f"of all timed runs; UNSTABLE when CV > {UNSTABLE_CV:.0%} or the process medians spread more than "
+            f"{UNSTABLE_SPREAD:.0%}: no ratio is given then.")
 
 
 SUMMARY_COLUMNS = ("target", "device", "format", "precision", "size", "median ms (host)", "estimated ms (device)",
@@ -229,7 +245,10 @@ def memory_text(memory: dict) -> str:
 def _latency_detail(lat: dict) -> str:
     if "mean" not in lat:
         return f"latency {lat['status']}"
-    return f"latency mean {lat['mean']:.4g} ms, stdev {lat['stdev']:.3g}, p99 {lat['p99']:.4g}"
+    text = f"latency mean {lat['mean']:.4g} ms, stdev {lat['stdev']:.3g}, p99 {lat['p99']:.4g}, IQR {lat.get('iqr', 0):.3g}"
+    if lat.get("process_medians"):
+        text += f", process medians {', '.join(f'{m:.4g}' for m in lat['process_medians'])}"
+    return text
 
 
 def print_table(result: dict, console) -> None:

@@ -32,15 +32,21 @@ TIMEOUT_S = 900  # how long the host waits for one runner process
 
 
 def latency_stats(samples_ms: list[float]) -> dict:
+    """Order statistics and dispersion: IQR, and the robust coefficient of variation IQR / 1.349 / median
+    (the stdev / mean of a normal distribution, unmoved by a few outliers)."""
     ordered = np.sort(np.asarray(samples_ms, dtype=np.float64))
+    median = float(np.median(ordered))
+    q1, q3 = np.percentile(ordered, [25, 75])
     return {
-        "median": float(np.median(ordered)),
+        "median": median,
         "p90": float(np.percentile(ordered, 90)),
         "p99": float(np.percentile(ordered, 99)),
         "mean": float(ordered.mean()),
         "stdev": float(statistics.stdev(ordered)) if len(ordered) > 1 else 0.0,
         "min": float(ordered[0]),
         "max": float(ordered[-1]),
+        "iqr": float(q3 - q1),
+        "cv": float((q3 - q1) / 1.349 / median) if median > 0 else 0.0,
     }
 
 
@@ -130,7 +136,7 @@ def save_stacked(path: Path, prefix: str, samples: list[list[np.ndarray]]) -> No
 
 
 def command(model, result_json, *, python: tuple[str, ...] = (sys.executable,), threads: int = 1, warmup: int = 10,
-            runs: int = 100, inputs=None, outputs=None, device: str = "cpu") -> list[str]:
+            runs: int = 100, inputs=None, outputs=None, device: str = "cpu", timings: bool = False) -> list[str]:
     """The argv that runs this runner on `model` (paths may be local or on a device)."""
     argv = [*python, "-m", "edgekit.runner", str(model), "--threads", str(threads), "--warmup", str(warmup),
             "--runs", str(runs), "--json", str(result_json), "--device", device]
@@ -138,6 +144,8 @@ def command(model, result_json, *, python: tuple[str, ...] = (sys.executable,), 
         argv += ["--inputs", str(inputs)]
     if outputs:
         argv += ["--outputs", str(outputs)]
+    if timings:
+        argv.append("--timings")
     return argv
 
 
@@ -196,7 +204,7 @@ def dequantize_outputs(session, outputs: list[np.ndarray]) -> list[np.ndarray]:
 
 
 def bench(model: Path, threads: int = 1, warmup: int = 10, runs: int = 100,
-          inputs: Path | None = None, outputs: Path | None = None, device: str = "cpu") -> dict:
+          inputs: Path | None = None, outputs: Path | None = None, device: str = "cpu", keep_timings: bool = False) -> dict:
     from .backends import for_artifact
 
     backend = for_artifact(model)
@@ -217,7 +225,7 @@ def bench(model: Path, threads: int = 1, warmup: int = 10, runs: int = 100,
         t0 = time.perf_counter_ns()
         session.invoke()
         timings.append((time.perf_counter_ns() - t0) / 1e6)
-    return {
+    result = {
         "schema": SCHEMA,
         "model": str(model), "format": backend.FORMAT,
         "runtime": {"name": backend.RUNTIME, "version": backend.runtime_version()},
@@ -229,6 +237,9 @@ def bench(model: Path, threads: int = 1, warmup: int = 10, runs: int = 100,
                    "source": memory.source},
         "samples_run": len(samples) if outputs else 0,
     }
+    if keep_timings:
+        result["timings_ms"] = timings
+    return result
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -241,10 +252,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--outputs", type=Path)
     parser.add_argument("--json", type=Path)
     parser.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
+    parser.add_argument("--timings", action="store_true", help="Also write every timed run (timings_ms).")
     args = parser.parse_args(argv)
     from .errors import EdgekitError
     try:
-        result = bench(args.model, args.threads, args.warmup, args.runs, args.inputs, args.outputs, args.device)
+        result = bench(args.model, args.threads, args.warmup, args.runs, args.inputs, args.outputs, args.device,
+                       args.timings)
     except EdgekitError as exc:
         print(f"error: {exc.one_line()}", file=sys.stderr)
         return exc.exit_code

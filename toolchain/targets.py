@@ -61,7 +61,9 @@ class BuildSpec:
 class BenchSpec:
     threads: int = option(1, "Inference threads for the latency runs.")
     warmup: int = option(10, "Untimed runs before timing starts.")
-    runs: int = option(100, "Timed runs; median, p90 and p99 are taken over these.")
+    runs: int = option(100, "Timed runs per runner process.")
+    processes: int = option(3, "Runner processes per artifact, interleaved between the artifacts compared; "
+                               "the latency is the median across them.")
     eval_samples: int = option(200, "Most samples used for fidelity and accuracy.")
 
 
@@ -125,7 +127,8 @@ def load_profile(path: Path) -> Target:
 
 
 def _check_numbers(p: Profile, path: Path) -> None:
-    checks = {"bench.threads": p.bench.threads >= 1, "bench.runs": p.bench.runs >= 1, "bench.warmup": p.bench.warmup >= 0,
+    checks = {"bench.threads": p.bench.threads >= 1, "bench.runs": p.bench.runs >= 1,
+              "bench.processes": p.bench.processes >= 1, "bench.warmup": p.bench.warmup >= 0,
               "bench.eval_samples": p.bench.eval_samples >= 1, "build.batch": p.build.batch >= 1,
               "build.input_shape": all(d >= 1 for d in p.build.input_shape), "build.formats": bool(p.build.formats),
               "quantize.calib_samples": p.quantize.calib_samples >= 1,
