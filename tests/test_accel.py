@@ -202,4 +202,4 @@ def test_fpga_report(target, small_keras, tiny_eval, capsys, tmp_path):
         assert acc["vs_tflite_reference"]["bit_exact"]
     else:
         assert any("powers of two" in n for n in artifact["notes"])
-    assert "ACCELERATOR ESTIMATED" in result.err and "of MACs on the accelerator" in result.err
+    assert "ACCELERATOR ESTIMATED" in result.out and "of MACs on the accelerator" in result.out

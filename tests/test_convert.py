@@ -43,7 +43,7 @@ def test_accuracy_and_delta_with_labelled_data(tiny_keras, tiny_eval, capsys):
     acc = report["artifacts"][0]["accuracy"]
     assert acc["value"] == pytest.approx(report["source_accuracy"] + acc["delta"])
     assert abs(acc["delta"]) < 1e-9
-    assert "acc Δ" in result.err and "verified" in result.err
+    assert "acc Δ" in result.out and "verified" in result.out
 
 
 def test_same_input_and_flags_give_the_same_artifact_bytes(tiny_keras, capsys, tmp_path):

@@ -58,7 +58,7 @@ def test_reports_of_device_targets_carry_estimates(small_keras, tiny_eval, capsy
     est = report["estimate"]
     assert est["precision"] == "int8-io" and est["latency_ms"] > 0 and est["fits_ram"] and est["fits_flash"]
     assert est["model_bytes"] == report["artifacts"][1]["size"]["bytes"]
-    assert "ESTIMATED on NUCLEO-L4R5ZI" in result.err
+    assert "ESTIMATED on NUCLEO-L4R5ZI" in result.out
     assert any("not on the target device" in w for w in report["warnings"])
 
 

@@ -53,3 +53,15 @@ def test_convert_reports_each_artifacts_own_peak(converted, fmt, tmp_path, tiny_
     alone = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", proc.stderr).group(1)) / 1024
     reported = artifact["memory"]["peak_rss_mib"]
     assert abs(reported - alone) <= 0.2 * alone, (reported, alone)
+
+
+def test_generated_evaluation_and_calibration_samples_are_disjoint(tiny_keras, tmp_path):
+    """With --calib random and no --data, nothing scored is a sample the ranges were fitted to."""
+    from edgekit import pipeline, targets
+    from edgekit.options import ConvertOptions
+    options = ConvertOptions(target="cpu-int8", calib="random")
+    ctx = pipeline.prepare(tiny_keras, "tiny", targets.get_target("cpu-int8"), options, tmp_path, lambda msg: None)
+    scored = {b"".join(a.tobytes() for a in s) for s in ctx.evalset.samples}
+    calibrated = {b"".join(a.tobytes() for a in s) for s in ctx.calib.samples}
+    assert len(scored) == len(ctx.evalset.samples) and len(calibrated) == len(ctx.calib.samples)
+    assert not scored & calibrated

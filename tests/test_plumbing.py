@@ -49,7 +49,7 @@ def test_impossible_conversion_is_reported_and_the_rest_still_built(fake_model, 
     assert artifacts[1] == {**artifacts[1], "status": "failed", "reason": "no converter from a fake model to onnx"}
     assert (tmp_path / "out" / "fake.npz").exists() is False and (tmp_path / "out" / "model.npz").is_file()
     assert not (tmp_path / "out" / "model.onnx").exists()
-    assert "FAILED onnx fp32: no converter from a fake model to onnx" in result.err
+    assert "FAILED onnx fp32: no converter from a fake model to onnx" in result.out
 
 
 def test_nothing_built_is_an_error(fake_model, profiles, capsys, tmp_path):
@@ -101,4 +101,4 @@ def test_report_figures_say_how_they_were_obtained(fake_model, profiles, tmp_pat
     assert result["data"]["samples"] == 5  # eval_samples caps the data
     assert artifact["accuracy"]["delta"] == 0.0
     markdown = (tmp_path / "o" / "report.md").read_text()
-    assert "| fake | fp32 |" in markdown and "1 warm-up runs, 3 timed runs" in markdown
+    assert "| fake | fp32 |" in markdown and "each 1 warm-up + 3 timed runs" in markdown

@@ -71,12 +71,13 @@ def leftovers() -> set[str]:
 def test_bench_on_a_device_over_ssh(ssh_env, artifacts, capsys, tmp_path):
     before = leftovers()
     result = run_cli(capsys, "bench", artifacts / "model.tflite", "--device", ssh_env["url"], "--device", ssh_env["url"],
-                     "--runs", "5", "--warmup", "1", "--json", tmp_path / "r.json")
+                     "--runs", "5", "--warmup", "1", "--json")
     assert result.code == 0, result.err
-    runs = json.loads((tmp_path / "r.json").read_text())
+    runs = json.loads(result.out)
     assert len(runs) == 2 and all(r["how"].startswith("measured on remote device") for r in runs)
     assert runs[0]["runs"] == 5 and runs[0]["latency_ms"]["median"] > 0 and runs[0]["runtime"]["name"] == "ai-edge-litert"
-    assert "measured on remote device" in result.err
+    table = run_cli(capsys, "bench", artifacts / "model.tflite", "--device", ssh_env["url"], "--runs", "2")
+    assert "measured on remote device" in table.out
     assert leftovers() == before  # the device's temporary directories are gone
 
 
@@ -88,7 +89,7 @@ def test_convert_merges_remote_results(ssh_env, tiny_keras, capsys, tmp_path):
         remote = artifact["remote"][0]
         assert remote["latency_ms"]["how"].startswith("measured on remote device"), remote
         assert remote["max_abs_diff_vs_host"] == 0 and remote["top1_agreement_vs_host"] == 1.0
-    assert "REMOTE onnx fp32: median" in result.err
+    assert "REMOTE onnx fp32: median" in result.out
 
 
 def test_unreachable_host(ssh_env, artifacts, capsys):
@@ -184,7 +185,7 @@ def test_emulated_aarch64_device(ssh_env, artifacts, capsys, tmp_path, monkeypat
     home = emulate.environment(Path(os.environ["EDGEKIT_EMULATION_CACHE"]))
     monkeypatch.setenv("EDGEKIT_REMOTE_PYTHON", str(emulate.write_launcher(home, tmp_path / "python-aarch64")))
     result = run_cli(capsys, "bench", artifacts / "model.onnx", "--device", ssh_env["url"], "--runs", "2",
-                     "--warmup", "0", "--json", tmp_path / "r.json")
+                     "--warmup", "0", "--json")
     assert result.code == 0, result.err
-    run = json.loads((tmp_path / "r.json").read_text())[0]
+    run = json.loads(result.out)[0]
     assert run["host"]["machine"] == "aarch64" and run["runtime"]["name"] == "onnxruntime"

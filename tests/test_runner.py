@@ -43,10 +43,13 @@ def test_runner_process_benchmarks_without_tensorflow(artifacts, fmt, tmp_path):
 
 def test_bench_command(artifacts, capsys, tmp_path):
     result = run_cli(capsys, "bench", artifacts["onnx"], "--threads", "1", "--runs", "5", "--warmup", "1",
-                     "--json", tmp_path / "b.json")
+                     "--processes", "2")
     assert result.code == 0, result.err
-    assert "median" in result.out and "p99" in result.out and "threads=1" in result.out
-    assert json.loads((tmp_path / "b.json").read_text())["latency_ms"]["median"] > 0
+    assert "median" in result.out and "p99" in result.out and "threads=1" in result.out and "CV" in result.out
+    result = run_cli(capsys, "bench", artifacts["onnx"], "--runs", "5", "--warmup", "1", "--processes", "2", "--json")
+    latency = json.loads(result.out)["latency_ms"]
+    assert latency["median"] > 0 and latency["processes"] == 2 and len(latency["process_medians"]) == 2
+    assert {"iqr", "cv", "spread", "unstable"} <= set(latency)
 
 
 def test_latency_stats_are_order_statistics():

@@ -71,7 +71,11 @@ def test_missing_targets_dir_is_a_user_error(capsys, tmp_path):
 def test_targets_cli_lists_and_shows(capsys, tmp_path):
     write_profile(tmp_path / "mine", "edge-box")
     listing = run_cli(capsys, "targets", "--targets-dir", tmp_path / "mine")
-    assert listing.code == 0 and "cpu" in listing.err and "edge-box" in listing.err
+    assert listing.code == 0 and "cpu" in listing.out and "edge-box" in listing.out
+    rows = [ln.split()[0] for ln in listing.out.splitlines()]
+    assert "arm-int8" in rows and "edge-box" in rows  # one plain row per profile when piped
+    listed = json.loads(run_cli(capsys, "targets", "--json", "--targets-dir", tmp_path / "mine").out)
+    assert {"cpu", "arm-int8", "edge-box"} <= {t["name"] for t in listed}
     shown = run_cli(capsys, "targets", "show", "cpu")
     assert shown.code == 0
     profile = json.loads(shown.out.split("\n", 1)[1])

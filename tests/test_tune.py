@@ -26,12 +26,27 @@ def test_finds_a_cheaper_artifact_within_budget_checked_on_held_out_data(tuned):
     result, out, _ = tuned
     best = result["best"]
     assert best and best["drop_points"] <= 5.0 and best["holdout_drop_points"] <= 5.0
-    assert best["latency_ms"] <= result["fp32"]["latency_ms"] and best["bytes"] < result["fp32"]["bytes"]
+    assert best["bytes"] < result["fp32"]["bytes"]  # latency is not asserted: a loaded machine decides it
     assert Path(result["best_artifact"]).is_file()
     assert len(result["trials"]) + result["trials_pruned"] >= 4 and result["pareto"]
     assert "tuning split" in result["how"] and "held-out split" in result["how"]
     saved = json.loads((out / "tune.json").read_text())
     assert saved["best"]["key"] == best["key"] and (out / "data-holdout.npz").is_file()
+
+
+def test_quiet_phase_and_why_each_trial_was_not_chosen(tuned):
+    result, _, _ = tuned
+    fp32, best = result["fp32"], result["best"]
+    for t in (fp32, best, *result["pareto"]):  # re-timed together after the search, several processes each
+        assert t["quiet"] and t["latency"]["processes"] >= 3 and "latency_ms_search" in t
+        assert {"cv", "iqr", "spread", "unstable"} <= set(t["latency"])
+    ratio = best["vs_fp32_latency"]
+    assert ratio["value"] == pytest.approx(best["latency_ms"] / fp32["latency_ms"])
+    whys = [t["why"] for t in result["trials"]]
+    assert all(whys) and whys.count("chosen") >= 1
+    assert all(w == "chosen" or w.startswith(("over budget on the tuning split", "over budget on the held-out",
+                                              "dominated by", "within budget, but", "failed:", "held-out check"))
+               for w in whys)
 
 
 def test_trials_ran_on_two_workers_sharing_the_storage(tuned):
@@ -56,7 +71,7 @@ def test_no_candidate_within_an_impossible_budget(small_keras, tiny_eval, capsys
     assert result.code == 0, result.err
     saved = json.loads((tmp_path / "t" / "tune.json").read_text())
     assert saved["best"] is None and saved["closest"] and saved["blocking_layers"]
-    assert "No candidate met" in result.err and "block it" in result.err
+    assert "No candidate met" in result.out and "block it" in result.out
 
 
 def test_html_report_renders_in_headless_chromium(tuned, capsys, tmp_path):

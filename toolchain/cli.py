@@ -26,9 +26,22 @@ def _help(field: str) -> str:
 
 
 def _console():
+    """stderr: progress, warnings, logs."""
     from rich.console import Console
-    # Piped output gets a fixed width wide enough for the report table; a terminal keeps its own.
-    return Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 170)
+    return Console(stderr=True, highlight=False)
+
+
+def _stdout():
+    """stdout: results. Tables fall back to plain text when it is not a terminal (report.show_table)."""
+    from rich.console import Console
+    return Console(highlight=False)
+
+
+def _print_json(result) -> None:
+    click.echo(json.dumps(result, indent=2, default=str))
+
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout (no table).")
 
 
 targets_dir_option = click.option("--targets-dir", "targets_dirs", multiple=True, type=click.Path(file_okay=False),
@@ -81,7 +94,8 @@ def cli(verbose):
 @click.option("--distill-features", multiple=True, metavar="LAYER", help=_help("distill_features"))
 @targets_dir_option
 @click.option("--quiet", "-q", is_flag=True, help="No progress or table; only errors.")
-def convert(model, quiet, **options):
+@json_option
+def convert(model, quiet, as_json, **options):
     """Build every artifact of a target from MODEL and report size, latency, fidelity and accuracy.
 
     MODEL is a Keras .keras/.h5 file, a SavedModel directory, an .onnx or a .tflite file.
@@ -89,26 +103,27 @@ def convert(model, quiet, **options):
     """
     from . import pipeline, report
 
-    console = _console()
+    console, out = _console(), _stdout()
     options = {k: list(v) if isinstance(v, tuple) else v for k, v in options.items()}
-    if options["target"] == "all" or "," in options["target"]:
-        with console.status("starting") as status:
-            summary = pipeline.convert_targets(model, progress=None if quiet else status.update, **options)
-        if not quiet:
-            report.print_summary(summary, console)
-            console.print(f"wrote {summary['out_dir']}/ (summary.json, summary.md, one directory per target)")
-        if not any(a["status"] == "ok" for r in summary["targets"] for a in r["artifacts"]):
-            raise EdgekitError("no artifact could be built for any target", f"see {summary['out_dir']}/summary.md")
-        return
+    several = options["target"] == "all" or "," in options["target"]
+    run = pipeline.convert_targets if several else pipeline.convert
     if quiet:
-        result = pipeline.convert(model, **options)
+        result = run(model, **options)
     else:
         with console.status("starting") as status:
-            result = pipeline.convert(model, progress=lambda msg: status.update(msg), **options)
-        report.print_table(result, console)
+            result = run(model, progress=status.update, **options)
+    if as_json:
+        _print_json(result)
+    elif several and not quiet:
+        report.print_summary(result, out)
+        console.print(f"wrote {result['out_dir']}/ (summary.json, summary.md, one directory per target)")
+    elif not quiet:
+        report.print_table(result, out)
         console.print(f"wrote {result['out_dir']}/ (report.json, report.md)")
-    if not any(a["status"] == "ok" for a in result["artifacts"]):
-        raise EdgekitError("no artifact could be built", f"see the reasons in {result['out_dir']}/report.md")
+    built = [a for r in result["targets"] for a in r["artifacts"]] if several else result["artifacts"]
+    if not any(a["status"] == "ok" for a in built):
+        raise EdgekitError("no artifact could be built" + (" for any target" if several else ""),
+                           f"see the reasons in {result['out_dir']}/{'summary' if several else 'report'}.md")
 
 
 @cli.command()
@@ -120,38 +135,32 @@ def convert(model, quiet, **options):
 @click.option("--calib-samples", type=click.IntRange(min=1), help=_help("calib_samples"))
 @click.option("--input-shape", multiple=True, help=_help("input_shape"))
 @click.option("--trust-model", is_flag=True, help=_help("trust_model"))
-@click.option("--json", "json_path", type=click.Path(path_type=Path, dir_okay=False), help="Write the result as JSON here.")
+@json_option
 @targets_dir_option
-def analyze(model, layers, json_path, **options):
+def analyze(model, layers, as_json, **options):
     """Parameters and MACs per layer; with --layers, how much each layer suffers from int8."""
-    from rich.table import Table
-
     from . import pipeline
+    from .report import show_note, show_table
     options = {k: list(v) if isinstance(v, tuple) else v for k, v in options.items()}
-    console = _console()
-    with console.status("analyzing") as status:
+    with _console().status("analyzing") as status:
         result = pipeline.analyze(model, sensitivity=layers, progress=lambda msg: status.update(msg), **options)
-    table = Table(title=f"{result['name']}: parameters and MACs per layer")
-    for column in ("layer", "ops", "params", "MACs", "weight KiB", "activation KiB"):
-        table.add_column(column, overflow="fold")
-    for row in [*result["layers"], {"layer": "total", "ops": [], **result["totals"]}]:
-        table.add_row(row["layer"], ",".join(dict.fromkeys(row["ops"])), f"{row['params']:,}", f"{row['macs']:,}",
-                      f"{row['weight_bytes'] / 1024:.1f}", f"{row['activation_bytes'] / 1024:.1f}")
-    console.print(table)
-    console.print(f"[dim]{result['how']}[/dim]")
+    if as_json:
+        return _print_json(result)
+    out = _stdout()
+    show_table(out, f"{result['name']}: parameters and MACs per layer",
+               ("layer", "ops", "params", "MACs", "weight KiB", "activation KiB"),
+               [(row["layer"], ",".join(dict.fromkeys(row["ops"])), f"{row['params']:,}", f"{row['macs']:,}",
+                 f"{row['weight_bytes'] / 1024:.1f}", f"{row['activation_bytes'] / 1024:.1f}")
+                for row in [*result["layers"], {"layer": "total", "ops": [], **result["totals"]}]])
+    show_note(out, result["how"])
     if layers:
-        sens = Table(title="int8 sensitivity per layer (most sensitive first)")
-        for column in ("rank", "layer", "cosine", "max err", "top-1 agree"):
-            sens.add_column(column)
-        for i, row in enumerate(result["sensitivity"], 1):
-            sens.add_row(str(i), row["layer"], f"{row['cosine']:.6f}", f"{row['max_abs_error']:.2e}",
-                         f"{row['top1_agreement']:.1%}")
-        console.print(sens)
-        console.print(f"[dim]Each layer quantized alone (QDQ int8, onnxruntime), others float; calibration: "
-                      f"{result['calibration']}; scored on {result['data']}. Keep the top rows in float with "
-                      f"--keep-float LAYER.[/dim]", soft_wrap=True)
-    if json_path:
-        output.write_file(json_path, json.dumps(result, indent=2) + "\n", inputs=[model] if model else [])
+        show_table(out, "int8 sensitivity per layer (most sensitive first)",
+                   ("rank", "layer", "cosine", "max err", "top-1 agree"),
+                   [(str(i), row["layer"], f"{row['cosine']:.6f}", f"{row['max_abs_error']:.2e}",
+                     f"{row['top1_agreement']:.1%}") for i, row in enumerate(result["sensitivity"], 1)])
+        show_note(out, f"Each layer quantized alone (QDQ int8, onnxruntime), others float; calibration: "
+                       f"{result['calibration']}; scored on {result['data']}. Keep the top rows in float with "
+                       f"--keep-float LAYER.")
 
 
 @cli.command()
@@ -170,36 +179,50 @@ def analyze(model, layers, json_path, **options):
 @click.option("--out", "-o", type=click.Path(path_type=Path), help="Output directory; rerunning resumes it.")
 @click.option("--force", is_flag=True, help="Start over instead of resuming.")
 @targets_dir_option
-def tune(model, targets_dirs, **options):
+@json_option
+def tune(model, targets_dirs, as_json, **options):
     """Find the cheapest artifact within an accuracy budget, and show the whole trade-off."""
-    from rich.table import Table
-
     from . import tune as tuner
-    console = _console()
+    from .report import show_note, show_table
+    console, out = _console(), _stdout()
     with console.status("tuning") as status:
         result = tuner.tune(model, targets_dirs=list(targets_dirs), progress=status.update, **options)
-    table = Table(title=f"Pareto front ({result['format']}, objective {result['objective']}, "
-                        f"budget {result['budget_points']:.2f} points)")
-    for column in ("recipe", "acc drop (tune split)", "size KiB", "median ms", "chosen"):
-        table.add_column(column, overflow="fold")
+    if as_json:
+        return _print_json(result)
     best_key = (result["best"] or {}).get("key")
-    for t in result["pareto"]:
-        table.add_row(tuner.recipe_text(t["recipe"]), f"{t['drop_points']:+.2f}", f"{t['bytes'] / 1024:.1f}",
-                      f"{t['latency_ms']:.4g}", "yes" if t["key"] == best_key else "")
-    console.print(table)
+    show_table(out, f"Pareto front ({result['format']}, objective {result['objective']}, budget "
+                    f"{result['budget_points']:.2f} points; latency from the quiet phase)",
+               ("recipe", "acc drop (tune split)", "size KiB", "median ms", "CV", "chosen"),
+               [(tuner.recipe_text(t["recipe"]), f"{t['drop_points']:+.2f}", f"{t['bytes'] / 1024:.1f}",
+                 f"{t['latency_ms']:.4g}", _cv(t.get("latency")), "yes" if t["key"] == best_key else "")
+                for t in result["pareto"]])
+    show_table(out, "every trial, and why it was not chosen",
+               ("recipe", "acc drop", "size KiB", "median ms (search)", "why"),
+               [(tuner.recipe_text(t["recipe"]), f"{t['drop_points']:+.2f}" if t["ok"] else "-",
+                 f"{t['bytes'] / 1024:.1f}" if t["ok"] else "-",
+                 f"{t.get('latency_ms_search', t['latency_ms']):.4g}" if t["ok"] else "-", t["why"])
+                for t in tuner._unique(result["trials"])])
     fp32 = result["fp32"]
     if result["best"]:
         best = result["best"]
-        console.print(f"chosen: {tuner.recipe_text(best['recipe'])}: {fp32['bytes'] / best['bytes']:.2f}x smaller, "
-                      f"{fp32['latency_ms'] / best['latency_ms']:.2f}x faster than fp32; accuracy drop "
-                      f"{best['drop_points']:+.2f} points on the tuning split, {best['holdout_drop_points']:+.2f} on the "
-                      f"held-out split. Artifact: {result['best_artifact']}", soft_wrap=True)
+        ratio = best.get("vs_fp32_latency")
+        speed = "latency against fp32: too unsteady on this host to compare" if not ratio or ratio["unstable"] else \
+            f"{1 / ratio['value']:.2f}x faster than fp32 (interleaved, quiet phase)"
+        show_note(out, f"chosen: {tuner.recipe_text(best['recipe'])}: {fp32['bytes'] / best['bytes']:.2f}x smaller, "
+                       f"{speed}; accuracy drop {best['drop_points']:+.2f} points on the tuning split, "
+                       f"{best['holdout_drop_points']:+.2f} on the held-out split. Artifact: {result['best_artifact']}",
+                  "")
     else:
-        console.print(f"[yellow]No candidate met the {result['budget_points']:.2f}-point budget. Closest: "
-                      + "; ".join(f"{tuner.recipe_text(t['recipe'])} ({t['drop_points']:+.2f})" for t in result["closest"])
-                      + f". Layers that block it (most sensitive): {', '.join(result['blocking_layers'])}[/yellow]",
-                      soft_wrap=True)
+        show_note(out, f"No candidate met the {result['budget_points']:.2f}-point budget. Closest: "
+                       + "; ".join(f"{tuner.recipe_text(t['recipe'])} ({t['drop_points']:+.2f})" for t in result["closest"])
+                       + f". Layers that block it (most sensitive): {', '.join(result['blocking_layers'])}", "yellow")
     console.print(f"wrote {result['out_dir']}/tune.json (every trial, the Pareto front); rerun to resume")
+
+
+def _cv(latency: dict | None) -> str:
+    if not latency:
+        return "-"
+    return f"{latency['cv']:.0%}" + (" UNSTABLE" if latency.get("unstable") else "")
 
 
 @cli.command("report")
@@ -215,23 +238,23 @@ def report_cmd(dirs, out):
 
 @cli.group(invoke_without_command=True)
 @targets_dir_option
+@json_option
 @click.pass_context
-def targets(ctx, targets_dirs):
+def targets(ctx, targets_dirs, as_json):
     """List target profiles (built-in and your own)."""
     ctx.obj = tuple(targets_dirs)
     if ctx.invoked_subcommand:
         return
-    from rich.table import Table
-
+    from .report import show_table
     from .targets import all_targets
-    table = Table(title="edgekit targets")
-    for column in ("name", "device", "arch", "precision", "formats", "threads", "description"):
-        table.add_column(column, overflow="fold")
-    for name, t in all_targets(ctx.obj).items():
-        p = t.profile
-        table.add_row(name, p.device.kind, p.device.arch, p.quantize.precision, ", ".join(p.build.formats),
-                      str(p.bench.threads), p.description)
-    _console().print(table)
+    profiles = all_targets(ctx.obj)
+    if as_json:
+        return _print_json([{"name": name, "path": str(t.path), **dataclasses.asdict(t.profile)}
+                            for name, t in profiles.items()])
+    show_table(_stdout(), "edgekit targets", ("name", "device", "arch", "precision", "formats", "threads", "description"),
+               [(name, t.profile.device.kind, t.profile.device.arch, t.profile.quantize.precision,
+                 ", ".join(t.profile.build.formats), str(t.profile.bench.threads), t.profile.description)
+                for name, t in profiles.items()])
 
 
 @targets.command("show")
@@ -252,47 +275,51 @@ def targets_show(dirs, name):
 @click.option("--warmup", default=10, show_default=True, type=click.IntRange(min=0), help="Untimed warm-up runs.")
 @click.option("--inputs", type=click.Path(path_type=Path, dir_okay=False),
               help="Inputs .npz (keys in0, in1, ...); default: seeded random inputs.")
-@click.option("--json", "json_path", type=click.Path(path_type=Path, dir_okay=False), help="Write the result JSON here.")
+@click.option("--processes", default=3, show_default=True, type=click.IntRange(min=1),
+              help="Runner processes, one after another; the median is taken across them.")
+@json_option
 @click.option("--device", "devices", multiple=True, metavar="ssh://USER@HOST[:PORT]",
               help="Run on these devices over SSH instead of here (repeatable); results are compared.")
 @click.option("--timeout", default=600, show_default=True, type=click.IntRange(min=1), help="Seconds per remote step.")
-def bench(artifact, threads, runs, warmup, inputs, json_path, devices, timeout):
-    """Time one artifact (.tflite, .onnx or OpenVINO .xml) in this process's runtime, or on devices over SSH."""
-    from .runner import bench as run_bench
+def bench(artifact, threads, runs, warmup, processes, inputs, as_json, devices, timeout):
+    """Time one artifact (.tflite, .onnx or OpenVINO .xml) in runner processes here, or on devices over SSH."""
+    from . import timing
     if not artifact.is_file():
         raise EdgekitError(f"artifact not found: {artifact}", "check the path")
     if devices:
-        return _remote_bench(artifact, threads, runs, warmup, inputs, json_path, devices, timeout)
-    result = run_bench(artifact, threads, warmup, runs, inputs)
-    lat = result["latency_ms"]
-    click.echo(f"{artifact.name} [{result['runtime']['name']} {result['runtime']['version']}] "
-               f"threads={threads} warmup={warmup} runs={runs}: median {lat['median']:.4g} ms, "
-               f"p90 {lat['p90']:.4g}, p99 {lat['p99']:.4g}, mean {lat['mean']:.4g} ± {lat['stdev']:.2g} ms; "
-               f"peak RSS {result['memory']['peak_rss_mib']:.0f} MiB (measured on {result['host']['hostname']})")
-    if json_path:
-        output.write_file(json_path, json.dumps(result, indent=2) + "\n", inputs=[artifact, inputs])
+        return _remote_bench(artifact, threads, runs, warmup, inputs, as_json, devices, timeout)
+    with _console().status("timing") as status:
+        result = timing.measure([artifact], inputs, threads=threads, warmup=warmup, runs=runs, processes=processes,
+                                progress=status.update)[0]
+    if "error" in result:
+        raise EdgekitError(result["error"], "check that the artifact loads: python -m edgekit.runner ARTIFACT")
+    if as_json:
+        return _print_json(result)
+    lat, memory = result["latency_ms"], result["memory"]
+    click.echo(f"{artifact.name} [{result['runtime']['name']} {result['runtime']['version']}] threads={threads} "
+               f"warmup={warmup} runs={runs} x {processes} processes: median {lat['median']:.4g} ms "
+               f"(process medians {', '.join(f'{m:.4g}' for m in lat['process_medians'])}), p90 {lat['p90']:.4g}, "
+               f"p99 {lat['p99']:.4g}, CV {lat['cv']:.1%}{' UNSTABLE' if lat['unstable'] else ''}; peak RSS "
+               f"{memory['peak_rss_mib']:.0f} MiB ({memory['source'].split(' ')[0]}; measured on "
+               f"{result['host']['hostname']})")
 
 
-def _remote_bench(artifact, threads, runs, warmup, inputs, json_path, devices, timeout):
-    from rich.table import Table
-
+def _remote_bench(artifact, threads, runs, warmup, inputs, as_json, devices, timeout):
     from . import backends, remote
+    from .report import show_note, show_table
     files = backends.for_artifact(artifact).files(artifact)
     results = [remote.bench(url, files, inputs, threads, warmup, runs, timeout=timeout) for url in devices]
-    table = Table(title=f"{artifact.name} on {len(results)} device(s)")
-    for column in ("device", "cpu", "runtime", "median ms", "p90 ms", "p99 ms", "peak RSS MiB"):
-        table.add_column(column, overflow="fold")
+    if as_json:
+        return _print_json(results)
+    out = _stdout()
+    show_table(out, f"{artifact.name} on {len(results)} device(s)",
+               ("device", "cpu", "runtime", "median ms", "p90 ms", "p99 ms", "CV", "peak RSS MiB"),
+               [(url, f"{r['host']['cpu']} ({r['host']['machine']})", f"{r['runtime']['name']} {r['runtime']['version']}",
+                 f"{r['latency_ms']['median']:.4g}", f"{r['latency_ms']['p90']:.4g}", f"{r['latency_ms']['p99']:.4g}",
+                 f"{r['latency_ms'].get('cv', 0):.0%}", f"{r['memory']['peak_rss_mib']:.0f}")
+                for url, r in zip(devices, results)])
     for url, r in zip(devices, results):
-        lat = r["latency_ms"]
-        table.add_row(url, f"{r['host']['cpu']} ({r['host']['machine']})", f"{r['runtime']['name']} {r['runtime']['version']}",
-                      f"{lat['median']:.4g}", f"{lat['p90']:.4g}", f"{lat['p99']:.4g}",
-                      f"{r['memory']['peak_rss_mib']:.0f}")
-    console = _console()
-    console.print(table)
-    for url, r in zip(devices, results):
-        console.print(f"{url}: {r['how']}; {threads} thread(s), {warmup} warm-up, {runs} runs", soft_wrap=True)
-    if json_path:
-        output.write_file(json_path, json.dumps(results, indent=2) + "\n", inputs=[artifact, inputs])
+        show_note(out, f"{url}: {r['how']}; {threads} thread(s), {warmup} warm-up, {runs} runs", "")
 
 
 NOISY_ENV = {"TF_CPP_MIN_LOG_LEVEL": "3", "GLOG_minloglevel": "3", "TF_CPP_MIN_VLOG_LEVEL": "0",

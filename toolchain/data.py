@@ -159,7 +159,8 @@ def hold_out(evalset: EvalSet, count: int) -> tuple[EvalSet, Calibration]:
 
 def load_calibration(spec: str, specs: list[TensorSpec], count: int, preprocess: Preprocess, seed: int) -> Calibration:
     if spec == "random":
-        return Calibration(make_inputs(specs, count, seed), f"random inputs (seed {seed}): UNCALIBRATED", True)
+        return Calibration(make_inputs(specs, count, seed, "calibration"),
+                           f"random inputs (seed {seed}, calibration stream): UNCALIBRATED", True)
     path = Path(spec)
     if path.is_dir():
         return Calibration(load_images(path, specs, count, preprocess), f"{count}-image sample of {path}")

@@ -73,13 +73,16 @@ def _tune(result: dict) -> str:
                     for x, label in (("latency_ms", "median latency (ms, measured on host)"),
                                      ("bytes", "artifact size (bytes)")))
     rows = [(recipe_text(t["recipe"]), f"{t['drop_points']:+.2f}", f"{t['bytes'] / 1024:.1f}", f"{t['latency_ms']:.4g}",
-             "Pareto" if t["key"] in front else "", "CHOSEN" if t["key"] == best_key else "")
+             "Pareto" if t["key"] in front else "", "CHOSEN" if t["key"] == best_key else t.get("why", ""))
             for t in sorted(ok, key=lambda t: t["latency_ms"])]
     chosen = ""
     if result.get("best"):
         b, f = result["best"], result["fp32"]
-        chosen = (f"<p><b>Chosen:</b> {html.escape(recipe_text(b['recipe']))}: {f['bytes'] / b['bytes']:.2f}x smaller and "
-                  f"{f['latency_ms'] / b['latency_ms']:.2f}x faster than fp32; accuracy drop {b['drop_points']:+.2f} points "
+        ratio = b.get("vs_fp32_latency")
+        speed = "latency too unsteady on this host to compare with fp32" if not ratio or ratio["unstable"] else \
+            f"{1 / ratio['value']:.2f}x faster than fp32 (interleaved, quiet phase)"
+        chosen = (f"<p><b>Chosen:</b> {html.escape(recipe_text(b['recipe']))}: {f['bytes'] / b['bytes']:.2f}x smaller, "
+                  f"{speed}; accuracy drop {b['drop_points']:+.2f} points "
                   f"(tuning split), {b['holdout_drop_points']:+.2f} (held-out split).</p>")
     else:
         chosen = ("<p class='warn'>No candidate met the budget; blocking layers: "
@@ -88,7 +91,7 @@ def _tune(result: dict) -> str:
             f"({html.escape(result['format'])})</h2><p class='note'>{html.escape(result['how'])}. Budget "
             f"{result['budget_points']:.2f} accuracy points; objective {html.escape(result['objective'])}.</p>{chosen}"
             f"<div class='plots'>{plots}</div><h3>Trials</h3>"
-            + _table(("recipe", "acc drop (points)", "size KiB", "median ms", "front", "chosen"), rows)
+            + _table(("recipe", "acc drop (points)", "size KiB", "median ms", "front", "why not chosen"), rows)
             + "<h3>Per-layer int8 sensitivity</h3>" + _sensitivity(result["sensitivity"]))
 
 

@@ -151,14 +151,32 @@ def write_summary(out_dir: Path, summary: dict) -> None:
 
 
 def print_summary(summary: dict, console) -> None:
-    from rich.table import Table
+    show_table(console, f"{Path(summary['model']).name} on {len(summary['targets'])} targets", SUMMARY_COLUMNS,
+               summary_rows(summary))
 
-    table = Table(title=f"{Path(summary['model']).name} on {len(summary['targets'])} targets")
-    for column in SUMMARY_COLUMNS:
-        table.add_column(column, overflow="fold")
-    for row in summary_rows(summary):
-        table.add_row(*row)
-    console.print(table)
+
+def show_table(console, title: str, columns, rows) -> None:
+    """A rich table on a terminal; plain aligned text, never truncated, when the output is piped."""
+    if console.is_terminal:
+        from rich.table import Table
+        table = Table(title=title)
+        for column in columns:
+            table.add_column(column, overflow="fold")
+        for row in rows:
+            table.add_row(*map(str, row))
+        console.print(table)
+        return
+    rows = [[str(c) for c in row] for row in rows]
+    widths = [max([len(str(c)), *(len(r[i]) for r in rows)]) for i, c in enumerate(columns)]
+    lines = [title, "  ".join(str(c).ljust(w) for c, w in zip(columns, widths)).rstrip(),
+             "  ".join("-" * w for w in widths)]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
+    console.out("\n".join(lines), highlight=False)
+
+
+def show_note(console, text: str, style: str = "dim") -> None:
+    from rich.text import Text
+    console.print(Text(text, style=style), soft_wrap=True)
 
 
 def _budget(fits: bool | None, budget: int | None, what: str) -> str:
@@ -252,23 +270,10 @@ def _latency_detail(lat: dict) -> str:
 
 
 def print_table(result: dict, console) -> None:
-    from rich.table import Table
-
-    table = Table(title=title(result))
-    for column in COLUMNS:
-        table.add_column(column, overflow="fold")
-    for row in rows(result):
-        table.add_row(*row)
-    console.print(table)
+    show_table(console, title(result), COLUMNS, rows(result))
     if stages_title(result):
-        stages = Table(title=stages_title(result).lower())
-        for column in STAGE_COLUMNS:
-            stages.add_column(column, overflow="fold")
-        for row in stage_rows(result):
-            stages.add_row(*row)
-        console.print(stages)
+        show_table(console, stages_title(result).lower(), STAGE_COLUMNS, stage_rows(result))
         for note in distillation_notes(result["distillation"]) if result.get("distillation") else []:
-            console.print(f"[dim]{note}[/dim]", soft_wrap=True)
+            show_note(console, note)
     for note in measurement_notes(result):
-        style = "yellow" if note.startswith(("WARNING", "FAILED")) else "dim"
-        console.print(f"[{style}]{note}[/{style}]", soft_wrap=True)
+        show_note(console, note, "yellow" if note.startswith(("WARNING", "FAILED")) else "dim")

@@ -190,9 +190,13 @@ def _first_line(text: str) -> str:
     return line[:200]
 
 
-def make_inputs(specs: list[TensorSpec], count: int, seed: int = 0) -> list[list[np.ndarray]]:
-    """Seeded random samples shaped like the model's inputs (used when no --data is given)."""
-    rng = np.random.default_rng(seed)
+STREAMS = {"evaluation": None, "calibration": 1}  # independent random streams of one seed
+
+
+def make_inputs(specs: list[TensorSpec], count: int, seed: int = 0, stream: str = "evaluation") -> list[list[np.ndarray]]:
+    """Seeded random samples shaped like the model's inputs (used when no --data is given). Evaluation
+    and calibration inputs come from different streams, so nothing scored was calibrated on."""
+    rng = np.random.default_rng(seed if STREAMS[stream] is None else [seed, STREAMS[stream]])
     samples = []
     for _ in range(count):
         sample = []

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from . import children, interrupt, output
-from .errors import EdgekitError
+from .errors import EdgekitError, RunnerError
 from .runner import failure_reason
 
 STUDY = "edgekit-tune"
@@ -314,15 +314,74 @@ def split_data(data: Path, out: Path, seed: int = 0) -> tuple[Path, Path]:
 
 def choose(trials: list[dict], setup: TuneSetup, fp32: dict | None) -> dict:
     """The cheapest trial within budget on the tuning split that also holds it on the held-out split."""
-    within = sorted((t for t in trials if t["ok"] and t["drop_points"] <= setup.budget_points),
+    within = sorted((t for t in _unique(trials) if t["ok"] and t["drop_points"] <= setup.budget_points),
                     key=lambda t: cost(t, setup.objective))
     holdout_source = holdout_accuracy(setup.out / fp32["file"], setup.holdout_data) if fp32 else None
     for t in within:
-        t["holdout_accuracy"] = holdout_accuracy(setup.out / t["file"], setup.holdout_data)
+        try:
+            t["holdout_accuracy"] = holdout_accuracy(setup.out / t["file"], setup.holdout_data)
+        except RunnerError as exc:
+            t["holdout_error"] = str(exc)
+            continue
         t["holdout_drop_points"] = (holdout_source - t["holdout_accuracy"]) * 100 if holdout_source is not None else None
         if t["holdout_drop_points"] is not None and t["holdout_drop_points"] <= setup.budget_points:
             return t
     return {}
+
+
+def _unique(trials: list[dict]) -> list[dict]:
+    """One entry per recipe (a repeated recipe is the same cached trial)."""
+    return list({t["key"]: t for t in trials}.values())
+
+
+QUIET_CANDIDATES = 12  # within-budget trials re-measured in the quiet phase (cheapest by search figures)
+
+
+def quiet_phase(trials: list[dict], fp32: dict, setup: TuneSetup, progress=lambda msg: None) -> None:
+    """Re-time the fp32 baseline, the Pareto front and the cheapest within-budget trials together, after
+    every worker has stopped: one timing phase, runner processes interleaved between them. Their
+    `latency_ms` becomes that figure (the search-time one is kept as `latency_ms_search`)."""
+    from . import targets, timing
+    ok = _unique([t for t in trials if t["ok"]])
+    within = sorted((t for t in ok if t["drop_points"] <= setup.budget_points), key=lambda t: cost(t, setup.objective))
+    chosen = {t["key"]: t for t in [fp32, *pareto(ok, setup.objective), *within[:QUIET_CANDIDATES]]}
+    bench = targets.get_target(setup.target, tuple(setup.targets_dirs)).profile.bench
+    with np.load(setup.tune_data) as npz:
+        first = npz["x"][:1]
+    with output.tempdir("quiet-") as tmp:
+        inputs = timing.one_sample([[first]], tmp)
+        progress(f"quiet phase: timing fp32 and {len(chosen) - 1} candidate(s) together")
+        figures = timing.measure([setup.out / t["file"] for t in chosen.values()], inputs, threads=bench.threads,
+                                 warmup=bench.warmup, runs=bench.runs, processes=bench.processes, progress=progress)
+    for t, result in zip(chosen.values(), figures):
+        if "error" in result:
+            continue
+        for same in (x for x in [fp32, *trials] if x["key"] == t["key"]):
+            same.setdefault("latency_ms_search", same["latency_ms"])
+            same.update(latency_ms=result["latency_ms"]["median"], latency=result["latency_ms"], quiet=True)
+
+
+def why_not_chosen(trials: list[dict], best: dict, setup: TuneSetup) -> None:
+    """Every trial's `why`: chosen, failed, over budget on either split, dominated, or just costlier."""
+    ok = [t for t in trials if t["ok"]]
+    for t in trials:
+        if not t["ok"]:
+            t["why"] = f"failed: {t['error']}"
+        elif best and t["key"] == best["key"]:
+            t["why"] = "chosen"
+        elif t["drop_points"] > setup.budget_points:
+            t["why"] = f"over budget on the tuning split ({t['drop_points']:+.2f} points)"
+        elif t.get("holdout_error"):
+            t["why"] = f"held-out check failed: {t['holdout_error']}"
+        elif t.get("holdout_drop_points") is not None and t["holdout_drop_points"] > setup.budget_points:
+            t["why"] = f"over budget on the held-out split ({t['holdout_drop_points']:+.2f} points)"
+        else:
+            better = next((o for o in ok if o["drop_points"] <= t["drop_points"]
+                           and cost(o, setup.objective) <= cost(t, setup.objective)
+                           and (o["drop_points"], cost(o, setup.objective)) != (t["drop_points"], cost(t, setup.objective))),
+                          None)
+            t["why"] = f"dominated by {recipe_text(better['recipe'])}" if better else \
+                f"within budget, but its {setup.objective} is higher than the chosen one's"
 
 
 def clean_copy(best: dict, out: Path) -> Path:
@@ -395,15 +454,22 @@ def _tune_into(out: Path, model: Path, target: str, profile, data: Path, final: 
         setup.trials_budget = trials  # workers also stop at the time budget
         setup.deadline_s = budget_minutes * 60
     all_trials, pruned = search(setup, workers or default_workers(), progress=progress)
-    front = pareto(all_trials, objective)
+    quiet_phase(all_trials, fp32, setup, progress)
+    front = pareto([t for t in _unique(all_trials) if t.get("quiet")], objective)
     progress("checking the best candidates on the held-out split")
-    best = choose(all_trials, setup, fp32)
+    best = choose([t for t in all_trials if t.get("quiet")], setup, fp32)
+    why_not_chosen(all_trials, best, setup)
+    if best and fp32.get("latency") and best.get("latency"):
+        from .timing import ratio
+        best["vs_fp32_latency"] = ratio(best["latency"], fp32["latency"])
     result = {"schema": "edgekit.tune/1", "model": str(model), "target": target, "format": setup.fmt,
               "objective": objective, "budget_points": setup.budget_points, "relative": relative,
               "fp32": fp32, "best": best or None, "pareto": front, "trials": all_trials, "trials_pruned": pruned,
               "sensitivity": sensitivity, "out_dir": str(final),
               "how": "accuracy on the tuning split for every trial; the chosen artifact re-checked on the held-out "
-                     "split; latency measured on this host (1 thread unless the profile says otherwise); "
+                     "split; latency measured on this host (the profile's threads): during the search for every "
+                     "trial (latency_ms_search, other workers busy), then for fp32, the Pareto front and the "
+                     "candidates again together in one quiet timing phase after the search (latency_ms); "
                      "artifact paths are relative to out_dir"}
     if best:
         result["best_artifact"] = str(final / clean_copy(best, out))
