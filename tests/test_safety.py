@@ -157,8 +157,11 @@ def test_json_output_never_overwrites_the_input(make_model, capsys, tmp_path):
     model = tmp_path / "m.tflite"
     shutil.copy(make_model("tflite"), model)
     before = model.read_bytes()
-    assert_user_error(run_cli(capsys, "bench", model, "--runs", "1", "--json", model), "will not write over it")
+    result = run_cli(capsys, "bench", model, "--runs", "1", "--json", model)  # --json is a flag: JSON goes to stdout
+    assert result.code == 2 and "Traceback" not in result.err
     assert model.read_bytes() == before
+    printed = run_cli(capsys, "bench", model, "--runs", "1", "--processes", "1", "--json")
+    assert printed.code == 0 and '"latency_ms"' in printed.out and model.read_bytes() == before
 
 
 def test_every_output_carries_the_marker(project, capsys, tmp_path):

@@ -37,6 +37,15 @@ def _stdout():
     return Console(highlight=False)
 
 
+def _working(status: str, quiet: bool = False):
+    """A progress spinner on stderr while work runs; anything a library prints meanwhile (NNCF's
+    progress bars, converters' chatter) goes to stderr too, so stdout carries only results."""
+    import contextlib
+    stack = contextlib.ExitStack()
+    stack.enter_context(contextlib.redirect_stdout(sys.stderr))
+    return stack, None if quiet else stack.enter_context(_console().status(status))
+
+
 def _print_json(result) -> None:
     click.echo(json.dumps(result, indent=2, default=str))
 
@@ -107,11 +116,9 @@ def convert(model, quiet, as_json, **options):
     options = {k: list(v) if isinstance(v, tuple) else v for k, v in options.items()}
     several = options["target"] == "all" or "," in options["target"]
     run = pipeline.convert_targets if several else pipeline.convert
-    if quiet:
-        result = run(model, **options)
-    else:
-        with console.status("starting") as status:
-            result = run(model, progress=status.update, **options)
+    stack, status = _working("starting", quiet)
+    with stack:
+        result = run(model, progress=status and status.update, **options)
     if as_json:
         _print_json(result)
     elif several and not quiet:
@@ -142,7 +149,8 @@ def analyze(model, layers, as_json, **options):
     from . import pipeline
     from .report import show_note, show_table
     options = {k: list(v) if isinstance(v, tuple) else v for k, v in options.items()}
-    with _console().status("analyzing") as status:
+    stack, status = _working("analyzing")
+    with stack:
         result = pipeline.analyze(model, sensitivity=layers, progress=lambda msg: status.update(msg), **options)
     if as_json:
         return _print_json(result)
@@ -185,7 +193,8 @@ def tune(model, targets_dirs, as_json, **options):
     from . import tune as tuner
     from .report import show_note, show_table
     console, out = _console(), _stdout()
-    with console.status("tuning") as status:
+    stack, status = _working("tuning")
+    with stack:
         result = tuner.tune(model, targets_dirs=list(targets_dirs), progress=status.update, **options)
     if as_json:
         return _print_json(result)
@@ -288,7 +297,8 @@ def bench(artifact, threads, runs, warmup, processes, inputs, as_json, devices, 
         raise EdgekitError(f"artifact not found: {artifact}", "check the path")
     if devices:
         return _remote_bench(artifact, threads, runs, warmup, inputs, as_json, devices, timeout)
-    with _console().status("timing") as status:
+    stack, status = _working("timing")
+    with stack:
         result = timing.measure([artifact], inputs, threads=threads, warmup=warmup, runs=runs, processes=processes,
                                 progress=status.update)[0]
     if "error" in result:
