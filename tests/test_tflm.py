@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from clihelp import run_cli
@@ -169,6 +170,20 @@ def test_a_tflite_micro_abort_stays_in_the_child_and_becomes_one_line(m4_report,
     assert proc.returncode < 0 and not (tmp_path / "r.json").exists()
     reason = tflm._crash_reason(proc, (tmp_path / "tflm.log").read_text())
     assert reason.startswith("TFLite Micro died with SIGABRT while loading or running the model") and "\n" not in reason
+
+
+def test_first_divergence_walks_every_op(m4_report, tmp_path):
+    """Op by op on one sample, TFLite Micro against LiteRT's built-in kernels (both keep every tensor):
+    on this model they agree everywhere, so no op is named."""
+    out, report = m4_report
+    rng = np.random.default_rng(1)
+    x = rng.random(report["model"]["inputs"][0]["shape"], dtype=np.float32)
+    assert tflm.first_divergence(out / "model.tflite", [x], tmp_path, 0) == \
+        {"sample": 0, "op": None, "reason": "no intermediate tensor differs"}
+    text = tflm._parity_text({"bit_exact": False, "max_abs_diff": 0.02, "samples_differing": 3, "samples": 10,
+                              "first_divergence": {"sample": 4, "op_index": 2, "op": "CONV_2D",
+                                                   "elements_differing": 11, "elements": 100, "max_diff": 1}})
+    assert "first differing op on sample 4: #2 CONV_2D (11 of 100 values, up to 1 steps)" in text
 
 
 def test_op_list_and_parsers():

@@ -158,7 +158,12 @@ def _compression_note(comp: dict, plain: dict) -> str:
 def _parity_text(parity: dict) -> str:
     if parity["bit_exact"]:
         return "bit-exact"
-    return f"max abs diff {parity['max_abs_diff']:.3g} ({parity['samples_differing']} of {parity['samples']} samples differ)"
+    text = f"max abs diff {parity['max_abs_diff']:.3g} ({parity['samples_differing']} of {parity['samples']} samples differ"
+    first = parity.get("first_divergence") or {}
+    if first.get("op"):
+        text += (f"; first differing op on sample {first['sample']}: #{first['op_index']} {first['op']} "
+                 f"({first['elements_differing']} of {first['elements']} values, up to {first['max_diff']} steps)")
+    return text + ")"
 
 
 # --- ops -----------------------------------------------------------------------------------------
@@ -185,7 +190,13 @@ def read_model(path: Path) -> dict:
         zero = [int(z) for z in (q.zeroPoint if q is not None and q.zeroPoint is not None else [])]
         return {"name": _text(t.name), "shape": [int(d) for d in t.shape], "dtype": types[t.type],
                 "scale": scale, "zero_point": zero}
-    return {"ops": sorted(ops), "inputs": [tensor(i) for i in graph.inputs], "outputs": [tensor(i) for i in graph.outputs]}
+    sequence = []
+    for op in graph.operators or []:
+        code = model.operatorCodes[op.opcodeIndex]
+        sequence.append((names.get(max(code.builtinCode, code.deprecatedBuiltinCode), "CUSTOM"),
+                         [int(o) for o in op.outputs], [_text(graph.tensors[o].name) for o in op.outputs]))
+    return {"ops": sorted(ops), "inputs": [tensor(i) for i in graph.inputs], "outputs": [tensor(i) for i in graph.outputs],
+            "sequence": sequence}
 
 
 def missing_ops(ops: list[str]) -> list[str]:
@@ -219,8 +230,62 @@ def emulate(artifact: Path, ctx: Context, host_outputs, litert_builtin: bool = T
     figures = {"runs": True, "how": HOW, "version": result["version"], "arena": result["arena"],
                "parity_vs_litert": parity(host_outputs, outputs), "_outputs": outputs}
     if litert_builtin:
-        figures["parity_vs_litert_builtin"] = parity(litert_builtin_outputs(artifact, ctx.evalset.samples), outputs)
+        builtin = litert_builtin_outputs(artifact, ctx.evalset.samples)
+        figures["parity_vs_litert_builtin"] = parity(builtin, outputs)
+        if not figures["parity_vs_litert_builtin"]["bit_exact"]:
+            first = next(i for i, (b, o) in enumerate(zip(builtin, outputs))
+                         if any(not np.array_equal(np.ravel(x), np.ravel(y)) for x, y in zip(b, o)))
+            figures["parity_vs_litert_builtin"]["first_divergence"] = first_divergence(
+                artifact, ctx.evalset.samples[first], run_dir, first)
     return figures
+
+
+def first_divergence(artifact: Path, sample: list[np.ndarray], run_dir: Path, index: int) -> dict:
+    """On one sample whose outputs differ: the first op (in execution order) whose output tensor
+    differs between TFLite Micro and LiteRT's built-in kernels, and by how many integer steps."""
+    from . import runner
+    runner.save_stacked(run_dir / "one.npz", "in", [sample])
+    cmd = [sys.executable, "-m", "edgekit.tflm", str(artifact), "--inputs", str(run_dir / "one.npz"),
+           "--dump", str(run_dir / "tensors.npz"), "--json", str(run_dir / "dump.json"), "--log", str(run_dir / "dump.log")]
+    if children.run(cmd, TIMEOUT_S).returncode != 0:
+        return {"sample": index, "op": None, "reason": "TFLite Micro could not keep every tensor"}
+    theirs = np.load(run_dir / "tensors.npz")
+    ours = litert_builtin_tensors(artifact, sample)
+    for step, (op, outs, names) in enumerate(read_model(artifact)["sequence"]):
+        for t, name in zip(outs, names):
+            a, b = ours.get(t), theirs[f"t{t}"] if f"t{t}" in theirs else None
+            if a is not None and b is not None and a.size == b.size and not np.array_equal(a.ravel(), b.ravel()):
+                diff = int(np.max(np.abs(a.astype(np.int64).ravel() - b.astype(np.int64).ravel()))) \
+                    if np.issubdtype(a.dtype, np.integer) else float(np.max(np.abs(a.ravel() - b.ravel())))
+                return {"sample": index, "op_index": step, "op": op, "tensor": name, "max_diff": diff,
+                        "elements_differing": int(np.sum(a.ravel() != b.ravel())), "elements": int(a.size)}
+    return {"sample": index, "op": None, "reason": "no intermediate tensor differs"}
+
+
+def litert_builtin_tensors(artifact: Path, sample: list[np.ndarray]) -> dict[int, np.ndarray]:
+    """Every tensor after one inference in LiteRT's built-in kernels (no delegate)."""
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    from .backends.tflite import _quant_params
+    from .runner import quantize_inputs
+    it = Interpreter(model_path=str(artifact), experimental_preserve_all_tensors=True,
+                     experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    it.allocate_tensors()
+    details = it.get_input_details()
+
+    class _Shape:
+        inputs = [(d["name"], tuple(d["shape"]), np.dtype(d["dtype"]).name) for d in details]
+        input_quant = [_quant_params(d) for d in details]
+    for d, a in zip(details, quantize_inputs(_Shape, sample)):
+        it.set_tensor(d["index"], np.asarray(a, dtype=d["dtype"]).reshape(d["shape"]))
+    it.invoke()
+    tensors = {}
+    for t in it.get_tensor_details():
+        try:
+            tensors[t["index"]] = np.array(it.get_tensor(t["index"]))
+        except ValueError:  # tensors without data
+            pass
+    return tensors
 
 
 def litert_builtin_outputs(artifact: Path, samples: list[list[np.ndarray]]) -> list[list[np.ndarray]]:
@@ -566,9 +631,11 @@ class _Stderr:
 class Session:
     """The TFLite Micro interpreter with the runner's session shape (inputs, input/output quantization)."""
 
-    def __init__(self, model: bytes, arena_size: int):
+    def __init__(self, model: bytes, arena_size: int, keep_tensors: bool = False):
         from tflite_micro.python.tflite_micro import runtime
-        self.interpreter = runtime.Interpreter.from_bytes(model, arena_size=arena_size)
+        config = runtime.InterpreterConfig.kPreserveAllTensors if keep_tensors else \
+            runtime.InterpreterConfig.kAllocationRecording
+        self.interpreter = runtime.Interpreter.from_bytes(model, arena_size=arena_size, intrepreter_config=config)
         self.inputs, self.input_quant, self.output_quant, self.outputs = [], [], [], 0
         for i in range(_count(self.interpreter.get_input_details)):
             d = self.interpreter.get_input_details(i)
@@ -600,6 +667,28 @@ def _quant(detail: dict):
     if scales and np.issubdtype(np.dtype(detail["dtype"]), np.integer):
         return float(scales[0]), int(zeros[0])
     return None
+
+
+def dump_tensors(model_path: Path, inputs: Path, out: Path) -> dict:
+    """Child side: one sample with every tensor kept (TFLM's kPreserveAllTensors), saved as t<index>."""
+    from tflite_micro.python.tflite_micro import runtime
+
+    from .runner import load_stacked, quantize_inputs
+    data = model_path.read_bytes()
+    session = Session(data, max(16 << 20, 10 * len(data)), keep_tensors=True)
+    session.run(quantize_inputs(session, load_stacked(inputs)[0]))
+    it = session.interpreter
+    count = len(runtime.convert_bytearray_to_object(data).subgraphs[0].tensors)
+    tensors = {}
+    for i in range(count):
+        try:
+            t = it.GetTensor(i, 0)
+        except Exception:  # tensors TFLM keeps no data for
+            continue
+        if t and t.get("tensor_data") is not None:
+            tensors[f"t{i}"] = np.asarray(t["tensor_data"])
+    np.savez(out, **tensors)
+    return {"runs": True, "dumped": len(tensors)}
 
 
 def probe(model_path: Path, inputs: Path | None, outputs: Path | None, log: Path) -> dict:
@@ -660,11 +749,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path)
     parser.add_argument("--log", type=Path, help="where TFLite Micro's own messages go (default: a temp file)")
     parser.add_argument("--compress", type=Path, metavar="OUT", help="write a LUT-compressed copy instead of running")
+    parser.add_argument("--dump", type=Path, metavar="NPZ", help="run the first input sample keeping every tensor; "
+                                                                 "save them as t<index>")
     args = parser.parse_args(argv)
     log = args.log or Path(tempfile.mkstemp(prefix="tflm-", suffix=".log")[1])
     try:
         with _Stderr(log):
-            result = compress_model(args.model, args.compress) if args.compress else None
+            result = compress_model(args.model, args.compress) if args.compress else \
+                dump_tensors(args.model, args.inputs, args.dump) if args.dump else None
         result = result or probe(args.model, args.inputs, args.outputs, log)
     except ImportError:
         result = {"runs": False, "reason": "tflite-micro is not installed (pip install 'edgekit-toolchain[mcu]')"}
