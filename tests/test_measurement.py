@@ -65,3 +65,36 @@ def test_generated_evaluation_and_calibration_samples_are_disjoint(tiny_keras, t
     calibrated = {b"".join(a.tobytes() for a in s) for s in ctx.calib.samples}
     assert len(scored) == len(ctx.evalset.samples) and len(calibrated) == len(ctx.calib.samples)
     assert not scored & calibrated
+
+
+def test_only_one_timing_phase_per_host(tmp_path):
+    """A second process waits for the host timing lock while the first holds it."""
+    import os
+    import time
+
+    from edgekit import timing
+    marker = tmp_path / "acquired"
+    child = ("import pathlib, sys; from edgekit import timing\n"
+             "with timing.host_lock(): pathlib.Path(sys.argv[1]).write_text('x')")
+    with timing.host_lock():
+        proc = subprocess.Popen([sys.executable, "-c", child, str(marker)], env=os.environ.copy())
+        time.sleep(1.5)
+        assert not marker.exists(), "the second process timed while the first held the lock"
+    assert proc.wait(timeout=60) == 0 and marker.exists()
+
+
+def test_latency_across_processes_and_unstable_figures():
+    from edgekit import timing
+
+    def process(median, spread=0.0):
+        runs = [median * (1 + spread * (i % 2 * 2 - 1)) for i in range(20)]
+        return {"latency_ms": {"median": median}, "timings_ms": runs, "threads": 1, "warmup": 0, "runs": 20}
+
+    steady = timing.combine([process(1.0), process(1.1), process(0.9)])
+    assert steady["median"] == 1.0 and steady["processes"] == 3 and steady["process_medians"] == [1.0, 1.1, 0.9]
+    assert steady["spread"] == pytest.approx(0.2) and not steady["unstable"]
+    assert timing.combine([process(1.0), process(2.0), process(1.0)])["unstable"]  # processes disagree
+    assert timing.combine([process(1.0, spread=0.5)] * 3)["unstable"]  # runs scatter
+    ratio = timing.ratio(timing.combine([process(0.5)] * 3), steady)
+    assert ratio["value"] == pytest.approx(0.5) and not ratio["unstable"]
+    assert ratio["range"] == pytest.approx([0.5 / 1.1, 0.5 / 0.9])
