@@ -120,8 +120,8 @@ def test_missing_op_is_named_in_one_line_and_other_figures_come_out(gelu_keras, 
     result = run_cli(capsys, "convert", gelu_keras, "--target", "arm-m-int8", "--data", tiny_eval,
                      "--calib-samples", "8", "--runs", "2", "--out", tmp_path / "o")
     assert result.code == 0, result.err
-    lines = [ln for ln in result.err.splitlines() if "GELU" in ln]
-    assert len(lines) == 1 and lines[0].startswith("TFLITE MICRO lacks 1 op(s)"), result.err
+    lines = [ln for ln in result.out.splitlines() if "GELU" in ln]  # the report goes to stdout
+    assert len(lines) == 1 and lines[0].startswith("TFLITE MICRO lacks 1 op(s)"), result.out
     report = json.loads((tmp_path / "o" / "report.json").read_text())
     target = report["artifacts"][1]
     assert target["status"] == "ok" and target["fidelity"]["verified"]  # LiteRT ran it
@@ -237,7 +237,7 @@ def test_tflm_compression_where_it_applies(clustered_keras, m4_report, tiny_eval
     assert comp["tflite_bytes"] < mcu["c_artifact"]["tflite_bytes"] - 4096  # 16 KiB of int8 weights at 2 bits
     assert comp["c_artifact"]["compiled"]["model_section_bytes"] == comp["tflite_bytes"]
     assert (tmp_path / "o" / "mcu" / "compressed" / "model_data.cc").is_file()
-    assert "TFLM COMPRESSION" in result.err and "bit-exact" in result.err
+    assert "TFLM COMPRESSION" in result.out and "bit-exact" in result.out
     # a model with ordinary int8 weights: said plainly why it does not apply, tensor by tensor
     proc = subprocess.run([sys.executable, "-m", "edgekit.tflm", str(m4_report[0] / "model.tflite"), "--compress",
                            str(tmp_path / "c.tflite"), "--json", str(tmp_path / "c.json")], capture_output=True)
