@@ -318,7 +318,8 @@ def _report_header(ctx: Context, model: Path) -> dict:
         "schema": REPORT_SCHEMA,
         "edgekit_version": __version__,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "model": {"path": str(model), "name": ctx.source.name, "kind": ctx.source.kind, "sha256": _sha256(model),
+        "model": {"path": str(model), "name": ctx.source.name, "kind": ctx.stages[0][1].kind if ctx.stages else
+                  ctx.source.kind, "sha256": _sha256(model),
                   "inputs": [asdict(s) for s in ctx.source.inputs]},
         "target": {"name": profile.name, "profile": str(ctx.target.path), "device": asdict(profile.device),
                    "precision": ctx.qconfig.precision, "quantize": asdict(ctx.qconfig)},

@@ -133,6 +133,10 @@ def _class_vector(outputs: np.ndarray) -> bool:
 
 def precheck(source, config: DistillConfig) -> None:
     """Fail before any work on a student that cannot be: width:R of a non-Keras teacher, a missing or non-Keras file."""
+    session = getattr(source.predict_one, "__self__", None)
+    if any(getattr(session, "input_quant", None) or []) or any(getattr(session, "output_quant", None) or []):
+        raise EdgekitError(f"the teacher {source.path.name} has integer (quantized) inputs or outputs",
+                           "distil from the float model (its soft targets are what the student learns)")
     kind, value = parse(config.student)
     if kind == "width" and not (source.kind in ("keras", "h5") and source.handle):
         raise EdgekitError(f"--distill width:R derives the student from a Keras teacher, and this one is {source.kind}",
@@ -336,6 +340,9 @@ def fit(student, inputs: list[np.ndarray], targets: list[np.ndarray], labels: np
                 stale += 1
                 if stale >= config.patience:
                     break
+    if not np.isfinite(history["train_loss"][-1]):
+        raise EdgekitError(f"distillation diverged (loss {history['train_loss'][-1]}) at epoch {len(history['train_loss'])}",
+                           "lower learning_rate or temperature in the profile's [distill] table")
     student.set_weights(best_weights)
     best_epoch = int(np.argmin(history["held_apart_loss"])) + 1 if best < history["initial_held_apart_loss"] else 0
     return {**history, "epochs_run": len(history["train_loss"]), "best_epoch": best_epoch,
@@ -371,6 +378,9 @@ def apply(source, config: DistillConfig, load_opts, train: tuple, progress=lambd
     samples, labels, origin = train
     progress(f"running the teacher on {len(samples)} training samples")
     targets = teacher_targets(source, samples)
+    if not all(np.all(np.isfinite(t)) for t in targets if np.issubdtype(t.dtype, np.floating)):
+        raise EdgekitError("the teacher's outputs on the training data contain NaN or infinite values",
+                           "check the training inputs are preprocessed like the evaluation data")
     student, described = make_student(source, config, load_opts)
     check_student(student, source.inputs, targets, f"the student ({described})")
     inputs = [np.concatenate([s[i] for s in samples]) for i in range(len(source.inputs))]
