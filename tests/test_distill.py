@@ -193,3 +193,17 @@ def test_tune_searches_distillation_and_its_trials_convert(small_keras, labelled
         report["distillation"]["params"]["teacher"]
     plain = tune.recipe_space(optuna.trial.FixedTrial(params), dataclasses.replace(setup, keras=False))
     assert plain["distill"] == "none"  # an ONNX/TFLite teacher has no width:R student
+
+
+def test_quantized_teacher_is_refused(tiny_keras, capsys, tmp_path):
+    import keras
+    import tensorflow as tf
+    converter = tf.lite.TFLiteConverter.from_keras_model(keras.saving.load_model(tiny_keras))
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = lambda: ([x[None]] for x in tiny_data(8)[0])
+    converter.inference_input_type = converter.inference_output_type = tf.int8
+    (tmp_path / "int8.tflite").write_bytes(converter.convert())
+    keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(), keras.layers.Dense(4)]).save(tmp_path / "s.keras")
+    np.savez(tmp_path / "x.npz", x=tiny_data(8)[0])
+    assert_user_error(run_cli(capsys, "convert", tmp_path / "int8.tflite", "--distill", tmp_path / "s.keras",
+                              "--train-data", tmp_path / "x.npz"), "quantized", "float model")
