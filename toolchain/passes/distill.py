@@ -133,7 +133,7 @@ def _class_vector(outputs: np.ndarray) -> bool:
 
 def precheck(source, config: DistillConfig) -> None:
     """Fail before any work on a student that cannot be: width:R of a non-Keras teacher, a missing or non-Keras file."""
-    session = getattr(source.predict_one, "__self__", None)
+    session = getattr(getattr(source, "predict_one", None), "__self__", None)
     if any(getattr(session, "input_quant", None) or []) or any(getattr(session, "output_quant", None) or []):
         raise EdgekitError(f"the teacher {source.path.name} has integer (quantized) inputs or outputs",
                            "distil from the float model (its soft targets are what the student learns)")
