@@ -6,14 +6,15 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: setup sysdeps demo test clean
+.PHONY: setup sysdeps image-assets images demo test clean
 
-setup: sysdeps $(STAMP)
+setup: sysdeps $(STAMP) image-assets
 
 # Debian packages (requirements/apt.txt): QEMU user mode and debootstrap for the emulated ARM targets,
 # OpenSSH for remote device runs (and the loopback server the tests start), Chromium for the
 # browser test of `edgekit report`; GNU time, the independent peak-memory check of the runner; the Arm
-# bare-metal GCC that compiles the MCU C artifact. Any package of the list that is not installed is.
+# bare-metal GCC that compiles the MCU C artifact; buildah to build and run the container images
+# without a daemon. Any package of the list that is not installed is.
 sysdeps:
 	@missing=$$(for pkg in $$(grep -v '^\s*#' requirements/apt.txt); do \
 	    dpkg-query -W -f='$${Status}\n' $$pkg 2>/dev/null | grep -q 'install ok installed' || echo $$pkg; done); \
@@ -31,11 +32,20 @@ $(STAMP): requirements/lock.txt requirements/no-deps.txt requirements/runtime.tx
 	# onnx2tf pins old versions of everything; installed without its pins, it works with the lock above.
 	$(BIN)/python -m pip install -q --no-deps -r requirements/no-deps.txt
 	$(BIN)/python -m pip install -q --no-deps -e .
-	# Everything the tests use offline: runtime wheels for the runtime-only install test, and the
-	# emulated aarch64 environment (Debian arm64 root + aarch64 wheels), cached in ~/.cache/edgekit.
-	$(BIN)/python -m pip download -q -d .wheelhouse -r requirements/runtime.txt
+	# The emulated aarch64 environment (Debian arm64 root + aarch64 wheels), cached in ~/.cache/edgekit.
 	$(BIN)/python -m edgekit.emulate
 	touch $@
+
+# Everything the image tests use offline (a no-op once cached): the runtime wheels for amd64 and
+# aarch64 in .wheelhouse/, and Debian bookworm bases with python3 (debootstrap) in ~/.cache/edgekit/images.
+image-assets: $(STAMP)
+	$(BIN)/python docker/build.py prepare
+
+# The runtime image (linux/amd64, linux/arm64; archives in dist/images/) and the toolchain image
+# (linux/amd64). IMAGE_BASE=python:3.11-slim-bookworm builds from the public base instead.
+IMAGE_BASE ?= local
+images: setup
+	$(BIN)/python docker/build.py all --base $(IMAGE_BASE)
 
 demo: setup
 	$(BIN)/edgekit convert --target cpu --force

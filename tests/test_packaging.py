@@ -1,6 +1,6 @@
 """The runtime-only install (what the runtime image and a device get), and the Dockerfiles.
 
-This machine has no Docker engine, so the images are not built here. What is checked: the
+The images themselves are built and run in test_images.py. What is checked here: the
 Dockerfiles pass hadolint, every file they COPY exists, the runtime image's install steps
 (requirements/runtime.txt, then the project with --no-deps) work in a clean venv offline from the
 wheels `make setup` downloaded, and the arm64 image's pins are those the emulated aarch64
