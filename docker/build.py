@@ -51,6 +51,7 @@ BASE_PACKAGES = "python3,python3-venv"
 SLIM = ("path-exclude /usr/share/doc/*\npath-include /usr/share/doc/*/copyright\npath-exclude /usr/share/man/*\n"
         "path-exclude /usr/share/info/*\npath-exclude /usr/share/locale/*\n")
 USER = "edgekit:x:1000:1000::/home/edgekit:/bin/sh\n"
+SOURCES = ("pyproject.toml", "setup.cfg", "README.md", "toolchain", "targets", "models")  # as the Dockerfiles COPY
 
 
 class BuildError(Exception):
@@ -298,7 +299,14 @@ def builder():
 def venv_layout(venv: Path, wheels: Path, dist: Path) -> None:
     """A venv over Debian's /usr/bin/python3.11 holding requirements/runtime.txt and edgekit, all installed
     from aarch64 wheels by the host's pip (pip --target with a foreign --platform runs no code)."""
-    run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", dist, ROOT],
+    source = dist / "src"  # what the Dockerfile COPYs, so no stale build/ of the checkout leaks in
+    source.mkdir(parents=True)
+    for name in SOURCES:
+        if (ROOT / name).is_dir():
+            shutil.copytree(ROOT / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(ROOT / name, source / name)
+    run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", dist, source],
         "building the edgekit wheel")
     site = venv / "lib" / "python3.11" / "site-packages"
     run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--find-links", wheels,

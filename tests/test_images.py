@@ -44,6 +44,13 @@ def drop(b) -> None:
     shutil.rmtree(b.options[b.options.index("--root") + 1].parent, ignore_errors=True)
 
 
+def test_arm64_assembly_installs_what_the_dockerfile_copies():
+    import re
+    copied = re.findall(r"^COPY (.+) \S+$", (ROOT / "docker" / "Dockerfile.runtime").read_text(), re.MULTILINE)
+    sources = {name for line in copied for name in line.split() if not name.startswith("requirements/")}
+    assert sources == set(build.SOURCES)
+
+
 @pytest.fixture(scope="module")
 def artifacts(tmp_path_factory, make_model):
     """A TFLite and an ONNX model (the suite's tiny ones), inputs for each, and the host runner's outputs."""
