@@ -41,14 +41,33 @@ def _recipe_key(module=digits_cnn, extra=""):
 
 
 def _atomic_write(final, write):
-    """Call ``write(tmp_path)`` on a temp file next to ``final``, then rename it into place."""
+    """Call ``write(tmp_path)`` on a temp file next to ``final``, then rename it into place, with
+    ``final.sha256`` beside it: a cache entry whose bytes no longer match is rebuilt (see ``_intact``)."""
     tmp = final.with_name(f".{final.stem}.{secrets.token_hex(4)}.tmp{final.suffix}")
     try:
         write(tmp)
+        _digest_path(final).write_text(_digest(tmp) + "\n")
         os.replace(tmp, final)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def _digest_path(path):
+    return path.with_name(path.name + ".sha256")
+
+
+def _digest(path):
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def _intact(*paths):
+    """Every cache entry is there and matches the hash written with it (truncated, edited or
+    half-written entries are not)."""
+    try:
+        return all(p.is_file() and _digest_path(p).read_text().strip() == _digest(p) for p in paths)
+    except OSError:
+        return False
 
 
 def default_model(cache_dir: Path) -> tuple[Path, Path]:
@@ -61,7 +80,7 @@ def default_model(cache_dir: Path) -> tuple[Path, Path]:
     key = _recipe_key()
     model_path = cache_dir / f"digits_cnn-{key}.keras"
     eval_path = cache_dir / f"digits_eval-{key}.npz"
-    if model_path.is_file() and eval_path.is_file():
+    if _intact(model_path, eval_path):
         return model_path, eval_path
 
     cache_dir.mkdir(parents=True, exist_ok=True)
@@ -85,7 +104,7 @@ def trained_reference(name: str, cache_dir: Path) -> dict[str, Path]:
     if name == "digits-cnn":
         model_path, eval_path = default_model(cache_dir)
         train_path = cache_dir / f"digits_train-{_recipe_key()}.npz"
-        if not train_path.is_file():
+        if not _intact(train_path):
             data = datasets.load_digits_split()
             _atomic_write(train_path, lambda tmp: datasets.save_eval_npz(tmp, data["x_train"], data["y_train"]))
         return {"model": model_path, "eval": eval_path, "train": train_path}
@@ -99,7 +118,7 @@ def trained_reference(name: str, cache_dir: Path) -> dict[str, Path]:
         "eval": cache_dir / f"{name}_eval-{key}.npz",
         "train": cache_dir / f"{name}_train-{key}.npz",
     }
-    if all(path.is_file() for path in paths.values()):
+    if _intact(*paths.values()):
         return paths
 
     cache_dir.mkdir(parents=True, exist_ok=True)

@@ -82,7 +82,8 @@ def test_default_model_is_cached_and_accurate(tmp_path):
     model_path, eval_path = zoo.default_model(tmp_path / "cache")
     assert model_path.suffix == ".keras" and eval_path.suffix == ".npz"
     assert model_path.parent == eval_path.parent == tmp_path / "cache"
-    assert sorted(p.name for p in model_path.parent.iterdir()) == sorted([model_path.name, eval_path.name])
+    entries = [model_path.name, eval_path.name]  # each with the hash it is checked against
+    assert sorted(p.name for p in model_path.parent.iterdir()) == sorted([*entries, *(e + ".sha256" for e in entries)])
     mtimes = (model_path.stat().st_mtime_ns, eval_path.stat().st_mtime_ns)
 
     assert zoo.default_model(tmp_path / "cache") == (model_path, eval_path)
@@ -156,7 +157,8 @@ def test_trained_reference_resnet8_is_cached_and_accurate(tmp_path):
     assert set(paths) == {"model", "eval", "train"}
     assert paths["model"].suffix == ".keras" and paths["eval"].suffix == paths["train"].suffix == ".npz"
     assert paths["model"].name.startswith("resnet8-")
-    assert sorted(p.name for p in cache.iterdir()) == sorted(p.name for p in paths.values())
+    names = [p.name for p in paths.values()]  # each with the hash it is checked against
+    assert sorted(p.name for p in cache.iterdir()) == sorted([*names, *(n + ".sha256" for n in names)])
     mtimes = {k: p.stat().st_mtime_ns for k, p in paths.items()}
 
     assert zoo.trained_reference("resnet8", cache) == paths

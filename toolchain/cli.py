@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -11,6 +12,7 @@ from typing import Callable
 import click
 
 from . import __version__, output
+from .bounds import limit
 from .errors import EdgekitError
 
 _OPTION_HELP = None
@@ -53,6 +55,18 @@ def _print_json(result) -> None:
 json_option = click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout (no table).")
 
 
+class Number(click.FloatRange):
+    """A finite float within a range (click's FloatRange lets NaN through)."""
+
+    name = "number"
+
+    def convert(self, value, param, ctx):
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return number
+
+
 targets_dir_option = click.option("--targets-dir", "targets_dirs", multiple=True, type=click.Path(file_okay=False),
                                   help="Extra directory of target profiles (repeatable); also $EDGEKIT_TARGETS_PATH.")
 
@@ -75,15 +89,16 @@ def cli(verbose):
 @click.option("--precision", "-p", type=click.Choice(["fp32", "fp16", "dynamic", "int8", "int8-io", "int16x8"]),
               help=_help("precision"))
 @click.option("--calib", help=_help("calib"))
-@click.option("--calib-samples", type=click.IntRange(min=1), help=_help("calib_samples"))
+@click.option("--calib-samples", type=click.IntRange(1, limit("quantize.calib_samples")), help=_help("calib_samples"))
 @click.option("--calib-method", type=click.Choice(["minmax", "percentile", "entropy"]), help=_help("calib_method"))
-@click.option("--calib-scale", type=float, help=_help("calib_scale"))
+@click.option("--calib-scale", type=Number(0, 1e6, min_open=True), help=_help("calib_scale"))
 @click.option("--per-tensor", is_flag=True, help=_help("per_tensor"))
 @click.option("--keep-float", multiple=True, metavar="LAYER", help=_help("keep_float"))
 @click.option("--threads", type=click.IntRange(min=1), help=_help("threads"))
-@click.option("--runs", type=click.IntRange(min=1), help=_help("runs"))
-@click.option("--processes", type=click.IntRange(min=1), help=_help("processes"))
-@click.option("--warmup", type=click.IntRange(min=0), help=_help("warmup"))
+@click.option("--threads-unbounded", is_flag=True, help=_help("threads_unbounded"))
+@click.option("--runs", type=click.IntRange(1, limit("bench.runs")), help=_help("runs"))
+@click.option("--processes", type=click.IntRange(1, limit("bench.processes")), help=_help("processes"))
+@click.option("--warmup", type=click.IntRange(0, limit("bench.warmup")), help=_help("warmup"))
 @click.option("--force", is_flag=True, help=_help("force"))
 @click.option("--trust-model", is_flag=True, help=_help("trust_model"))
 @click.option("--sensitivity", is_flag=True, help=_help("sensitivity"))
@@ -93,12 +108,12 @@ def cli(verbose):
 @click.option("--prune", metavar="METHOD:AMOUNT", help=_help("prune"))
 @click.option("--prune-scope", type=click.Choice(["per-layer", "global"]), help=_help("prune_scope"))
 @click.option("--prune-skip", multiple=True, metavar="LAYER", help=_help("prune_skip"))
-@click.option("--finetune-epochs", type=click.IntRange(min=0), help=_help("finetune_epochs"))
+@click.option("--finetune-epochs", type=click.IntRange(0, limit("prune.finetune_epochs")), help=_help("finetune_epochs"))
 @click.option("--train-data", type=click.Path(path_type=Path), help=_help("train_data"))
 @click.option("--distill", metavar="width:R|STUDENT.keras", help=_help("distill"))
-@click.option("--distill-temperature", type=click.FloatRange(min=0, min_open=True), help=_help("distill_temperature"))
-@click.option("--distill-alpha", type=click.FloatRange(0, 1), help=_help("distill_alpha"))
-@click.option("--distill-epochs", type=click.IntRange(min=1), help=_help("distill_epochs"))
+@click.option("--distill-temperature", type=Number(0, 100, min_open=True), help=_help("distill_temperature"))
+@click.option("--distill-alpha", type=Number(0, 1), help=_help("distill_alpha"))
+@click.option("--distill-epochs", type=click.IntRange(1, limit("distill.epochs")), help=_help("distill_epochs"))
 @click.option("--distill-init", type=click.Choice(["inherit", "fresh"]), help=_help("distill_init"))
 @click.option("--distill-features", multiple=True, metavar="LAYER", help=_help("distill_features"))
 @targets_dir_option
@@ -139,7 +154,7 @@ def convert(model, quiet, as_json, **options):
 @click.option("--target", "-t", default="cpu-int8", show_default=True, help="Profile whose calibration settings apply.")
 @click.option("--data", type=click.Path(path_type=Path), help=_help("data"))
 @click.option("--calib", help=_help("calib"))
-@click.option("--calib-samples", type=click.IntRange(min=1), help=_help("calib_samples"))
+@click.option("--calib-samples", type=click.IntRange(1, limit("quantize.calib_samples")), help=_help("calib_samples"))
 @click.option("--input-shape", multiple=True, help=_help("input_shape"))
 @click.option("--trust-model", is_flag=True, help=_help("trust_model"))
 @json_option
@@ -175,13 +190,14 @@ def analyze(model, layers, as_json, **options):
 @click.argument("model", required=False, type=click.Path(path_type=Path))
 @click.option("--target", "-t", default="cpu-int8", show_default=True, help="Target profile; its first format is tuned.")
 @click.option("--data", type=click.Path(path_type=Path), help="Labelled .npz (x, y): half tunes, half checks the result.")
-@click.option("--max-accuracy-drop", default=0.5, show_default=True, type=float,
+@click.option("--max-accuracy-drop", default=0.5, show_default=True, type=Number(0, 100),
               help="Budget in accuracy points (or percent of the source accuracy with --relative).")
 @click.option("--relative", is_flag=True, help="The budget is relative to the source accuracy.")
-@click.option("--budget-minutes", type=float, help="Stop starting new trials after this long.")
+@click.option("--budget-minutes", type=Number(0, 10 ** 6, min_open=True), help="Stop starting new trials after this long.")
 @click.option("--objective", type=click.Choice(["latency", "size", "memory"]), default="latency", show_default=True)
-@click.option("--trials", default=16, show_default=True, type=click.IntRange(min=1), help="Trials in the search.")
-@click.option("--workers", type=click.IntRange(min=1), help="Parallel trial workers (default: up to 2).")
+@click.option("--trials", default=16, show_default=True, type=click.IntRange(1, 10_000), help="Trials in the search.")
+@click.option("--workers", type=click.IntRange(1, 4 * (os.cpu_count() or 1)),
+              help="Parallel trial workers (default: up to 2; at most 4 per core).")
 @click.option("--cluster", metavar="STORAGE_URL",
               help="Optuna storage shared by workers on other machines (postgresql://..., see docs/SCALING.md).")
 @click.option("--out", "-o", type=click.Path(path_type=Path), help="Output directory; rerunning resumes it.")
@@ -256,7 +272,8 @@ def targets(ctx, targets_dirs, as_json):
         return
     from .report import show_table
     from .targets import all_targets
-    profiles = all_targets(ctx.obj)
+    problems: list[str] = []  # a broken profile is skipped, never hides the others
+    profiles = all_targets(ctx.obj, problems)
     if as_json:
         return _print_json([{"name": name, "path": str(t.path), **dataclasses.asdict(t.profile)}
                             for name, t in profiles.items()])
@@ -264,6 +281,8 @@ def targets(ctx, targets_dirs, as_json):
                [(name, t.profile.device.kind, t.profile.device.arch, t.profile.quantize.precision,
                  ", ".join(t.profile.build.formats), str(t.profile.bench.threads), t.profile.description)
                 for name, t in profiles.items()])
+    for problem in problems:
+        click.echo(f"warning: skipped {problem}", err=True)
 
 
 @targets.command("show")
@@ -279,24 +298,29 @@ def targets_show(dirs, name):
 
 @cli.command()
 @click.argument("artifact", type=click.Path(path_type=Path))
-@click.option("--threads", default=1, show_default=True, type=click.IntRange(min=1), help="Inference threads.")
-@click.option("--runs", default=100, show_default=True, type=click.IntRange(min=1), help="Timed runs.")
-@click.option("--warmup", default=10, show_default=True, type=click.IntRange(min=0), help="Untimed warm-up runs.")
+@click.option("--threads", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Inference threads (at most 4 per core unless --threads-unbounded).")
+@click.option("--threads-unbounded", is_flag=True, help="Allow more than 4 threads per core of this host.")
+@click.option("--runs", default=100, show_default=True, type=click.IntRange(1, limit("bench.runs")), help="Timed runs.")
+@click.option("--warmup", default=10, show_default=True, type=click.IntRange(0, limit("bench.warmup")),
+              help="Untimed warm-up runs.")
 @click.option("--inputs", type=click.Path(path_type=Path, dir_okay=False),
               help="Inputs .npz (keys in0, in1, ...); default: seeded random inputs.")
-@click.option("--processes", default=3, show_default=True, type=click.IntRange(min=1),
+@click.option("--processes", default=3, show_default=True, type=click.IntRange(1, limit("bench.processes")),
               help="Runner processes, one after another; the median is taken across them.")
 @json_option
 @click.option("--device", "devices", multiple=True, metavar="ssh://USER@HOST[:PORT]",
               help="Run on these devices over SSH instead of here (repeatable); results are compared.")
-@click.option("--timeout", default=600, show_default=True, type=click.IntRange(min=1), help="Seconds per remote step.")
-def bench(artifact, threads, runs, warmup, processes, inputs, as_json, devices, timeout):
+@click.option("--timeout", default=600, show_default=True, type=click.IntRange(1, 86_400), help="Seconds per remote step.")
+def bench(artifact, threads, threads_unbounded, runs, warmup, processes, inputs, as_json, devices, timeout):
     """Time one artifact (.tflite, .onnx or OpenVINO .xml) in runner processes here, or on devices over SSH."""
     from . import timing
+    from .bounds import check_threads
     if not artifact.is_file():
         raise EdgekitError(f"artifact not found: {artifact}", "check the path")
     if devices:
         return _remote_bench(artifact, threads, runs, warmup, inputs, as_json, devices, timeout)
+    check_threads(threads, threads_unbounded)  # here; a device's cores are its own business
     stack, status = _working("timing")
     with stack:
         result = timing.measure([artifact], inputs, threads=threads, warmup=warmup, runs=runs, processes=processes,
@@ -404,6 +428,10 @@ def _main(args: list[str]) -> None:
         cli.main(args=args, prog_name="edgekit", standalone_mode=False)
     except click.exceptions.Abort as exc:  # click turns KeyboardInterrupt (and our signals) into Abort
         _interrupted(exc.__context__ if isinstance(exc.__context__, KeyboardInterrupt) else None)
+    except click.UsageError as exc:  # one line, like every other user error
+        command = exc.ctx.command_path if exc.ctx else "edgekit"
+        click.echo(f"error: {exc.format_message()} — see `{command} --help`", err=True)
+        sys.exit(exc.exit_code)
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
@@ -415,5 +443,6 @@ def _main(args: list[str]) -> None:
     except Exception as exc:  # a bug, not a user error: say so in one line
         if os.environ.get("EDGEKIT_DEBUG"):
             raise
-        click.echo(f"internal error: {type(exc).__name__}: {exc} (set EDGEKIT_DEBUG=1 for the traceback)", err=True)
+        text = (str(exc).strip().splitlines() or [""])[0][:300]
+        click.echo(f"internal error: {type(exc).__name__}: {text} (set EDGEKIT_DEBUG=1 for the traceback)", err=True)
         sys.exit(1)

@@ -46,4 +46,14 @@ class Context:
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("EDGEKIT_CACHE", Path.home() / ".cache" / "edgekit"))
+    """$EDGEKIT_CACHE or ~/.cache/edgekit, created; a one-line error when it cannot be used."""
+    path = Path(os.environ.get("EDGEKIT_CACHE", Path.home() / ".cache" / "edgekit"))
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise PermissionError(13, "not writable")
+    except OSError as exc:
+        from .errors import EdgekitError
+        raise EdgekitError(f"cache directory {path} cannot be used ({exc.strerror or exc})",
+                           "set EDGEKIT_CACHE to a writable directory") from None
+    return path

@@ -36,9 +36,8 @@ def write(dirs: list[Path], out: Path) -> None:
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>edgekit report</title><style>{CSS}</style>"
             f"</head><body><h1>edgekit report</h1><h3>How each figure was obtained</h3>{legend}"
             + "".join(sections) + "</body></html>")
-    tmp = out.with_name(out.name + ".partial")
-    tmp.write_text(page, encoding="utf-8")
-    tmp.replace(out)
+    from .output import write_file
+    write_file(out, page, inputs=dirs)  # beside itself, then renamed; never over an input
 
 
 def _table(columns, rows) -> str:

@@ -28,6 +28,7 @@ class ConvertOptions:
     keep_float: list[str] = option([], "Layers to leave in float on every backend (adds to the profile's).")
     calib_scale: float | None = option(None, "Pixel scale for image-folder calibration, instead of the profile's.")
     threads: int | None = option(None, "Inference threads for latency, instead of the profile's.")
+    threads_unbounded: bool = option(False, "Allow more than 4 inference threads per core of this host.")
     runs: int | None = option(None, "Timed runs, instead of the profile's.")
     processes: int | None = option(None, "Runner processes per artifact for latency (interleaved between the "
                                          "artifacts compared), instead of the profile's.")

@@ -22,7 +22,7 @@ from typing import Callable
 
 import numpy as np
 
-from . import __version__, backends, data, isolate, measure, output, probes, report, runner, sources, targets, timing
+from . import __version__, backends, bounds, data, isolate, measure, output, probes, report, runner, sources, targets, timing
 from .context import Context, cache_dir
 from .options import ConvertOptions
 from .errors import ConversionError, EdgekitError
@@ -42,6 +42,7 @@ def convert(model: str | Path | None = None, progress: Callable[[str], None] | N
     options = ConvertOptions(**kwargs)
     progress = progress or (lambda msg: None)
     target = targets.get_target(options.target, tuple(options.targets_dirs))
+    check_bounds(options, target)
     model, name = _resolve_model(model, options, progress)
     out = Path(options.out or Path("edgekit-out") / f"{name}-{target.name}")
     replacing = output.check(out, _inputs(model, options), options.force) == "replace"
@@ -65,6 +66,17 @@ def convert(model: str | Path | None = None, progress: Callable[[str], None] | N
         output.commit(stage, out, "convert")
     result["out_dir"] = str(out)
     return result
+
+
+def check_bounds(options: ConvertOptions, target) -> None:
+    """The numbers of a run (flags or API arguments) within bounds.RANGES; threads against this host."""
+    for field, path in (("runs", "bench.runs"), ("warmup", "bench.warmup"), ("threads", "bench.threads"),
+                        ("calib_samples", "quantize.calib_samples"), ("finetune_epochs", "prune.finetune_epochs")):
+        value = getattr(options, field, None)
+        why = None if value is None else bounds.out_of_range(path, value)
+        if why:
+            raise EdgekitError(f"--{field.replace('_', '-')}: {why}", "see `edgekit convert --help`")
+    bounds.check_threads(options.threads or target.profile.bench.threads, options.threads_unbounded)
 
 
 def _inputs(model: Path, options: ConvertOptions) -> list[Path]:

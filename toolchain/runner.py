@@ -118,6 +118,12 @@ class MemoryProbe:
 
 
 def random_inputs(session, seed: int = 0) -> list[np.ndarray]:
+    from .bounds import check_tensor
+    from .errors import EdgekitError
+    for name, shape, dtype in session.inputs:
+        if any(not isinstance(d, int) or d < 1 for d in shape):
+            raise EdgekitError(f"input '{name}' has dynamic dims {tuple(shape)}", "pass --inputs with real samples")
+        check_tensor(name, shape, np.dtype(dtype).itemsize)
     rng = np.random.default_rng(seed)
     return [rng.random(shape, dtype=np.float32).astype(dtype) if np.issubdtype(np.dtype(dtype), np.floating)
             else rng.integers(0, 10, shape).astype(dtype) for _, shape, dtype in session.inputs]

@@ -5,6 +5,7 @@ also artifacts (ONNX, TFLite) are read by their backend's `load_source`.
 """
 from __future__ import annotations
 
+import math
 import shutil
 import zipfile
 from dataclasses import dataclass, field
@@ -13,7 +14,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from . import backends
+from . import backends, bounds
 from .errors import EdgekitError
 
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
@@ -106,6 +107,7 @@ def fix_shape(name: str, shape: list, opts: LoadOptions, only_input: bool) -> tu
         if clash:
             raise EdgekitError(f"--input-shape {override} conflicts with the fixed shape {tuple(shape)} of input '{name}'",
                                "only dynamic dims can be changed")
+        bounds.check_tensor(name, override)
         return tuple(override)
     dims = [d if isinstance(d, int) and d > 0 else None for d in shape]
     if dims and dims[0] is None:
@@ -114,6 +116,7 @@ def fix_shape(name: str, shape: list, opts: LoadOptions, only_input: bool) -> tu
         shown = ",".join("?" if d is None else str(d) for d in dims)
         raise EdgekitError(f"input '{name}' has dynamic dims ({shown})",
                            "fix them with --input-shape or build.input_shape in the profile")
+    bounds.check_tensor(name, dims)
     return tuple(dims)
 
 
@@ -162,7 +165,45 @@ def _load_keras(path: Path, opts: LoadOptions):
                            "check the file is complete; re-save it with model.save()") from None
 
 
+# Graph ops that reach outside the model: files, the network, Python, debug dumps. A graph holding
+# one is refused without --trust-model, as a Keras Lambda is (converting the model runs it).
+UNSAFE_OPS = frozenset({
+    "WriteFile", "ReadFile", "MatchingFiles", "ImmutableConst", "LoadAndRemapMatrix",
+    "PyFunc", "PyFuncStateless", "EagerPyFunc",
+    "CreateSummaryFileWriter", "CreateSummaryDbWriter", "WriteSummary", "WriteScalarSummary",
+    "WriteHistogramSummary", "WriteImageSummary", "WriteAudioSummary", "WriteGraphSummary",
+    "WriteRawProtoSummary", "ImportEvent",
+    "TFRecordDataset", "TFRecordDatasetV2", "FixedLengthRecordDataset", "FixedLengthRecordDatasetV2",
+    "TextLineDataset", "SaveDataset", "SaveDatasetV2", "ExperimentalSaveDataset", "DatasetToTFRecord",
+    "ExperimentalDatasetToTFRecord", "DataServiceDataset", "DataServiceDatasetV2", "DataServiceDatasetV3",
+    "DataServiceDatasetV4", "RegisterDataset", "RegisterDatasetV2",
+    "DebugIdentity", "DebugIdentityV2", "DebugIdentityV3", "DebugNanCount", "DebugNumericSummary",
+    "DebugNumericSummaryV2",
+})
+
+
+def unsafe_ops(saved_model_dir: Path) -> set[str]:
+    """Ops of UNSAFE_OPS anywhere in a SavedModel's graphs and functions (read from saved_model.pb)."""
+    from tensorflow.core.protobuf import saved_model_pb2
+    proto = saved_model_pb2.SavedModel()
+    try:
+        proto.ParseFromString((saved_model_dir / "saved_model.pb").read_bytes())
+    except Exception as exc:
+        raise EdgekitError(f"{saved_model_dir.name}/saved_model.pb is corrupt ({_first_line(str(exc))})",
+                           "re-export the SavedModel") from None
+    found = set()
+    for graph in proto.meta_graphs:
+        nodes = [*graph.graph_def.node, *(n for f in graph.graph_def.library.function for n in f.node_def)]
+        found |= {n.op for n in nodes if n.op in UNSAFE_OPS}
+    return found
+
+
 def _load_savedmodel(tf, path: Path, opts: LoadOptions):
+    found = unsafe_ops(path)
+    if found and not opts.trust_model:
+        raise EdgekitError(f"{path.name} holds ops that reach outside the model ({', '.join(sorted(found))}); "
+                           "converting it would run them", "re-run with --trust-model only if you trust where the "
+                                                           "model came from")
     try:
         loaded = tf.saved_model.load(str(path))
     except Exception as exc:
@@ -197,6 +238,9 @@ def make_inputs(specs: list[TensorSpec], count: int, seed: int = 0, stream: str 
     """Seeded random samples shaped like the model's inputs (used when no --data is given). Evaluation
     and calibration inputs come from different streams, so nothing scored was calibrated on."""
     rng = np.random.default_rng(seed if STREAMS[stream] is None else [seed, STREAMS[stream]])
+    per_sample = sum(math.prod(s.shape) * max(np.dtype(s.dtype).itemsize, 4) for s in specs)
+    bounds.check_memory(count * per_sample, f"{count} generated input samples",
+                        "give a smaller --input-shape, or fewer samples (bench.eval_samples)")
     samples = []
     for _ in range(count):
         sample = []

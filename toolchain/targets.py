@@ -6,7 +6,9 @@ A user profile with the same name as a built-in one overrides it.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
+import re
 import tomllib
 from dataclasses import dataclass
 from importlib import resources
@@ -15,6 +17,7 @@ from pathlib import Path
 from . import backends
 from .accel import AcceleratorSpec
 from .data import Preprocess
+from . import bounds
 from .errors import EdgekitError
 from .passes.distill import DistillConfig
 from .passes.distill import validate as validate_distill
@@ -109,8 +112,12 @@ def search_path(extra_dirs: tuple[str, ...] = ()) -> list[Path]:
 def load_profile(path: Path) -> Target:
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as exc:
-        raise EdgekitError(f"{path}: invalid TOML ({exc})", "fix the syntax; see targets/README.md") from None
+    except UnicodeDecodeError:
+        raise EdgekitError(f"{path}: not UTF-8 text", "save the profile as UTF-8 TOML") from None
+    except OSError as exc:
+        raise EdgekitError(f"{path}: cannot be read ({exc.strerror or exc})", "check the file and its permissions") from None
+    except (tomllib.TOMLDecodeError, RecursionError, ValueError) as exc:
+        raise EdgekitError(f"{path}: invalid TOML ({str(exc)[:200]})", "fix the syntax; see targets/README.md") from None
     try:
         profile = from_dict(Profile, data)
     except SchemaError as exc:
@@ -127,27 +134,55 @@ def load_profile(path: Path) -> Target:
 
 
 def _check_numbers(p: Profile, path: Path) -> None:
-    checks = {"bench.threads": p.bench.threads >= 1, "bench.runs": p.bench.runs >= 1,
-              "bench.processes": p.bench.processes >= 1, "bench.warmup": p.bench.warmup >= 0,
-              "bench.eval_samples": p.bench.eval_samples >= 1, "build.batch": p.build.batch >= 1,
-              "build.input_shape": all(d >= 1 for d in p.build.input_shape), "build.formats": bool(p.build.formats),
-              "quantize.calib_samples": p.quantize.calib_samples >= 1,
-              "device.runtime_ram_kib": p.device.runtime_ram_kib >= 0,
-              "device.runtime_flash_kib": p.device.runtime_flash_kib >= 0}
-    for field, ok in checks.items():
-        if not ok:
-            raise EdgekitError(f"{path}: field '{field}' is out of range", "use positive values; see targets/README.md")
+    """Every number finite and within its range (bounds.RANGES); the error names the file and the field."""
+    if not p.build.formats:
+        raise EdgekitError(f"{path}: field 'build.formats' is empty", "list at least one format")
+    for field, value in _numbers(p):
+        why = bounds.out_of_range(field, value)
+        if why:
+            raise EdgekitError(f"{path}: field '{field}': {why}", "see targets/README.md for each field's range")
 
 
-def all_targets(extra_dirs: tuple[str, ...] = ()) -> dict[str, Target]:
+def _numbers(record, prefix: str = ""):
+    """(field path, value) of every number in a profile, list items included."""
+    for f in dataclasses.fields(record):
+        value, path = getattr(record, f.name), f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(value):
+            yield from _numbers(value, path + ".")
+        elif isinstance(value, (list, tuple)):
+            yield from ((path, v) for v in value)
+        else:
+            yield path, value
+
+def all_targets(extra_dirs: tuple[str, ...] = (), problems: list[str] | None = None) -> dict[str, Target]:
+    """Every profile on the search path. A broken one is skipped (its one-line reason goes to
+    `problems`), so it never hides the others."""
     found: dict[str, Target] = {}
     for d in search_path(extra_dirs):
         for f in sorted(d.glob("*.toml")):
-            found.setdefault(f.stem, load_profile(f))
+            if f.stem in found:
+                continue
+            try:
+                found[f.stem] = load_profile(f)
+            except EdgekitError as exc:
+                if problems is not None:
+                    problems.append(exc.one_line())
     return found
 
 
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,99}")
+
+
 def get_target(name: str, extra_dirs: tuple[str, ...] = ()) -> Target:
+    """A profile by name from the search path, or by path when given as a path ending in .toml."""
+    if name.endswith(".toml"):
+        path = Path(name)
+        if not path.is_file():
+            raise EdgekitError(f"target file not found: {name}", "check the path, or give a profile name")
+        return load_profile(path)
+    if not NAME.fullmatch(name):
+        raise EdgekitError(f"'{name}' is not a target name", "give a name from `edgekit targets`, or a profile's "
+                                                             "path ending in .toml")
     for d in search_path(extra_dirs):
         f = d / f"{name}.toml"
         if f.is_file():
@@ -156,11 +191,16 @@ def get_target(name: str, extra_dirs: tuple[str, ...] = ()) -> Target:
     raise EdgekitError(f"unknown target '{name}'", f"choose one of: {known} (or add {name}.toml to --targets-dir)")
 
 
+def _range_note(path: str, kind: str) -> str:
+    return f" Range: {bounds.describe(path)}." if ("int" in kind or "float" in kind) else ""
+
+
 def schema_markdown() -> str:
     """The field table of targets/README.md, generated from the Profile declaration."""
     from .schema import describe
     lines = ["| field | type | default | meaning |", "|---|---|---|---|"]
-    lines += [f"| `{path}` | {kind} | `{default}` | {text} |" for path, kind, default, text in describe(Profile)]
+    lines += [f"| `{path}` | {kind} | `{default}` | {text}{_range_note(path, kind)} |"
+              for path, kind, default, text in describe(Profile)]
     return "\n".join(lines)
 
 

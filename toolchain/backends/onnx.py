@@ -106,12 +106,15 @@ def load_source(path: Path, opts):
     onnx = require("onnx", "full")
     try:
         model = onnx.load(str(path))
-        onnx.checker.check_model(model)
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-        raise EdgekitError(f"{path.name} is truncated or corrupt ({first})", "re-export the ONNX model") from None
+        raise _corrupt(path, exc) from None
     initializers = {i.name for i in model.graph.initializer}
     graph_inputs = [i for i in model.graph.input if i.name not in initializers]
+    _check_interface(path, model, graph_inputs, opts)
+    try:
+        onnx.checker.check_model(model)
+    except Exception as exc:
+        raise _corrupt(path, exc) from None
     specs = []
     for value in graph_inputs:
         dims = value.type.tensor_type.shape.dim
@@ -128,6 +131,36 @@ def load_source(path: Path, opts):
     source = Source("onnx", path, path.stem, specs, session.run)
     source.onnx_fixed_path = fixed
     return source
+
+
+def _corrupt(path: Path, exc: Exception) -> EdgekitError:
+    first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+    return EdgekitError(f"{path.name} is truncated or corrupt ({first})", "re-export the ONNX model")
+
+
+def _check_interface(path: Path, model, graph_inputs, opts) -> None:
+    """Outputs to compare and tensor inputs of known rank; an input of unknown rank takes its rank
+    from --input-shape."""
+    if not model.graph.output:
+        raise EdgekitError(f"{path.name} declares no graph outputs, so there is nothing to convert or compare",
+                           "re-export it with its outputs (e.g. output_names in torch.onnx.export)")
+    if not graph_inputs:
+        raise EdgekitError(f"{path.name} declares no graph inputs", "re-export it with its inputs")
+    for value in graph_inputs:
+        if not value.type.HasField("tensor_type"):
+            raise EdgekitError(f"{path.name}: input '{value.name}' is not a tensor (sequence/map/optional inputs "
+                               "are not supported)", "re-export the model with tensor inputs")
+        if not value.type.tensor_type.HasField("shape"):
+            override = opts.input_shapes.get(value.name) or (opts.input_shapes.get(None) if len(graph_inputs) == 1
+                                                              else None)
+            if not override:
+                raise EdgekitError(f"{path.name}: input '{value.name}' has unknown rank",
+                                   f"give its shape with --input-shape {value.name}:1,3,224,224 (your model's dims)")
+            for size in override:
+                value.type.tensor_type.shape.dim.add().dim_param = "?"
+    for value in model.graph.output:
+        if value.type.HasField("tensor_type") and not value.type.tensor_type.HasField("shape"):
+            value.type.tensor_type.shape.SetInParent()  # unknown rank: shape inference fills it in
 
 
 def _fix_outputs(onnx, model):

@@ -48,7 +48,12 @@ class Session:
         if device == "CPU":
             config["INFERENCE_NUM_THREADS"] = threads
             config["INFERENCE_PRECISION_HINT"] = "f32"  # never silently run bf16/fp16 on a float32 artifact
-        self.compiled = core.compile_model(str(path), device, config)
+        try:
+            self.compiled = core.compile_model(str(path), device, config)
+        except RuntimeError as exc:  # OpenVINO's parse/compile errors are RuntimeErrors with a trace of locations
+            lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip() and not ln.startswith("Exception from")]
+            raise EdgekitError(f"{Path(path).name}: OpenVINO cannot load it ({(lines or ['no detail'])[-1][:200]})",
+                               "check that the .xml and its .bin are complete and belong together") from None
         self.request = self.compiled.create_infer_request()
         self.inputs = [(p.any_name, tuple(p.shape), p.element_type.to_dtype().name) for p in self.compiled.inputs]
 
