@@ -144,7 +144,7 @@ def write_file(path: Path, text: str, inputs=()) -> None:
                            "give a file path to write to")
     real = path.resolve()
     for place, what in _protected(inputs):
-        if real == place or what == "the input" and place in real.parents:
+        if real == place:
             raise EdgekitError(f"{path} is {what}; edgekit will not write over it", "choose another file name")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.edgekit-partial-{_tag()}")
