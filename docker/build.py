@@ -6,9 +6,9 @@ image (linux/amd64). `make images` runs `build.py all --base local`.
     python docker/build.py toolchain [--base IMAGE|local] [--pip-ca FILE]
     python docker/build.py prepare        # cache what an offline runtime build needs (make setup)
 
-Builder: `docker buildx` when it answers, else `buildah` (no daemon; chroot isolation and the overlay
-storage driver where this machine can mount overlayfs, else vfs; STORAGE_DRIVER and
-BUILDAH_ISOLATION override).
+Builder: `docker buildx` when it answers, else `buildah` (no daemon; chroot isolation unless
+BUILDAH_ISOLATION says otherwise; buildah's own storage, whose driver it picks: overlay where the
+kernel allows, else vfs, or STORAGE_DRIVER).
 Base: an image name (default python:3.11-slim-bookworm), or `local`: Debian bookworm minbase with
 Debian's python3 (3.11), made with debootstrap and cached in ~/.cache/edgekit/images, for machines
 that reach no container registry (buildah only).
@@ -185,9 +185,12 @@ class Buildah:
     name = "buildah"
 
     def __init__(self, storage: Path | None = None):
-        driver = "overlay" if overlay_mounts(storage or CACHE) else "vfs"
-        self.options = [] if os.environ.get("STORAGE_DRIVER") else ["--storage-driver", driver]
+        """storage: a private storage folder (the tests'); None is buildah's own storage, whose driver
+        buildah picks (the one already holding images, else overlay where it works, else vfs)."""
+        self.options = []
         if storage:
+            if not os.environ.get("STORAGE_DRIVER"):
+                self.options += ["--storage-driver", "overlay" if overlay_mounts(storage) else "vfs"]
             self.options += ["--root", storage / "root", "--runroot", storage / "run"]
         self.isolation = [] if os.environ.get("BUILDAH_ISOLATION") else ["--isolation", "chroot"]
 
