@@ -89,6 +89,8 @@ def check_labels(y: np.ndarray, path, count: int | None = None) -> tuple[np.ndar
         raise EdgekitError(f"{path}: y holds non-integer values (e.g. {y[y != np.round(y)][0]:g})", fix)
     if np.any(y < 0):
         raise EdgekitError(f"{path}: y holds negative class ids (e.g. {int(y[y < 0][0])})", fix)
+    if np.any(y.astype(np.float64) >= 2 ** 31):
+        raise EdgekitError(f"{path}: y holds class ids too large to be classes (e.g. {y.astype(np.float64).max():g})", fix)
     if count is not None and len(y) < count:
         raise EdgekitError(f"{path}: y has {len(y)} labels for {count} inputs", "give one label per input")
     return y.astype(np.int64), note
