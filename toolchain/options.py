@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from .measure import OUTPUT_KINDS
 from .passes import quantize
 from .schema import option
 
@@ -53,8 +54,8 @@ class ConvertOptions:
                                       choices=("inherit", "fresh"))
     distill_features: list[str] = option([], "Layers (same name in teacher and student) to match, or auto.")
     devices: list[str] = option([], "Also benchmark every artifact on these devices over SSH (ssh://user@host[:port]).")
-    tflm_compress: bool = option(False, "MCU targets: also compress weights with TFLite Micro's LUT compression where a "
-                                        "tensor's distinct values per channel fit fewer than 8 bits; report its flash "
-                                        "size and parity in TFLite Micro (mcu/compressed/).")
+    outputs: str = option("auto", "How outputs are judged: classes (top-1 agreement + cosine), values (SNR in dB: "
+                                  "boxes, masks, landmarks, embeddings) or auto (probability vectors are classes).",
+                          choices=OUTPUT_KINDS)
     emulate: bool | None = option(None, "Also run TFLite/ONNX artifacts on emulated aarch64 (QEMU) and compare with "
                                         "the host; default: on for aarch64 targets when QEMU is installed.")

@@ -203,7 +203,9 @@ def prepare(model: Path, name: str, target, options: ConvertOptions, work: Path,
     if profile.device.kind == "fpga":  # the accelerator's scale granularity decides
         qconfig = dataclasses.replace(qconfig, per_channel=profile.accelerator.scales == "per-channel")
     opts = sources.LoadOptions(workdir=work, batch=profile.build.batch, trust_model=options.trust_model,
-                               input_shapes=parse_input_shapes(options.input_shape, profile.build.input_shape))
+                               input_shapes=parse_input_shapes(options.input_shape, profile.build.input_shape),
+                               data_shapes=data.sample_shapes(options.data) or data.sample_shapes(options.calib),
+                               data_origin="--data" if data.sample_shapes(options.data) else "--calib")
     progress(f"loading {model}")
     source = sources.load(model, opts)
     source.name = name
@@ -348,7 +350,7 @@ def _report_header(ctx: Context, model: Path) -> dict:
 
 def _warnings(ctx: Context) -> list[str]:
     device, host = ctx.target.profile.device, runner.host_info()
-    notes = []
+    notes = list(ctx.load_notes)
     if device.kind == "cpu" and device.arch != host["machine"] or device.kind in ("arm", "mcu", "fpga"):
         notes.append(f"latency was measured on this {host['machine']} host, not on the target device "
                      f"({device.description or device.arch}); it is not the device's latency")
@@ -518,7 +520,7 @@ def _measure(ctx: Context, backend, artifact: Path, precision: str) -> dict:
     result, outputs, run_dir = _run(ctx, backend, artifact)
     try:
         _check_finite(outputs, "the artifact's outputs")
-        figures = {"fidelity": measure.fidelity(ctx.reference, outputs, precision)}
+        figures = {"fidelity": measure.fidelity(ctx.reference, outputs, precision, ctx.options.outputs)}
     except EdgekitError as exc:
         raise ConversionError(exc.problem) from None
     except ValueError as exc:

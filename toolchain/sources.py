@@ -33,6 +33,9 @@ class LoadOptions:
     batch: int = 1
     input_shapes: dict[str | None, tuple[int, ...]] = field(default_factory=dict)  # None: the only input
     trust_model: bool = False
+    data_shapes: dict[str | None, tuple[int, ...]] = field(default_factory=dict)  # per-sample shapes in --data/--calib
+    data_origin: str = ""
+    notes: list[str] = field(default_factory=list)  # what loading decided that the report should say
 
 
 @dataclass
@@ -113,11 +116,28 @@ def fix_shape(name: str, shape: list, opts: LoadOptions, only_input: bool) -> tu
     if dims and dims[0] is None:
         dims[0] = opts.batch
     if None in dims:
+        dims = _dims_from_data(name, dims, opts, only_input)
+    if None in dims:
         shown = ",".join("?" if d is None else str(d) for d in dims)
         raise EdgekitError(f"input '{name}' has dynamic dims ({shown})",
-                           "fix them with --input-shape or build.input_shape in the profile")
+                           "fix them with --input-shape, build.input_shape in the profile, or --data/--calib "
+                           "samples of the shape to use")
     bounds.check_tensor(name, dims)
     return tuple(dims)
+
+
+def _dims_from_data(name: str, dims: list, opts: LoadOptions, only_input: bool) -> list:
+    """Fill dynamic dims from the per-sample shape of --data/--calib (batch dim kept), when it fits."""
+    sample = opts.data_shapes.get(name) or (opts.data_shapes.get(None) if only_input else None)
+    if sample is None or len(sample) + 1 != len(dims):
+        return dims
+    if any(d is not None and d != s for d, s in zip(dims[1:], sample)):
+        return dims  # the data does not fit the fixed dims: loading the data reports it
+    fixed = [dims[0], *sample]
+    shown = ",".join("?" if d is None else str(d) for d in dims)
+    opts.notes.append(f"input '{name}' has dynamic dims ({shown}): fixed to {tuple(fixed)} from the sample shape "
+                      f"of {opts.data_origin} (no --input-shape given)")
+    return fixed
 
 
 def _load_tf(kind: str, path: Path, opts: LoadOptions) -> Source:

@@ -193,6 +193,8 @@ def float_model(source) -> tuple[Path, str]:
         try:
             if source.kind == "tflite":
                 model, _ = tf2onnx.convert.from_tflite(str(source.path), opset=OPSET)
+            elif source.kind == "savedmodel":
+                model = _from_saved_model(tf2onnx, source)
             else:
                 fn, signature, _ = source.handle
                 model, _ = tf2onnx.convert.from_function(fn, input_signature=signature, opset=OPSET)
@@ -200,6 +202,19 @@ def float_model(source) -> tuple[Path, str]:
             raise ConversionError(f"tf2onnx failed: {str(exc).strip().splitlines()[0][:300]}") from None
         onnx.save(canonical_names(model), str(path))
     return path, note
+
+
+def _from_saved_model(tf2onnx, source):
+    """tf2onnx's SavedModel loader on the serving signature: it freezes variables and the tensors the
+    function captures (which from_function would leave as extra graph inputs); shapes fixed as loaded."""
+    from tf2onnx import tf_loader
+    require("absl.logging", "full").set_verbosity("error")
+    graph_def, inputs, outputs, renames = tf_loader.from_saved_model(
+        str(source.path), None, None, tag=["serve"], signatures=["serving_default"], return_tensors_to_rename=True)
+    shapes = {graph_name: list(spec.shape) for graph_name, spec in zip(inputs, source.inputs)}
+    model, _ = tf2onnx.convert.from_graph_def(graph_def, input_names=inputs, output_names=outputs, opset=OPSET,
+                                              shape_override=shapes, tensors_to_rename=renames)
+    return model
 
 
 def canonical_names(model):
@@ -254,25 +269,20 @@ def quantize(source, float_artifact: Path, out_path: Path, config, calib, method
         half = convert_float_to_float16(model, keep_io_types=True, node_block_list=excluded or None)
         onnx.save(canonical_names(half), str(out_path))
         return notes + ["float16 weights and compute, float32 I/O"]
-    pre = out_path.with_name(out_path.stem + ".pre.onnx")
-    try:
-        q.shape_inference.quant_pre_process(str(float_artifact), str(pre), skip_symbolic_shape=True)
-        if config.precision == "dynamic":
-            q.quantize_dynamic(str(pre), str(out_path), weight_type=q.QuantType.QInt8,
-                               per_channel=config.per_channel, nodes_to_exclude=excluded)
-        else:
-            q.quantize_static(str(pre), str(out_path), CalibrationReader(model, calib.samples), quant_format=q.QuantFormat.QDQ,
-                              per_channel=config.per_channel,
-                              activation_type=q.QuantType.QUInt8 if config.activations == "uint8" else q.QuantType.QInt8,
-                              weight_type=q.QuantType.QInt8, nodes_to_exclude=excluded,
-                              calibrate_method=_CALIBRATORS[method](q.CalibrationMethod),
-                              extra_options={"CalibMovingAverage": False})
-    except ConversionError:
-        raise
-    except Exception as exc:
-        raise ConversionError(f"onnxruntime quantization failed: {str(exc).strip().splitlines()[0][:300]}") from None
-    finally:
-        pre.unlink(missing_ok=True)
+    failures = []
+    for attempt in _attempts(config):
+        try:
+            _quantize_once(q, float_artifact, out_path, config, calib, method, model, excluded, attempt)
+            problem = _load_check(out_path, calib)
+        except Exception as exc:
+            problem = f"onnxruntime quantization failed: {_first_line(str(exc))}"
+        if problem is None:
+            break
+        failures.append(f"{attempt['name']}: {problem}")
+    else:
+        raise ConversionError("no int8 ONNX model that onnxruntime loads: " + " | ".join(failures))
+    if failures:
+        notes.append(f"retried: {'; '.join(failures)}; then {attempt['name']} worked")
     quantized = onnx.load(str(out_path))
     if config.precision == "int8-io":
         integer_io(quantized)
@@ -280,8 +290,63 @@ def quantize(source, float_artifact: Path, out_path: Path, config, calib, method
     onnx.save(canonical_names(quantized), str(out_path))
     if excluded:
         notes.append(f"kept in float: {', '.join(excluded)}")
-    return notes + [f"QDQ, {config.activations} activations, {'per-channel' if config.per_channel else 'per-tensor'} "
+    return notes + [f"QDQ, {config.activations} activations, {'per-channel' if attempt['per_channel'] else 'per-tensor'} "
                     f"int8 weights" if config.precision != "dynamic" else "int8 weights, activations quantized at run time"]
+
+
+def _attempts(config) -> list[dict]:
+    """Quantization settings from the configured one to the safest: onnxruntime's pre-processing
+    (graph optimisation, e.g. Conv+BatchNorm fusion) and per-channel QDQ break some real graphs."""
+    first = {"name": "pre-processed" + (", per-channel" if config.per_channel else ""), "optimize": True,
+             "per_channel": config.per_channel, "op_types": None}
+    return [first,
+            {**first, "name": "without pre-process optimisation", "optimize": False},
+            {**first, "name": "without pre-process optimisation, per-tensor", "optimize": False, "per_channel": False},
+            {"name": "without pre-process optimisation, per-tensor, only Conv/MatMul/Gemm quantized",
+             "optimize": False, "per_channel": False, "op_types": ["Conv", "ConvTranspose", "MatMul", "Gemm"]}]
+
+
+def _quantize_once(q, float_artifact: Path, out_path: Path, config, calib, method: str, model, excluded, attempt):
+    pre = out_path.with_name(out_path.stem + ".pre.onnx")
+    try:
+        q.shape_inference.quant_pre_process(str(float_artifact), str(pre), skip_optimization=not attempt["optimize"],
+                                            skip_symbolic_shape=True)
+        if config.precision == "dynamic":
+            q.quantize_dynamic(str(pre), str(out_path), weight_type=q.QuantType.QInt8,
+                               per_channel=attempt["per_channel"], nodes_to_exclude=excluded,
+                               op_types_to_quantize=attempt["op_types"])
+        else:
+            q.quantize_static(str(pre), str(out_path), CalibrationReader(model, calib.samples), quant_format=q.QuantFormat.QDQ,
+                              per_channel=attempt["per_channel"],
+                              activation_type=q.QuantType.QUInt8 if config.activations == "uint8" else q.QuantType.QInt8,
+                              weight_type=q.QuantType.QInt8, nodes_to_exclude=excluded,
+                              op_types_to_quantize=attempt["op_types"],
+                              calibrate_method=_CALIBRATORS[method](q.CalibrationMethod),
+                              extra_options={"CalibMovingAverage": False})
+    finally:
+        pre.unlink(missing_ok=True)
+
+
+def _load_check(path: Path, calib) -> str | None:
+    """None when onnxruntime loads the quantized model and gives finite outputs on a calibration sample."""
+    ort = require("onnxruntime", EXTRA)
+    options = ort.SessionOptions()
+    options.log_severity_level = 4
+    try:
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        if calib is not None:
+            names = [i.name for i in session.get_inputs()]
+            outputs = session.run(None, dict(zip(names, calib.samples[0])))
+            if any(np.issubdtype(o.dtype, np.floating) and not np.all(np.isfinite(o)) for o in outputs):
+                return "the quantized model gives NaN or infinite outputs"
+    except Exception as exc:
+        return f"onnxruntime cannot load the quantized model: {_first_line(str(exc))}"
+    return None
+
+
+def _first_line(text: str) -> str:
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    return (lines[0] if lines else "no detail")[:300]
 
 
 _CALIBRATORS = {"minmax": lambda m: m.MinMax, "percentile": lambda m: m.Percentile, "entropy": lambda m: m.Entropy}

@@ -1,15 +1,11 @@
 """TFLite / LiteRT: export (TF converter, onnx2tf for ONNX inputs), run (ai-edge-litert)."""
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 
-from .. import children
 from ..errors import ConversionError, EdgekitError
 from . import require
 
@@ -94,14 +90,35 @@ def _converter(source):
     """A fresh TFLiteConverter for the source's float graph."""
     tf = require("tensorflow", "full")
     require("absl.logging", "full").set_verbosity("error")  # a deprecation notice per conversion
-    if source.kind == "onnx":
-        return tf.lite.TFLiteConverter.from_saved_model(str(source.path.parent / "onnx2tf" / "out"))
-    if source.kind == "tflite":
-        raise ConversionError("a .tflite input is already converted and cannot be quantized again; "
-                              "give the float model (Keras, SavedModel or ONNX)")
+    if source.kind in ("onnx", "tflite"):
+        return tf.lite.TFLiteConverter.from_saved_model(str(_float_saved_model(source)))
     fn, signature, _ = source.handle
     # No trackable object here: with one, the converter keeps variables unfrozen and the model reads NaNs.
     return tf.lite.TFLiteConverter.from_concrete_functions([fn.get_concrete_function(*signature)])
+
+
+def _float_saved_model(source) -> Path:
+    """A TF SavedModel of an ONNX or TFLite source, for the TFLite quantizer: onnx2tf's output (a float
+    .tflite goes to ONNX with tf2onnx first)."""
+    saved_model = getattr(source, "onnx2tf_saved_model", None)
+    if saved_model is not None:
+        return saved_model
+    if source.kind == "onnx":
+        raise ConversionError("no onnx2tf SavedModel to quantize from: the fp32 TFLite conversion did not run")
+    from . import _onnx2tf
+    from . import onnx as onnx_backend
+    if _is_quantized(source.path):
+        raise ConversionError(f"{source.path.name} is already quantized: give the float model to quantize it again")
+    work = source.path.parent / "onnx2tf"
+    shutil.rmtree(work, ignore_errors=True)
+    _, source.onnx2tf_saved_model = _onnx2tf.convert(onnx_backend.float_model(source)[0], source.inputs, work,
+                                                     work / "float.tflite")
+    return source.onnx2tf_saved_model
+
+
+def _is_quantized(path: Path) -> bool:
+    return any(np.issubdtype(np.dtype(t["dtype"]), np.integer) and t["quantization"][0]
+               for t in _tensor_details(path))
 
 
 def _write(out_path: Path, convert) -> None:
@@ -130,6 +147,8 @@ def quantize(source, float_artifact: Path, out_path: Path, config, calib, method
     if config.precision == "int8-io":
         converter.inference_input_type = converter.inference_output_type = tf.int8
     notes = [f"TFLite post-training {config.precision}, {'per-channel' if config.per_channel else 'per-tensor'} weights"]
+    if source.kind == "tflite":
+        notes.append("float graph rebuilt from the .tflite input (tf2onnx, then onnx2tf) to quantize it")
     if not config.keep_float:
         _write(out_path, converter.convert)
         return notes
@@ -150,28 +169,14 @@ def _tensor_details(path: Path) -> list[dict]:
 
 
 def _from_onnx(source, out_path: Path) -> list[str]:
-    """ONNX -> TFLite through onnx2tf, run in a subprocess on a copy in a scratch dir.
-
-    onnx2tf rewrites its input in place and may download a sample image file unless one
-    is in its working directory, so it gets both a copy and a locally generated sample.
-    """
+    """ONNX -> TFLite through onnx2tf's recipe ladder (backends/_onnx2tf.py), on copies in the workdir."""
     require("onnx2tf", "full")
+    from . import _onnx2tf
     work = source.path.parent / "onnx2tf"
     shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
-    model = work / "model.onnx"
-    shutil.copyfile(source.onnx_fixed_path, model)
-    np.save(work / "calibration_image_sample_data_20x128x128x3_float32.npy",
-            np.random.default_rng(0).random((20, 128, 128, 3), dtype=np.float32))
-    keep = ",".join(s.name for s in source.inputs)
-    cmd = [sys.executable, "-m", "onnx2tf", "-i", str(model), "-o", "out", "-kat", *keep.split(","), "-n"]
-    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "-1", "TF_CPP_MIN_LOG_LEVEL": "3"}
-    proc = children.run(cmd, 1800, env=env, cwd=work)
-    produced = work / "out" / "model_float32.tflite"
-    if proc.returncode != 0 or not produced.is_file():
-        raise ConversionError(f"onnx2tf failed: {_last_error_line(proc.stdout + proc.stderr)}")
-    shutil.copyfile(produced, out_path)
-    return ["onnx2tf (ONNX -> TF -> TFLite float32), input layout kept as in the ONNX model"]
+    notes, saved_model = _onnx2tf.convert(source.onnx_fixed_path, source.inputs, work, out_path)
+    source.onnx2tf_saved_model = saved_model  # the quantizer converts from it
+    return notes
 
 
 def _last_error_line(text: str) -> str:

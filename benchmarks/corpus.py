@@ -1,0 +1,156 @@
+"""Convert every real-model corpus model and tabulate what came out (a benchmark that prints figures; not a test).
+
+The corpus is fetched by `make setup` (benchmarks/corpus_fetch.py) into ~/.cache/edgekit/corpus.
+Each model goes through `edgekit convert` in its own process, once per target. The cpu-int8 run
+builds every format's fp32 baseline with the cpu target's converters and settings, so by default
+those baselines are the cpu (fp32) artifacts: `--targets cpu,cpu-int8` converts for cpu separately.
+
+    python benchmarks/corpus.py [--targets cpu-int8[,arm-int8]] [--models a,b] [--runs 20] [--out DIR]
+
+Prints a markdown table (model x format x precision: status, fidelity, size, latency, recipe),
+the success rate `built and verified / attempted` per precision, and every failure reason; writes
+corpus.json to --out. Inputs are random (no labels): fidelity is measured against the source model
+on the same inputs, and int8 is calibrated on a held-apart slice of the same random data.
+Models with dynamic dims get --data of the manifest's shape (no --input-shape). Every input file's
+SHA-256 is compared before and after each conversion.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+BIN = Path(sys.executable).parent
+CORPUS = Path(os.environ.get("EDGEKIT_CORPUS", Path.home() / ".cache/edgekit/corpus"))
+SAMPLES = 48  # of random data for models with dynamic dims: scored and calibration slices
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--targets", default="cpu-int8")
+    parser.add_argument("--models", default="")
+    parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--dir", type=Path, default=CORPUS)
+    parser.add_argument("--out", type=Path, default=Path("edgekit-out/bench-corpus"))
+    parser.add_argument("--timeout", type=int, default=3600, help="seconds per model and target")
+    args = parser.parse_args()
+    manifest_path = args.dir / "manifest.json"
+    if not manifest_path.is_file():
+        sys.exit(f"no corpus in {args.dir}: run `make setup` (or python benchmarks/corpus_fetch.py)")
+    manifest = json.loads(manifest_path.read_text())
+    names = [n for n in args.models.split(",") if n] or sorted(manifest)
+    args.out.mkdir(parents=True, exist_ok=True)
+    results_path = args.out / "corpus.json"
+    results = json.loads(results_path.read_text()) if results_path.is_file() else {}
+    for name in names:
+        for target in args.targets.split(","):
+            started = time.time()
+            print(f"converting {name} for {target}", file=sys.stderr, flush=True)
+            results[f"{name}|{target}"] = convert(name, manifest[name], target, args)
+            results[f"{name}|{target}"]["seconds"] = round(time.time() - started)
+            results_path.write_text(json.dumps(results, indent=1, sort_keys=True))
+    rows = table_rows(results, manifest, names, args.targets.split(","))
+    print_table(rows, results)
+    print(f"\nwrote {results_path}", file=sys.stderr)
+
+
+def convert(name: str, entry: dict, target: str, args) -> dict:
+    model = args.dir / entry["path"]
+    out = args.out / name / target
+    before = digest(model)
+    cmd = [str(BIN / "edgekit"), "convert", str(model), "--target", target, "--out", str(out), "--force",
+           "--runs", str(args.runs), "--warmup", str(args.warmup), "--quiet"]
+    if entry.get("data_shape"):
+        data = args.out / name / "data.npz"
+        data.parent.mkdir(parents=True, exist_ok=True)
+        shape = entry["data_shape"][1:]
+        np.savez(data, x=np.random.default_rng(0).random((SAMPLES, *shape), dtype=np.float32))
+        cmd += ["--data", str(data)]
+    elif target != "cpu" and not target.startswith("gpu"):
+        cmd += ["--calib", "random"]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
+        error = None if (out / "report.json").is_file() else (proc.stderr.strip().splitlines() or ["no output"])[-1]
+    except subprocess.TimeoutExpired:
+        error = f"timed out after {args.timeout} s"
+    result = {"input_unchanged": digest(model) == before, "command": " ".join(cmd)}
+    if error:
+        return {**result, "error": error}
+    report = json.loads((out / "report.json").read_text())
+    return {**result, "artifacts": report["artifacts"], "warnings": report["warnings"],
+            "inputs": report["model"]["inputs"]}
+
+
+def digest(path: Path) -> str:
+    h = hashlib.sha256()
+    for f in sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]:
+        h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+def recipe(artifact: dict) -> str:
+    """The conversion route, short: which onnx2tf recipe, whether quantization had to retry."""
+    notes = artifact.get("notes", [])
+    picked = [n.split(";")[0] for n in notes if n.startswith("onnx2tf recipe")]
+    picked += ["int8 retried: " + n.rsplit("then ", 1)[-1] for n in notes if n.startswith("retried:")]
+    return "; ".join(picked) or (notes[0] if notes else "")
+
+
+def table_rows(results: dict, manifest: dict, names: list[str], targets: list[str]) -> list[dict]:
+    from edgekit.report import fidelity_figure
+    rows = []
+    for name in names:
+        for target in targets:
+            result = results.get(f"{name}|{target}")
+            if result is None:
+                continue
+            if "error" in result:
+                rows.append({"model": name, "target": target, "format": "all", "precision": "-", "status": "FAILED",
+                             "reason": result["error"], "task": manifest[name]["task"]})
+                continue
+            for a in result["artifacts"]:
+                row = {"model": name, "target": target, "format": a["format"], "precision": a["precision"],
+                       "task": manifest[name]["task"], "recipe": recipe(a)}
+                if a["status"] != "ok":
+                    row.update(status="FAILED", reason=a["reason"])
+                else:
+                    row.update(status="verified" if a["fidelity"]["verified"] else "MISMATCH",
+                               fidelity=fidelity_figure(a["fidelity"]), size_kib=a["size"]["bytes"] / 1024,
+                               median_ms=a["latency_ms"].get("median"))
+                rows.append(row)
+    return rows
+
+
+def print_table(rows: list[dict], results: dict) -> None:
+    print("| model | task | target | format | precision | status | fidelity | size KiB | median ms | recipe |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        size = f"{r['size_kib']:.0f}" if "size_kib" in r else "-"
+        ms = f"{r['median_ms']:.3g}" if r.get("median_ms") else "-"
+        print(f"| {r['model']} | {r['task']} | {r['target']} | {r['format']} | {r['precision']} | {r['status']} | "
+              f"{r.get('fidelity', '-')} | {size} | {ms} | {r.get('recipe', '')} |")
+    print()
+    for precision in sorted({r["precision"] for r in rows if r["precision"] != "-"}):
+        picked = [r for r in rows if r["precision"] == precision]
+        ok = sum(r["status"] == "verified" for r in picked)
+        print(f"- {precision}: built and verified / attempted = {ok}/{len(picked)} ({ok / max(len(picked), 1):.0%})")
+    unchanged = [r["input_unchanged"] for r in results.values()]
+    print(f"- input model files byte-identical after conversion: {sum(unchanged)}/{len(unchanged)} conversions")
+    print("\nFailures and mismatches:\n")
+    for r in rows:
+        if r["status"] == "FAILED":
+            print(f"- {r['model']} {r['format']} {r['precision']}: {r['reason']}")
+        elif r["status"] == "MISMATCH":
+            print(f"- {r['model']} {r['format']} {r['precision']}: MISMATCH ({r['fidelity']})")
+
+
+if __name__ == "__main__":
+    main()

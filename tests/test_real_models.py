@@ -1,0 +1,180 @@
+"""What real third-party models bring: awkward names, dynamic-shape exports, captured tensors,
+broken quantization, and outputs that are not class scores. Each on a tiny model made here."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from clihelp import run_cli
+from conftest import tree_digest
+
+
+def dynamic_hw_onnx(path, softmax_name="Softmax@0"):
+    """Conv over a [1,3,H,W] input (H, W dynamic), then Shape -> Gather -> Concat -> Reshape to [1,4,H*W]
+    and a softmax: the shape subgraph a PyTorch export with dynamic axes leaves behind."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal((4, 3, 3, 3)).astype(np.float32), "conv.weight"),
+             numpy_helper.from_array(np.array([0, 1], np.int64), "idx01"),
+             numpy_helper.from_array(np.array([-1], np.int64), "minus1")]
+    nodes = [helper.make_node("Conv", ["x", "conv.weight"], ["onnx::Relu_1"], name="/conv/Conv", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["onnx::Relu_1"], ["y"], name="/relu/Relu"),
+             helper.make_node("Shape", ["y"], ["shape"], name="/Shape"),
+             helper.make_node("Gather", ["shape", "idx01"], ["nc"], name="/Gather", axis=0),
+             helper.make_node("Concat", ["nc", "minus1"], ["newshape"], name="/Concat", axis=0),
+             helper.make_node("Reshape", ["y", "newshape"], ["z"], name="/Reshape"),
+             helper.make_node("Softmax", ["z"], ["probs"], name=softmax_name, axis=-1)]
+    graph = helper.make_graph(nodes, "dyn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, "H", "W"])],
+                              [helper.make_tensor_value_info("probs", TensorProto.FLOAT, [1, 4, None])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+def test_onnx_to_tflite_with_rejected_names_and_a_shape_subgraph(tmp_path, capsys):
+    model = dynamic_hw_onnx(tmp_path / "dyn.onnx")
+    before = tree_digest(model)
+    result = run_cli(capsys, "convert", model, "--format", "tflite", "--input-shape", "1,3,16,12",
+                     "--runs", "2", "--warmup", "0", "--out", tmp_path / "out")
+    assert result.code == 0, result.err
+    artifact = json.loads((tmp_path / "out" / "report.json").read_text())["artifacts"][0]
+    assert artifact["status"] == "ok", artifact
+    assert artifact["fidelity"]["verified"], artifact["fidelity"]
+    assert any(n.startswith("onnx2tf recipe 1/") for n in artifact["notes"]), artifact["notes"]
+    assert tree_digest(model) == before, "the input model was modified"
+
+
+def test_onnx2tf_failure_names_the_node_and_op(tmp_path):
+    from edgekit.backends import _onnx2tf
+    log = "\n".join([
+        "ERROR: The trace log is below.", "Traceback (most recent call last):", '  File "x.py", line 1, in f',
+        "ValueError: Cannot reshape a tensor with 5248 elements to shape [1,4,16,64] (4096 elements) for "
+        "'{{node tf.reshape}} = Reshape[T=DT_FLOAT, Tshape=DT_INT32](x, y)' with input shapes: [1,41,128], [4].",
+        "", "ERROR: input_onnx_file_path: /w/model.onnx", "ERROR: onnx_op_name: _Reshape_1",
+        "ERROR: Read this and deal with it. https://github.com/PINTO0309/onnx2tf#parameter-replacement",
+        'ValueError: Exception encountered when calling layer "tf.reshape" (type TFOpLambda).', ""])
+    (tmp_path / "names.json").write_text(json.dumps({"nodes": {"_Reshape_1": ["/Reshape_1", "Reshape"]}}))
+    reason = _onnx2tf.explain(log, tmp_path)
+    assert reason.startswith("at ONNX node '/Reshape_1' (op Reshape): Cannot reshape a tensor with 5248"), reason
+
+
+def test_non_standard_onnx_op_fails_at_once_with_its_node(tmp_path, capsys):
+    import onnx
+    from onnx import TensorProto, helper
+    node = helper.make_node("Gelu", ["x"], ["y"], name="fused/0", domain="com.microsoft")
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 2])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 2])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13), helper.make_opsetid("com.microsoft", 1)])
+    onnx.save(model, str(tmp_path / "ms.onnx"))
+    result = run_cli(capsys, "convert", tmp_path / "ms.onnx", "--format", "tflite", "--runs", "1",
+                     "--out", tmp_path / "out")
+    artifact = json.loads((tmp_path / "out" / "report.json").read_text())["artifacts"][0]
+    assert artifact["status"] == "failed"
+    assert "'fused/0' (op Gelu, domain com.microsoft)" in artifact["reason"], artifact["reason"]
+
+
+def _boxes(rng, n=8):
+    return [[rng.random((1, 100, 6)).astype(np.float32)] for _ in range(n)]
+
+
+def test_detector_output_with_good_top1_but_poor_snr_is_a_mismatch():
+    from edgekit import measure
+    rng = np.random.default_rng(0)
+    reference = _boxes(rng)
+    for s in reference:
+        s[0][0, 0, 0] = 50.0  # a dominant element: the flat argmax ("top-1") survives any noise below
+    actual = [[s[0] + rng.normal(0, 0.5, s[0].shape).astype(np.float32)] for s in reference]
+    fid = measure.fidelity(reference, actual, "int8")
+    assert fid["top1_agreement"] == 1.0
+    assert fid["outputs"][0]["kind"] == "values" and fid["outputs"][0]["snr_db"] < 15
+    assert not fid["verified"] and fid["judged_by"] == ["SNR"]
+
+
+def test_detector_output_with_poor_top1_but_good_snr_is_verified():
+    from edgekit import measure
+    rng = np.random.default_rng(1)
+    reference = [[np.full((1, 100, 6), 0.5, np.float32)] for _ in range(8)]  # ties everywhere: argmax is fragile
+    actual = [[s[0] + rng.normal(0, 1e-3, s[0].shape).astype(np.float32)] for s in reference]
+    fid = measure.fidelity(reference, actual, "int8")
+    assert fid["top1_agreement"] < 0.5
+    assert fid["outputs"][0]["snr_db"] > 40 and fid["verified"]
+
+
+def test_probability_vectors_are_judged_by_top1_unless_told_otherwise():
+    from edgekit import measure
+    rng = np.random.default_rng(2)
+    logits = [rng.normal(0, 3, (1, 10)) for _ in range(16)]
+    reference = [[(np.exp(x) / np.exp(x).sum()).astype(np.float32)] for x in logits]
+    actual = [[np.clip(s[0] + rng.normal(0, 0.02, s[0].shape), 0, None).astype(np.float32)] for s in reference]
+    auto = measure.fidelity(reference, actual, "int8")
+    assert auto["outputs"][0]["kind"] == "classes" and auto["judged_by"] == ["top-1 agreement and cosine"]
+    forced = measure.fidelity(reference, actual, "int8", output_kind="values")
+    assert forced["outputs"][0]["kind"] == "values" and forced["judged_by"] == ["SNR"]
+
+
+def test_dynamic_dims_come_from_the_data_when_no_input_shape_is_given(tmp_path, capsys):
+    model = dynamic_hw_onnx(tmp_path / "dyn.onnx", softmax_name="softmax")
+    np.savez(tmp_path / "data.npz", x=np.random.default_rng(0).random((6, 3, 8, 10), dtype=np.float32))
+    result = run_cli(capsys, "convert", model, "--format", "onnx", "--data", tmp_path / "data.npz",
+                     "--runs", "1", "--warmup", "0", "--out", tmp_path / "out")
+    assert result.code == 0, result.err
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["model"]["inputs"][0]["shape"] == [1, 3, 8, 10]
+    assert any("fixed to (1, 3, 8, 10) from the sample shape of --data" in w for w in report["warnings"])
+    assert report["artifacts"][0]["fidelity"]["verified"]
+
+
+def test_int8_onnx_retries_when_the_first_quantized_model_does_not_load(make_model, tmp_path, capsys, monkeypatch):
+    """The first quantize_static result is made invalid (as onnxruntime's Conv+BN fusion with per-channel
+    QDQ does on some real graphs): the artifact is checked, rebuilt with safer settings, and says so."""
+    from onnxruntime import quantization
+    real, calls = quantization.quantize_static, []
+
+    def first_breaks(model_input, model_output, *args, **kwargs):
+        calls.append(kwargs.get("per_channel"))
+        real(model_input, model_output, *args, **kwargs)
+        if len(calls) == 1:
+            Path(model_output).write_bytes(Path(model_output).read_bytes()[:200])
+
+    monkeypatch.setattr(quantization, "quantize_static", first_breaks)
+    result = run_cli(capsys, "convert", make_model("onnx"), "--target", "cpu-int8", "--format", "onnx",
+                     "--calib", "random", "--runs", "1", "--warmup", "0", "--out", tmp_path / "out")
+    assert result.code == 0, result.err
+    artifact = json.loads((tmp_path / "out" / "report.json").read_text())["artifacts"][1]
+    assert artifact["status"] == "ok" and artifact["precision"] == "int8", artifact
+    assert len(calls) == 2
+    retried = next(n for n in artifact["notes"] if n.startswith("retried:"))
+    assert "onnxruntime cannot load the quantized model" in retried and "without pre-process optimisation" in retried
+
+
+def test_savedmodel_with_a_captured_tensor_gives_artifacts_with_exactly_its_inputs(tmp_path, capsys):
+    import onnx
+    import tensorflow as tf
+
+    class Affine(tf.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = tf.Variable(np.random.default_rng(0).standard_normal((4, 3)).astype(np.float32))
+            self.offset = tf.constant(np.arange(3, dtype=np.float32))  # captured by the function, not a variable
+
+        @tf.function(input_signature=[tf.TensorSpec([None, 4], tf.float32, name="x")])
+        def __call__(self, x):
+            return {"y": tf.matmul(x, self.w) + self.offset}
+
+    module = Affine()
+    tf.saved_model.save(module, str(tmp_path / "sm"), signatures={"serving_default": module.__call__})
+    before = tree_digest(tmp_path / "sm")
+    result = run_cli(capsys, "convert", tmp_path / "sm", "--runs", "1", "--warmup", "0", "--out", tmp_path / "out")
+    assert result.code == 0, result.err
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    for artifact in report["artifacts"]:
+        assert artifact["status"] == "ok" and artifact["fidelity"]["verified"], artifact
+    graph = onnx.load(str(tmp_path / "out" / "model.onnx")).graph
+    assert [i.name for i in graph.input] == ["x"]
+    assert [d.dim_value for d in graph.input[0].type.tensor_type.shape.dim] == [1, 4]
+    assert tree_digest(tmp_path / "sm") == before
