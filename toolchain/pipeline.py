@@ -243,6 +243,7 @@ def prepare(model: Path, name: str, target, options: ConvertOptions, work: Path,
     data.check_classes(evalset.labels, _classes(reference), evalset.origin)
     ctx = Context(stages[-1][1], target, options, qconfig, None, work, evalset, calib, reference, progress)
     ctx.stages, ctx.pruning, ctx.distillation = stages, pruning, distilled
+    ctx.load_notes = opts.notes
     if evalset.labels is not None:
         original = source.predict(evalset.samples) if len(stages) > 1 else reference
         ctx.source_accuracy = measure.accuracy(original, evalset.labels)
