@@ -21,6 +21,7 @@ TOLERANCE = {
     "int8-io": {"min_cosine": 0.98, "min_top1_agreement": 0.90, "min_snr_db": 15.0},
 }
 OUTPUT_KINDS = ("auto", "classes", "values")
+# How a figure was obtained: every "how" label starts with one of these (detail in parentheses).
 MEASURED, EMULATED, ESTIMATED, REMOTE = "measured on host", "emulated", "estimated", "measured on remote device"
 NOT_MEASURED = "not measured"
 HOW = (MEASURED, EMULATED, ESTIMATED, REMOTE, NOT_MEASURED)

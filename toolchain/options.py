@@ -54,6 +54,9 @@ class ConvertOptions:
                                       choices=("inherit", "fresh"))
     distill_features: list[str] = option([], "Layers (same name in teacher and student) to match, or auto.")
     devices: list[str] = option([], "Also benchmark every artifact on these devices over SSH (ssh://user@host[:port]).")
+    tflm_compress: bool = option(False, "MCU targets: also compress weights with TFLite Micro's LUT compression where a "
+                                        "tensor's distinct values per channel fit fewer than 8 bits; report its flash "
+                                        "size and parity in TFLite Micro (mcu/compressed/).")
     outputs: str = option("auto", "How outputs are judged: classes (top-1 agreement + cosine), values (SNR in dB: "
                                   "boxes, masks, landmarks, embeddings) or auto (probability vectors are classes).",
                           choices=OUTPUT_KINDS)
