@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import hashlib
+import json
 import os
 import tempfile
 import time
@@ -118,12 +119,15 @@ def convert_targets(model: str | Path | None = None, progress: Callable[[str], N
         for target in names:
             progress(f"target {target}")
             single = {**dataclasses.asdict(options), "target": target, "out": stage / target, "force": False}
+            if options.calib and not _calibrates(target, options):
+                single["calib"] = None  # --calib is for the targets that quantize with it
             try:  # each target in its own process: a native crash in one leaves the others standing
                 results.append(isolate.run("edgekit.pipeline:convert", model, isolate.progress, **single,
                                            step=f"target {target}", progress=progress))
             except (EdgekitError, ConversionError) as exc:
                 output.sweep(stage)  # the staging directory of a target whose process died
                 results.append({"target": {"name": target}, "error": str(exc), "artifacts": []})
+                _failed_target_report(stage / target, target, str(exc))
         if replacing:
             _keep_previous_unless_built([a for r in results for a in r["artifacts"]] or
                                         [{"format": r["target"]["name"], "precision": "", "status": "failed",
@@ -133,6 +137,20 @@ def convert_targets(model: str | Path | None = None, progress: Callable[[str], N
         output.commit(stage, out, "convert")
     summary["out_dir"] = str(out)
     return summary
+
+
+def _calibrates(target: str, options: ConvertOptions) -> bool:
+    profile = targets.get_target(target, tuple(options.targets_dirs)).profile
+    return quantize_config(profile.quantize, options).precision in quantize.CALIBRATED
+
+
+def _failed_target_report(directory: Path, target: str, error: str) -> None:
+    """A target that built nothing still gets its directory, saying why."""
+    directory.mkdir(exist_ok=True)
+    (directory / "report.json").write_text(json.dumps({"schema": REPORT_SCHEMA, "target": {"name": target},
+                                                       "status": "failed", "error": error, "artifacts": []},
+                                                      indent=2) + "\n")
+    (directory / "report.md").write_text(f"# edgekit report: {target}\n\nFAILED: {error}\n")
 
 
 def analyze(model: str | Path | None = None, sensitivity: bool = False,
