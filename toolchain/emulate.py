@@ -4,7 +4,7 @@ This proves that an artifact loads and computes the same answers on ARM. It says
 an ARM board's speed, so no latency from here is ever reported.
 
 The aarch64 environment is provisioned once and cached (`$EDGEKIT_CACHE/aarch64-<key>`):
-  root/   a Debian bookworm arm64 minbase (debootstrap --foreign, unpacked with dpkg -x) for
+  root/   a Debian bookworm arm64 minbase (debootstrap --download-only, unpacked with dpkg -x) for
           the loader, libc and python3.11, plus /proc/cpuinfo and /sys/devices/system/cpu/*
           describing Cortex-A72 cores (without them LiteRT and onnxruntime crash at start-up)
   site/   the aarch64 wheels of numpy and of the same runtime versions as this host
@@ -77,7 +77,9 @@ def environment(cache: Path, progress=lambda msg: None) -> Path:
 
 
 def _root(root: Path) -> None:
-    _run(["debootstrap", "--foreign", "--arch=arm64", "--variant=minbase", "--include=python3", "bookworm",
+    # --download-only: no root, no device nodes (so it works inside containers); the packages are
+    # unpacked below, never configured (that would run arm64 code).
+    _run(["debootstrap", "--download-only", "--arch=arm64", "--variant=minbase", "--include=python3", "bookworm",
           str(root), MIRROR], "debootstrap")
     for deb in sorted((root / "var/cache/apt/archives").glob("*.deb")):
         _run(["dpkg", "-x", str(deb), str(root)], "dpkg -x")
