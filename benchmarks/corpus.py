@@ -41,6 +41,7 @@ def main() -> None:
     parser.add_argument("--dir", type=Path, default=CORPUS)
     parser.add_argument("--out", type=Path, default=Path("edgekit-out/bench-corpus"))
     parser.add_argument("--timeout", type=int, default=3600, help="seconds per model and target")
+    parser.add_argument("--table-only", action="store_true", help="print the table from --out/corpus.json, convert nothing")
     args = parser.parse_args()
     manifest_path = args.dir / "manifest.json"
     if not manifest_path.is_file():
@@ -50,7 +51,9 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     results_path = args.out / "corpus.json"
     results = json.loads(results_path.read_text()) if results_path.is_file() else {}
-    for name in names:
+    if args.table_only:
+        names = [n for n in names if any(k.startswith(f"{n}|") for k in results)]
+    for name in names if not args.table_only else []:
         for target in args.targets.split(","):
             started = time.time()
             print(f"converting {name} for {target}", file=sys.stderr, flush=True)

@@ -178,3 +178,25 @@ def test_savedmodel_with_a_captured_tensor_gives_artifacts_with_exactly_its_inpu
     assert [i.name for i in graph.input] == ["x"]
     assert [d.dim_value for d in graph.input[0].type.tensor_type.shape.dim] == [1, 4]
     assert tree_digest(tmp_path / "sm") == before
+
+
+def test_erfc_left_by_tf2onnx_is_rewritten_and_unknown_ops_are_named():
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+    from edgekit.backends import onnx as onnx_backend
+    from edgekit.errors import ConversionError
+
+    def model(op):
+        node = helper.make_node(op, ["x"], ["y"], name=f"gelu/{op}")
+        graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [5])],
+                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [5])])
+        return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+    fixed = onnx_backend._complete(onnx, model("Erfc"))
+    x = np.linspace(-2, 2, 5).astype(np.float32)
+    y = ort.InferenceSession(fixed.SerializeToString()).run(None, {"x": x})[0]
+    from math import erfc
+    assert np.allclose(y, [erfc(v) for v in x], atol=1e-6)
+    with pytest.raises(ConversionError, match="TensorFlow op Bucketize .node 'gelu/Bucketize'"):
+        onnx_backend._complete(onnx, model("Bucketize"))

@@ -200,8 +200,31 @@ def float_model(source) -> tuple[Path, str]:
                 model, _ = tf2onnx.convert.from_function(fn, input_signature=signature, opset=OPSET)
         except Exception as exc:
             raise ConversionError(f"tf2onnx failed: {str(exc).strip().splitlines()[0][:300]}") from None
-        onnx.save(canonical_names(model), str(path))
+        onnx.save(canonical_names(_complete(onnx, model)), str(path))
     return path, note
+
+
+def _complete(onnx, model):
+    """Rewrite TF ops tf2onnx copies through untranslated where ONNX has an exact composition
+    (Erfc(x) = 1 - Erf(x): Keras 3's GELU); refuse any other op ONNX does not define, naming it."""
+    graph, helper = model.graph, onnx.helper
+    rebuilt = []
+    for node in graph.node:
+        if node.op_type == "Erfc" and node.domain in ("", "ai.onnx"):
+            one = node.name + "/one"
+            graph.initializer.append(onnx.numpy_helper.from_array(np.array(1, np.float32), one))
+            rebuilt += [helper.make_node("Erf", list(node.input), [node.output[0] + "/erf"], name=node.name + "/Erf"),
+                        helper.make_node("Sub", [one, node.output[0] + "/erf"], list(node.output), name=node.name)]
+        else:
+            rebuilt.append(node)
+    del graph.node[:]
+    graph.node.extend(rebuilt)
+    unknown = [n for n in graph.node if n.domain in ("", "ai.onnx") and not onnx.defs.has(n.op_type)]
+    if unknown:
+        ops = sorted({n.op_type for n in unknown})
+        raise ConversionError(f"tf2onnx has no ONNX equivalent for TensorFlow op {', '.join(ops)} "
+                              f"(node '{unknown[0].name}', {len(unknown)} node(s) in all)")
+    return model
 
 
 def _from_saved_model(tf2onnx, source):

@@ -151,7 +151,7 @@ def quantize(source, float_artifact: Path, out_path: Path, config, calib, method
         notes.append("float graph rebuilt from the .tflite input (tf2onnx, then onnx2tf) to quantize it")
     if not config.keep_float:
         _write(out_path, converter.convert)
-        return notes
+        return notes + _match_outputs(source, out_path, float_artifact)
     if calib is None:
         raise ConversionError(f"--keep-float needs a calibrated precision on TFLite, not {config.precision}")
     denied = select([t["name"] for t in _tensor_details(float_artifact)], config.keep_float, "TFLite")
@@ -160,7 +160,54 @@ def quantize(source, float_artifact: Path, out_path: Path, config, calib, method
     debugger = tf.lite.experimental.QuantizationDebugger(
         converter=converter, debug_dataset=converter.representative_dataset, debug_options=options)
     _write(out_path, debugger.get_nondebug_quantized_model)
-    return notes + [f"kept in float: {len(denied)} tensors of {', '.join(config.keep_float)}"]
+    return notes + [f"kept in float: {len(denied)} tensors of {', '.join(config.keep_float)}"] + \
+        _match_outputs(source, out_path, float_artifact)
+
+
+def _match_outputs(source, out_path: Path, float_artifact: Path) -> list[str]:
+    """A SavedModel made by onnx2tf lists its outputs in its own order (sorted signature names): put the
+    quantized model's outputs in the float artifact's order, matched by size and values on one sample."""
+    if source.kind not in ("onnx", "tflite"):
+        return []
+    from . import _onnx2tf
+    reference, quantized = _sample_outputs(float_artifact), _sample_outputs(out_path)
+    order, free = [], list(range(len(quantized)))
+    for want in reference:
+        same = [j for j in free if quantized[j].size == want.size]
+        if not same:
+            return []  # the fidelity check reports the mismatch
+        best = max(same, key=lambda j: _cosine(want, quantized[j]))
+        free.remove(best)
+        order.append(best)
+    if order == sorted(order):
+        return []
+    _onnx2tf._reorder(out_path, "outputs", order)
+    return ["outputs reordered to the float model's order (matched by size and values)"]
+
+
+def _sample_outputs(path: Path) -> list[np.ndarray]:
+    interpreter_mod = require("ai_edge_litert.interpreter", EXTRA)
+    interpreter = interpreter_mod.Interpreter(model_path=str(path))
+    interpreter.allocate_tensors()
+    rng = np.random.default_rng(0)
+    for d in interpreter.get_input_details():
+        x = rng.random(tuple(d["shape"]), dtype=np.float32)
+        qp = _quant_params(d)
+        if qp:
+            x = np.clip(np.round(x / qp[0] + qp[1]), np.iinfo(d["dtype"]).min, np.iinfo(d["dtype"]).max)
+        interpreter.set_tensor(d["index"], x.astype(d["dtype"]))
+    interpreter.invoke()
+    outputs = []
+    for d in interpreter.get_output_details():
+        y = interpreter.get_tensor(d["index"]).astype(np.float64)
+        qp = _quant_params(d)
+        outputs.append(((y - qp[1]) * qp[0] if qp else y).ravel())
+    return outputs
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> float:
+    denom = np.linalg.norm(a) * np.linalg.norm(b)
+    return float(a @ b / denom) if denom else 0.0
 
 
 def _tensor_details(path: Path) -> list[dict]:
