@@ -191,7 +191,7 @@ def analyze(model, layers, as_json, **options):
 @click.argument("model", required=False, type=click.Path(path_type=Path))
 @click.option("--target", "-t", default="cpu-int8", show_default=True, help="Target profile; its first format is tuned.")
 @click.option("--data", type=click.Path(path_type=Path), help="Labelled .npz (x, y): half tunes, half checks the result.")
-@click.option("--max-accuracy-drop", default=0.5, show_default=True, type=Number(0, 100),
+@click.option("--max-accuracy-drop", default=0.5, show_default=True, type=Number(-100, 100),
               help="Budget in accuracy points (or percent of the source accuracy with --relative).")
 @click.option("--relative", is_flag=True, help="The budget is relative to the source accuracy.")
 @click.option("--budget-minutes", type=Number(0, 10 ** 6, min_open=True), help="Stop starting new trials after this long.")
