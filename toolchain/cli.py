@@ -415,6 +415,8 @@ def main(argv: list[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     verbose = "--verbose" in args or os.environ.get("EDGEKIT_VERBOSE") == "1"
     args = [a for a in args if a != "--verbose"]
+    if verbose:
+        os.environ["EDGEKIT_VERBOSE"] = "1"  # libraries' own progress output stays too (backends read it)
     restore_logs = (lambda: None) if verbose else silence_native_logs()
     restore_signals = interrupt.install()
     try:

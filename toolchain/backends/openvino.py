@@ -136,18 +136,31 @@ def quantize(source, float_artifact: Path, out_path: Path, config, calib, method
     ignored = nncf.IgnoredScope(names=select(names, config.keep_float, "OpenVINO"), validate=False) \
         if config.keep_float else None
     try:
-        if config.precision == "dynamic":
-            result = nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_SYM, ignored_scope=ignored)
-            notes = ["nncf.compress_weights INT8_SYM: int8 weights, float activations"]
-        else:
-            result = nncf.quantize(model, nncf.Dataset([list(s) for s in calib.samples]), subset_size=len(calib.samples),
-                                   ignored_scope=ignored, advanced_parameters=_advanced(nncf, config, method))
-            notes = [f"nncf.quantize int8, {'per-channel' if config.per_channel else 'per-tensor'} weights"]
+        with _without_progress_bars():
+            if config.precision == "dynamic":
+                result = nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_SYM, ignored_scope=ignored)
+                notes = ["nncf.compress_weights INT8_SYM: int8 weights, float activations"]
+            else:
+                result = nncf.quantize(model, nncf.Dataset([list(s) for s in calib.samples]),
+                                       subset_size=len(calib.samples), ignored_scope=ignored,
+                                       advanced_parameters=_advanced(nncf, config, method))
+                notes = [f"nncf.quantize int8, {'per-channel' if config.per_channel else 'per-tensor'} weights"]
     except Exception as exc:
         raise ConversionError(f"NNCF failed: {str(exc).strip().splitlines()[0][:300]}") from None
     canonical_names(result)
     ov.save_model(result, str(out_path), compress_to_fp16=False)
     return notes + ([f"kept in float: {', '.join(config.keep_float)}"] if config.keep_float else [])
+
+
+def _without_progress_bars():
+    """NNCF draws rich progress bars on stdout while it calibrates; edgekit shows its own progress.
+    EDGEKIT_VERBOSE=1 (--verbose) keeps them."""
+    import contextlib
+    import io
+    import os
+    if os.environ.get("EDGEKIT_VERBOSE") == "1":
+        return contextlib.nullcontext()
+    return contextlib.redirect_stdout(io.StringIO())
 
 
 def _advanced(nncf, config, method: str):
