@@ -76,7 +76,7 @@ def test_quantize_pass_runs_the_backend_hook_and_compares_with_fp32(plumb, tmp_p
     assert (baseline["role"], baseline["status"], quantized["status"]) == ("baseline", "ok", "ok")
     assert quantized["calibration"] == {**quantized["calibration"], "method": "minmax", "samples": 4, "uncalibrated": True}
     assert "weights on 255 levels" in quantized["notes"][0]
-    assert set(quantized["vs_fp32"]) == {"size", "latency"}
+    assert {"size", "latency"} <= set(quantized["vs_fp32"])
     assert (tmp_path / "o" / "fp32" / "model.npz").is_file() and (tmp_path / "o" / "model.npz").is_file()
 
 
