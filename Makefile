@@ -14,7 +14,7 @@ setup: sysdeps $(STAMP) image-assets
 # OpenSSH for remote device runs (and the loopback server the tests start), Chromium for the
 # browser test of `edgekit report`; GNU time, the independent peak-memory check of the runner; the Arm
 # bare-metal GCC that compiles the MCU C artifact; buildah to build and run the container images
-# without a daemon. Any package of the list that is not installed is.
+# without a daemon; PostgreSQL for the tune cluster tests. Any package of the list that is not installed is.
 sysdeps:
 	@missing=$$(for pkg in $$(grep -v '^\s*#' requirements/apt.txt); do \
 	    dpkg-query -W -f='$${Status}\n' $$pkg 2>/dev/null | grep -q 'install ok installed' || echo $$pkg; done); \

@@ -170,3 +170,124 @@ def tiny_eval(models_dir) -> Path:
     path = models_dir / "tiny_eval.npz"
     np.savez(path, x=x, y=y)
     return path
+
+
+def postgres_bin() -> Path | None:
+    """The directory of PostgreSQL's server programs (Debian keeps them off PATH), newest version first."""
+    import shutil
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: int(p.parent.parent.name),
+                   reverse=True) if Path("/usr/lib/postgresql").is_dir() else []
+    initdb = found[0] if found else (Path(shutil.which("initdb")) if shutil.which("initdb") else None)
+    return initdb.parent if initdb else None
+
+
+def free_tcp_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class PostgresServer:
+    """A throwaway PostgreSQL server in a temp dir (as the `postgres` user when we are root)."""
+
+    def __init__(self, bin_dir: Path):
+        import tempfile
+        self.bin = bin_dir
+        self.dir = Path(tempfile.mkdtemp(prefix="edgekit-pg-"))  # under /tmp: initdb's user must reach it
+        self.as_user = []
+        if os.geteuid() == 0:  # initdb refuses to run as root
+            import pwd
+            account = pwd.getpwnam("postgres")
+            os.chown(self.dir, account.pw_uid, account.pw_gid)
+            self.as_user = ["runuser", "-u", "postgres", "--"]
+        self.port = 0
+
+    def _run(self, *argv, check=True):
+        import subprocess
+        return subprocess.run([*self.as_user, *map(str, argv)], capture_output=True, text=True, check=check,
+                              timeout=120)
+
+    def start(self) -> str:
+        if not (self.dir / "data").is_dir():
+            self._run(self.bin / "initdb", "-D", self.dir / "data", "-A", "trust", "-U", "edgekit", "--no-sync")
+        self.port = self.port or free_tcp_port()
+        self._run(self.bin / "pg_ctl", "-D", self.dir / "data", "-w", "-l", self.dir / "log", "-o",
+                  f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off", "start")
+        return self.url
+
+    def create_database(self, name: str) -> str:
+        self._run(self.bin / "createdb", "-h", "127.0.0.1", "-p", self.port, "-U", "edgekit", name)
+        return f"postgresql://edgekit@127.0.0.1:{self.port}/{name}"
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://edgekit@127.0.0.1:{self.port}/postgres"
+
+    def stop(self, mode: str = "fast") -> None:
+        self._run(self.bin / "pg_ctl", "-D", self.dir / "data", "-w", "-m", mode, "stop", check=False)
+
+    def remove(self) -> None:
+        import shutil
+        self.stop("immediate")
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A real PostgreSQL server for the session (installed by `make setup`: requirements/apt.txt)."""
+    bin_dir = postgres_bin()
+    if bin_dir is None:
+        pytest.skip("PostgreSQL server programs not found (apt-get install postgresql, or `make setup`)")
+    server = PostgresServer(bin_dir)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.remove()
+
+
+@pytest.fixture(scope="module")
+def sshd(tmp_path_factory):
+    """A real sshd on loopback with a throwaway key. It answers on two ports, two "devices" of one
+    machine: `url` (temp dir /tmp) and `url_b` (its own temp dir, so its own device lock)."""
+    import getpass
+    import socket
+    import subprocess
+    import time
+    d = tmp_path_factory.mktemp("sshd")
+    for name in ("host_key", "client_key", "stranger_key"):
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / name)], check=True)
+    (d / "authorized_keys").write_text((d / "client_key.pub").read_text())
+    (d / "device-b").mkdir()
+    port, port_b = free_tcp_port(), free_tcp_port()
+    config = d / "sshd_config"
+    config.write_text(f"Port {port}\nPort {port_b}\nListenAddress 127.0.0.1\nHostKey {d / 'host_key'}\n"
+                      f"AuthorizedKeysFile {d / 'authorized_keys'}\nPidFile {d / 'sshd.pid'}\nStrictModes no\n"
+                      "UsePAM no\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n"
+                      "PermitRootLogin prohibit-password\nSubsystem sftp internal-sftp\n"
+                      f"Match LocalPort {port_b}\n    SetEnv TMPDIR={d / 'device-b'}\n")
+    Path("/run/sshd").mkdir(parents=True, exist_ok=True)  # sshd's privilege-separation directory
+    server = subprocess.Popen(["/usr/sbin/sshd", "-D", "-e", "-f", str(config)], stderr=subprocess.PIPE)
+    deadline = time.time() + 15
+    while time.time() < deadline:
+        try:
+            for p in (port, port_b):
+                socket.create_connection(("127.0.0.1", p), timeout=1).close()
+            break
+        except OSError:
+            time.sleep(0.2)
+    user = getpass.getuser()
+    yield {"url": f"ssh://{user}@127.0.0.1:{port}", "url_b": f"ssh://{user}@127.0.0.1:{port_b}", "dir": d,
+           "port": port, "tmp_b": d / "device-b"}
+    server.terminate()
+    server.wait(timeout=10)
+
+
+@pytest.fixture
+def ssh_env(sshd, monkeypatch):
+    import sys
+    monkeypatch.setenv("EDGEKIT_SSH_KEY", str(sshd["dir"] / "client_key"))
+    monkeypatch.setenv("EDGEKIT_SSH_KNOWN_HOSTS", str(sshd["dir"] / "known_hosts"))
+    monkeypatch.setenv("EDGEKIT_REMOTE_PYTHON", sys.executable)
+    return sshd

@@ -2,10 +2,8 @@
 `make setup`), with a throwaway key; and a run where the "device" is the emulated aarch64 Python."""
 from __future__ import annotations
 
-import getpass
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -14,46 +12,7 @@ from pathlib import Path
 import pytest
 
 from clihelp import assert_user_error, run_cli
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def sshd(tmp_path_factory):
-    d = tmp_path_factory.mktemp("sshd")
-    for name in ("host_key", "client_key", "stranger_key"):
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / name)], check=True)
-    (d / "authorized_keys").write_text((d / "client_key.pub").read_text())
-    port = _free_port()
-    config = d / "sshd_config"
-    config.write_text(f"Port {port}\nListenAddress 127.0.0.1\nHostKey {d / 'host_key'}\n"
-                      f"AuthorizedKeysFile {d / 'authorized_keys'}\nPidFile {d / 'sshd.pid'}\nStrictModes no\n"
-                      "UsePAM no\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n"
-                      "PermitRootLogin prohibit-password\nSubsystem sftp internal-sftp\n")
-    Path("/run/sshd").mkdir(parents=True, exist_ok=True)  # sshd's privilege-separation directory
-    server = subprocess.Popen(["/usr/sbin/sshd", "-D", "-e", "-f", str(config)], stderr=subprocess.PIPE)
-    deadline = time.time() + 15
-    while time.time() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            time.sleep(0.2)
-    yield {"url": f"ssh://{getpass.getuser()}@127.0.0.1:{port}", "dir": d, "port": port}
-    server.terminate()
-    server.wait(timeout=10)
-
-
-@pytest.fixture
-def ssh_env(sshd, monkeypatch):
-    monkeypatch.setenv("EDGEKIT_SSH_KEY", str(sshd["dir"] / "client_key"))
-    monkeypatch.setenv("EDGEKIT_SSH_KNOWN_HOSTS", str(sshd["dir"] / "known_hosts"))
-    monkeypatch.setenv("EDGEKIT_REMOTE_PYTHON", sys.executable)
-    return sshd
+from conftest import free_tcp_port as _free_port
 
 
 @pytest.fixture(scope="module")
@@ -189,3 +148,51 @@ def test_emulated_aarch64_device(ssh_env, artifacts, capsys, tmp_path, monkeypat
     assert result.code == 0, result.err
     run = json.loads(result.out)[0]
     assert run["host"]["machine"] == "aarch64" and run["runtime"]["name"] == "onnxruntime"
+
+
+def _lock_waiters(lock: Path) -> int:
+    import psutil
+    return sum(1 for p in psutil.process_iter(["name", "cmdline"])
+               if p.info["name"] == "flock" and str(lock) in " ".join(p.info["cmdline"] or []))
+
+
+def test_two_bench_processes_on_one_device_take_turns(ssh_env, artifacts, tmp_path):
+    """The device lock lives on the device: two separate edgekit processes never time there at once."""
+    import fcntl
+    lock = ssh_env["tmp_b"] / "edgekit-device.lock"
+    with open(lock, "a") as held:  # a third job holds the device while both start, so they must queue
+        fcntl.flock(held, fcntl.LOCK_EX)
+        benches = [subprocess.Popen([sys.executable, "-m", "edgekit", "bench", str(artifacts / "model.tflite"),
+                                     "--device", ssh_env["url_b"], "--runs", "300", "--warmup", "5",
+                                     "--json", str(tmp_path / f"r{i}.json")], stderr=subprocess.PIPE, text=True)
+                   for i in range(2)]
+        deadline = time.time() + 120
+        while _lock_waiters(lock) < 2 and time.time() < deadline:
+            time.sleep(0.2)
+        assert _lock_waiters(lock) == 2, "both benches should be waiting for the device"
+    for bench in benches:
+        assert bench.wait(timeout=300) == 0, bench.stderr.read()
+    first, second = sorted((json.loads((tmp_path / f"r{i}.json").read_text())[0] for i in range(2)),
+                           key=lambda r: r["timed_at"]["start"])
+    assert first["timed_at"]["end"] <= second["timed_at"]["start"], (first["timed_at"], second["timed_at"])
+    assert all(r["device_lock"]["waited_s"] > 0 for r in (first, second))
+
+
+def test_bench_on_two_devices_runs_them_in_parallel(ssh_env, artifacts, capsys, tmp_path, monkeypatch):
+    """Each device's runner waits until the other device's runner has started: only a parallel run passes."""
+    barrier = tmp_path / "barrier"
+    barrier.mkdir()
+    monkeypatch.setenv("EDGEKIT_REMOTE_PYTHON", _fake_python(tmp_path, f"""
+touch "{barrier}/$(basename "${{TMPDIR:-/tmp}}")"
+n=0
+while [ "$(ls "{barrier}" | wc -l)" -lt 2 ] && [ $n -lt 600 ]; do sleep 0.1; n=$((n+1)); done
+[ "$(ls "{barrier}" | wc -l)" -ge 2 ] || {{ echo "the other device's run never started" >&2; exit 3; }}
+exec {sys.executable} "$@"
+"""))
+    result = run_cli(capsys, "bench", artifacts / "model.tflite", "--device", ssh_env["url"], "--device",
+                     ssh_env["url_b"], "--runs", "20", "--warmup", "1", "--json", tmp_path / "r.json")
+    assert result.code == 0, result.err
+    runs = json.loads((tmp_path / "r.json").read_text())
+    assert [r["device"] for r in runs] == [ssh_env["url"], ssh_env["url_b"]]
+    assert all(r["how"].startswith("measured on remote device") for r in runs)
+    assert sorted(p.name for p in barrier.iterdir()) == ["device-b", "tmp"]

@@ -203,6 +203,11 @@ def analyze(model, layers, as_json, **options):
               help="Optuna storage shared by workers on other machines (postgresql://..., see docs/SCALING.md).")
 @click.option("--out", "-o", type=click.Path(path_type=Path), help="Output directory; rerunning resumes it.")
 @click.option("--force", is_flag=True, help="Start over instead of resuming.")
+@click.option("--device", "devices", multiple=True, metavar="ssh://USER@HOST[:PORT]",
+              help="Time every trial on this pool of devices over SSH instead of here (repeatable; one job per "
+                   "device at a time, whichever is free).")
+@click.option("--heartbeat", "heartbeat_s", default=15, show_default=True, type=click.IntRange(1, 3600),
+              help="Seconds between a running trial's heartbeats; a trial silent for 4 beats is failed and retried.")
 @targets_dir_option
 @json_option
 def tune(model, targets_dirs, as_json, **options):
@@ -311,7 +316,8 @@ def targets_show(dirs, name):
               help="Runner processes, one after another; the median is taken across them.")
 @json_option
 @click.option("--device", "devices", multiple=True, metavar="ssh://USER@HOST[:PORT]",
-              help="Run on these devices over SSH instead of here (repeatable); results are compared.")
+              help="Run on these devices over SSH instead of here (repeatable, in parallel, one job per device at "
+                   "a time); results are compared.")
 @click.option("--timeout", default=600, show_default=True, type=click.IntRange(1, 86_400), help="Seconds per remote step.")
 def bench(artifact, threads, threads_unbounded, runs, warmup, processes, inputs, as_json, devices, timeout):
     """Time one artifact (.tflite, .onnx or OpenVINO .xml) in runner processes here, or on devices over SSH."""
@@ -339,11 +345,29 @@ def bench(artifact, threads, threads_unbounded, runs, warmup, processes, inputs,
                f"{result['host']['hostname']})")
 
 
+def _on_each(devices: list[str], job) -> list:
+    """job(device) on every device at once (each device's own lock keeps one job on it). On an error or a
+    signal the other devices' runs are ended; each one's clean-up still stops its runner there."""
+    if len(devices) == 1:
+        return [job(devices[0])]
+    from concurrent.futures import ThreadPoolExecutor
+
+    from . import children
+    pool = ThreadPoolExecutor(len(devices))
+    try:
+        return [f.result() for f in [pool.submit(job, url) for url in devices]]
+    except BaseException:
+        children.kill_all()
+        raise
+    finally:
+        pool.shutdown(wait=True)
+
+
 def _remote_bench(artifact, threads, runs, warmup, inputs, as_json, devices, timeout):
     from . import backends, remote
     from .report import show_note, show_table
     files = backends.for_artifact(artifact).files(artifact)
-    results = [remote.bench(url, files, inputs, threads, warmup, runs, timeout=timeout) for url in devices]
+    results = _on_each(devices, lambda url: remote.bench(url, files, inputs, threads, warmup, runs, timeout=timeout))
     if as_json:
         return _print_json(results)
     out = _stdout()

@@ -6,15 +6,23 @@ Uses the system `ssh`/`scp` clients (keys from your agent, ~/.ssh, or $EDGEKIT_S
 mode, so nothing ever waits for a password. The device needs Python 3 and the runtime extra:
 `pip install 'edgekit-toolchain[tflite]'` (or `[onnx]`, `[openvino]`); the command that starts
 Python there is `python3` unless $EDGEKIT_REMOTE_PYTHON says otherwise.
+
+One job per device at a time, whoever starts it: every job holds a lock on the device itself
+(`flock` on a file in its temp dir, kept by one SSH session for the whole job and released when
+that session ends, however it ends), so two edgekit processes on different machines never time
+on one board at once. `bench_pool` runs a job on whichever device of a pool is free first.
 """
 from __future__ import annotations
 
 import json
 import os
 import re
+import select
 import shlex
 import subprocess
 import tempfile
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +31,8 @@ from .errors import EdgekitError, RunnerError
 from .measure import REMOTE
 
 CONNECT_TIMEOUT_S = 10
+LOCK = "edgekit-device.lock"  # in the device's $TMPDIR (default /tmp)
+POOL_POLL_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -77,6 +87,49 @@ def _no_answer(device: Device, timeout: float) -> EdgekitError:
     return EdgekitError(f"{device.label}: no answer within {timeout:.0f} s", "check the device, or raise --timeout")
 
 
+@contextmanager
+def hold(device: Device, timeout: float, wait: bool = True):
+    """Hold the device's lock while the block runs; yields False (without waiting) when `wait` is off and
+    another job holds it. The lock is a `flock` on the device kept by this SSH session."""
+    script = (f'exec flock {"" if wait else "-n "}"${{TMPDIR:-/tmp}}/{LOCK}" '
+              "sh -c 'echo locked; exec cat >/dev/null'")
+    proc = subprocess.Popen(_ssh_argv(device, script), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        ready, _, _ = select.select([proc.stdout], [], [], timeout)
+        line = proc.stdout.readline() if ready else None
+        if line is None:
+            raise EdgekitError(f"{device.label}: busy for {timeout:.0f} s (another job holds {LOCK} there)",
+                               "wait for it, or raise --timeout")
+        if line.strip() != "locked":
+            _lock_refused(device, proc, wait)
+            yield False
+            return
+        yield True
+    finally:
+        proc.stdin.close()  # the session ends, `cat` sees end of input, flock lets go
+        try:
+            proc.wait(timeout=CONNECT_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _lock_refused(device: Device, proc: subprocess.Popen, wait: bool) -> None:
+    """Why the lock session ended without the lock: busy (only when not waiting), or an error to raise."""
+    stderr = proc.stderr.read()
+    code = proc.wait()
+    if code == 1 and not wait and not stderr.strip():
+        return
+    if code == 255:
+        raise _connection_error(device, stderr)
+    if code == 127 or "not found" in stderr:
+        raise EdgekitError(f"{device.label}: the device has no `flock` to lock it with",
+                           "install util-linux (or busybox) on the device")
+    raise EdgekitError(f"{device.label}: could not lock the device ({stderr.strip()[-200:] or f'exit {code}'})",
+                       f"check that its temp dir is writable ({LOCK})")
+
+
 def _ssh(device: Device, command: str, timeout: float) -> subprocess.CompletedProcess:
     cmd = _ssh_argv(device, command)
     try:
@@ -116,11 +169,39 @@ def _scp(device: Device, sources: list[str], destination: str, timeout: float) -
 
 def bench(url: str, files: list[Path], inputs: Path | None, threads: int, warmup: int, runs: int,
           outputs: Path | None = None, timeout: float = 600) -> dict:
-    """Run the light runner on the device; returns its JSON labelled with where it was measured."""
+    """Run the light runner on the device, holding its lock; returns its JSON labelled with where it was measured."""
     device = parse(url)
+    asked = time.time()
+    with hold(device, timeout):
+        return _bench_held(url, device, time.time() - asked, files, inputs, threads, warmup, runs, outputs, timeout)
+
+
+def bench_pool(urls: list[str], files: list[Path], inputs: Path | None, threads: int, warmup: int, runs: int,
+               outputs: Path | None = None, timeout: float = 600) -> dict:
+    """Run on whichever device of the pool is free first (each device locked as in `bench`)."""
+    if len(urls) == 1:
+        return bench(urls[0], files, inputs, threads, warmup, runs, outputs, timeout)
+    devices = [parse(url) for url in urls]
+    asked = time.time()
+    start = os.getpid() % len(urls)  # participants start from different devices
+    while True:
+        for i in range(len(urls)):
+            url, device = urls[(start + i) % len(urls)], devices[(start + i) % len(urls)]
+            with hold(device, timeout, wait=False) as held:
+                if held:
+                    return _bench_held(url, device, time.time() - asked, files, inputs, threads, warmup, runs,
+                                       outputs, timeout)
+        if time.time() - asked > timeout:
+            raise EdgekitError(f"every device of the pool was busy for {timeout:.0f} s ({', '.join(urls)})",
+                               "wait for the other jobs, add devices, or raise --timeout")
+        time.sleep(POOL_POLL_S)
+
+
+def _bench_held(url: str, device: Device, waited_s: float, files: list[Path], inputs: Path | None, threads: int,
+                warmup: int, runs: int, outputs: Path | None, timeout: float) -> dict:
     python = os.environ.get("EDGEKIT_REMOTE_PYTHON", "python3")
-    workdir = _ssh(device, "mktemp -d /tmp/edgekit.XXXXXX", timeout).stdout.strip()
-    if not workdir.startswith("/tmp/edgekit."):
+    workdir = _ssh(device, 'mktemp -d "${TMPDIR:-/tmp}/edgekit.XXXXXX"', timeout).stdout.strip()
+    if "/edgekit." not in workdir:
         raise EdgekitError(f"{device.label}: could not make a temporary directory", "check /tmp on the device")
     remote = _scp_target(device, f"{workdir}/")
     try:
@@ -136,6 +217,8 @@ def bench(url: str, files: list[Path], inputs: Path | None, threads: int, warmup
     finally:
         _cleanup(device, workdir)
     result["how"] = f"{REMOTE} {result['host']['hostname']} ({device.label}, {result['host']['machine']})"
+    result["device"] = url
+    result["device_lock"] = {"waited_s": round(waited_s, 3), "held_on": f"{device.label}:$TMPDIR/{LOCK}"}
     return result
 
 

@@ -224,6 +224,7 @@ def bench(model: Path, threads: int = 1, warmup: int = 10, runs: int = 100,
         save_stacked(outputs, "out", [dequantize_outputs(session, session.run(s)) for s in samples])
     # Inputs are bound once and only the inference call is timed, as the runtimes' own benchmark tools do.
     session.bind(samples[0])
+    started = time.time()
     for _ in range(warmup):
         session.invoke()
     timings = []
@@ -242,6 +243,7 @@ def bench(model: Path, threads: int = 1, warmup: int = 10, runs: int = 100,
         "memory": {"peak_rss_mib": memory.peak(), "baseline_rss_mib": memory.baseline, "loaded_rss_mib": loaded,
                    "source": memory.source},
         "samples_run": len(samples) if outputs else 0,
+        "timed_at": {"start": started, "end": time.time(), "clock": "wall clock of the measuring host, s"},
     }
     if keep_timings:
         result["timings_ms"] = timings
