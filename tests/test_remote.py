@@ -163,17 +163,18 @@ def test_two_bench_processes_on_one_device_take_turns(ssh_env, artifacts, tmp_pa
     with open(lock, "a") as held:  # a third job holds the device while both start, so they must queue
         fcntl.flock(held, fcntl.LOCK_EX)
         benches = [subprocess.Popen([sys.executable, "-m", "edgekit", "bench", str(artifacts / "model.tflite"),
-                                     "--device", ssh_env["url_b"], "--runs", "300", "--warmup", "5",
-                                     "--json", str(tmp_path / f"r{i}.json")], stderr=subprocess.PIPE, text=True)
-                   for i in range(2)]
+                                     "--device", ssh_env["url_b"], "--runs", "300", "--warmup", "5", "--json"],
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
         deadline = time.time() + 120
         while _lock_waiters(lock) < 2 and time.time() < deadline:
             time.sleep(0.2)
         assert _lock_waiters(lock) == 2, "both benches should be waiting for the device"
+    results = []
     for bench in benches:
-        assert bench.wait(timeout=300) == 0, bench.stderr.read()
-    first, second = sorted((json.loads((tmp_path / f"r{i}.json").read_text())[0] for i in range(2)),
-                           key=lambda r: r["timed_at"]["start"])
+        out, err = bench.communicate(timeout=300)
+        assert bench.returncode == 0, err
+        results.append(json.loads(out)[0])
+    first, second = sorted(results, key=lambda r: r["timed_at"]["start"])
     assert first["timed_at"]["end"] <= second["timed_at"]["start"], (first["timed_at"], second["timed_at"])
     assert all(r["device_lock"]["waited_s"] > 0 for r in (first, second))
 
@@ -190,9 +191,9 @@ while [ "$(ls "{barrier}" | wc -l)" -lt 2 ] && [ $n -lt 600 ]; do sleep 0.1; n=$
 exec {sys.executable} "$@"
 """))
     result = run_cli(capsys, "bench", artifacts / "model.tflite", "--device", ssh_env["url"], "--device",
-                     ssh_env["url_b"], "--runs", "20", "--warmup", "1", "--json", tmp_path / "r.json")
+                     ssh_env["url_b"], "--runs", "20", "--warmup", "1", "--json")
     assert result.code == 0, result.err
-    runs = json.loads((tmp_path / "r.json").read_text())
+    runs = json.loads(result.out)
     assert [r["device"] for r in runs] == [ssh_env["url"], ssh_env["url_b"]]
     assert all(r["how"].startswith("measured on remote device") for r in runs)
     assert sorted(p.name for p in barrier.iterdir()) == ["device-b", "tmp"]
