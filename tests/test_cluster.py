@@ -90,11 +90,10 @@ def cluster(postgres, sshd, tmp_path_factory):
             raise AssertionError(f"A ended early: {(root / 'a.log').read_text()[-2000:]}")
         study = _study(url)
         trials = [t for t in study.trials if t.user_attrs.get("participant") == mine] if study else []
-        running = [t for t in trials if t.state.name == "RUNNING"]
-        return running[0] if running and any("figures" in t.user_attrs for t in trials) else None
+        converting = [t for t in trials if t.state.name == "RUNNING" and "figures" not in t.user_attrs]
+        return converting[0] if converting and any(t.state.name == "COMPLETE" for t in trials) else None
 
     killed = _wait(a_mid_second_trial, 600, "A to run its second trial")
-    time.sleep(1)
     _kill_everything(a.pid)
     a.wait()
     assert b.wait(timeout=600) == 0, (root / "b.log").read_text()[-3000:]
