@@ -111,11 +111,17 @@ def _run(cmd: list[str], what: str) -> None:
 
 def python(home: Path) -> tuple[list[str], dict]:
     """The command and environment that start the emulated aarch64 Python with edgekit importable."""
-    pkg = home / "pkg"
-    pkg.mkdir(exist_ok=True)
+    here = Path(__file__).resolve().parent
+    # One link per edgekit installation: a cache shared by several (checkouts, a container with the
+    # host's cache mounted) must not run another installation's code.
+    pkg = home / "pkg" / hashlib.sha256(str(here).encode()).hexdigest()[:12]
     link = pkg / "edgekit"
-    if not link.exists():
-        link.symlink_to(Path(__file__).resolve().parent)
+    if not link.is_symlink():
+        pkg.mkdir(parents=True, exist_ok=True)
+        staged = pkg / f".edgekit-{os.getpid()}"
+        staged.unlink(missing_ok=True)
+        staged.symlink_to(here)
+        os.replace(staged, link)
     root = home / "root"
     env = {"PYTHONPATH": f"{home / 'site'}:{pkg}", "PYTHONNOUSERSITE": "1"}
     return ["qemu-aarch64-static", "-cpu", CPU, "-L", str(root), str(root / "usr/bin/python3.11")], env
