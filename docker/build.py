@@ -62,7 +62,7 @@ def run(cmd: list, what: str, capture: bool = True, **kw) -> str:
     proc = subprocess.run([str(c) for c in cmd], text=True, capture_output=capture, **kw)
     if proc.returncode != 0:
         lines = [ln for ln in ((proc.stdout or "") + (proc.stderr or "")).splitlines()
-                 if ln.strip() and not ln.startswith("Error: exit status")]
+                 if ln.strip() and not ln.startswith(("Error: exit status", "subprocess exited with status"))]
         raise BuildError(f"{what} failed: {(lines or ['exit code %d' % proc.returncode])[-1][:300]}")
     return proc.stdout or ""
 
