@@ -201,10 +201,12 @@ def test_image_folder_calibration(tiny_keras, tiny_eval, capsys, tmp_path):
     assert_user_error(run_cli(capsys, "convert", tiny_keras, "--target", "cpu-int8", "--calib", empty), "no images")
 
 
-def test_tflite_input_cannot_be_requantized_but_other_formats_can(make_model, capsys, tmp_path):
+def test_float_tflite_input_is_quantized_through_its_rebuilt_float_graph(make_model, capsys, tmp_path):
     report = convert(capsys, make_model("tflite"), tmp_path / "o", "--target", "cpu-int8", "--calib", "random",
                      "--calib-samples", "4")
-    assert "cannot be quantized again" in target(report, "tflite")["reason"]
+    tflite = target(report, "tflite")
+    assert tflite["status"] == "ok", tflite
+    assert any("rebuilt from the .tflite input" in n for n in tflite["notes"])
     assert target(report, "onnx")["status"] == "ok" and target(report, "openvino")["status"] == "ok"
 
 
