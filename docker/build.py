@@ -7,8 +7,8 @@ image (linux/amd64). `make images` runs `build.py all --base local`.
     python docker/build.py prepare        # cache what an offline runtime build needs (make setup)
 
 Builder: `docker buildx` when it answers, else `buildah` (no daemon; chroot isolation unless
-BUILDAH_ISOLATION says otherwise; buildah's own storage, whose driver it picks: overlay where the
-kernel allows, else vfs, or STORAGE_DRIVER).
+BUILDAH_ISOLATION says otherwise; buildah's own storage and driver, STORAGE_DRIVER=vfs where
+overlayfs cannot be mounted).
 Base: an image name (default python:3.11-slim-bookworm), or `local`: Debian bookworm minbase with
 Debian's python3 (3.11), made with debootstrap and cached in ~/.cache/edgekit/images, for machines
 that reach no container registry (buildah only).
@@ -185,8 +185,8 @@ class Buildah:
     name = "buildah"
 
     def __init__(self, storage: Path | None = None):
-        """storage: a private storage folder (the tests'); None is buildah's own storage, whose driver
-        buildah picks (the one already holding images, else overlay where it works, else vfs)."""
+        """storage: a private storage folder (the tests', driver probed here); None is buildah's own
+        storage with the driver its configuration names (STORAGE_DRIVER overrides)."""
         self.options = []
         if storage:
             if not os.environ.get("STORAGE_DRIVER"):
