@@ -198,6 +198,7 @@ def float_model(source) -> tuple[Path, str]:
             else:
                 fn, signature, _ = source.handle
                 model, _ = tf2onnx.convert.from_function(fn, input_signature=signature, opset=OPSET)
+                _freeze_captures(onnx, model, fn.get_concrete_function(*signature), {s.name for s in signature})
         except Exception as exc:
             raise ConversionError(f"tf2onnx failed: {str(exc).strip().splitlines()[0][:300]}") from None
         onnx.save(canonical_names(_complete(onnx, model)), str(path))
@@ -225,6 +226,20 @@ def _complete(onnx, model):
         raise ConversionError(f"tf2onnx has no ONNX equivalent for TensorFlow op {', '.join(ops)} "
                               f"(node '{unknown[0].name}', {len(unknown)} node(s) in all)")
     return model
+
+
+def _freeze_captures(onnx, model, concrete, names: set[str]) -> None:
+    """Tensors the function captures (e.g. a Normalization layer's mean) that tf2onnx left as graph
+    inputs become initializers holding their values, so the model has exactly the source's inputs."""
+    values = {internal.name: external for external, internal in
+              zip(concrete.captured_inputs, concrete.graph.internal_captures)}
+    graph = model.graph
+    for value in list(graph.input):
+        captured = values.get(value.name)
+        if value.name in names or captured is None or captured.dtype.name == "resource":
+            continue
+        graph.initializer.append(onnx.numpy_helper.from_array(np.asarray(captured.numpy()), value.name))
+        graph.input.remove(value)
 
 
 def _from_saved_model(tf2onnx, source):
