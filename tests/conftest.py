@@ -27,6 +27,15 @@ def isolated(tmp_path, monkeypatch, tmp_path_factory):
                                                                str(Path.home() / ".cache" / "edgekit" / "emulation")))
 
 
+def default_signals() -> None:
+    """preexec_fn for a child a test will signal: SIGINT/SIGTERM/SIGHUP at their defaults, whatever the
+    test run inherited (a suite started in the background or under nohup ignores SIGINT or SIGHUP,
+    and Python keeps an ignored SIGINT ignored)."""
+    import signal
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_DFL)
+
+
 def tree_digest(path: Path) -> str:
     digest = hashlib.sha256()
     files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 import fake_backend as fake
-from conftest import tree_digest
+from conftest import default_signals, tree_digest
 from edgekit import output
 
 PROFILE = 'name = "{name}"\n[build]\nformats = ["fake"]\n[bench]\nruns = 100000\nwarmup = 0\neval_samples = 4\n'
@@ -68,9 +68,29 @@ def env(tmp_path):
     return {**os.environ, "TMPDIR": str(scratch)}
 
 
+STARTED: list[subprocess.Popen] = []
+
+
+@pytest.fixture(autouse=True)
+def no_process_outlives_its_test():
+    """A failed assertion must not leave an edgekit (and its runner, holding the host timing lock)
+    running into the next tests."""
+    yield
+    while STARTED:
+        proc = STARTED.pop()
+        for pid in [*descendants(proc.pid), proc.pid]:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        proc.communicate()
+
+
 def start(args, env, cwd) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "edgekit", *map(str, args)], cwd=cwd, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "-m", "edgekit", *map(str, args)], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=default_signals)
+    STARTED.append(proc)
+    return proc
 
 
 def leftovers(tmp_path: Path) -> list[str]:

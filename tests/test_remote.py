@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from clihelp import assert_user_error, run_cli
+from conftest import default_signals
 from conftest import free_tcp_port as _free_port
 
 
@@ -115,7 +116,8 @@ def test_interrupted_remote_run_stops_the_runner_and_cleans_the_device(how, ssh_
     before = leftovers()
     args = ["bench", model, "--device", ssh_env["url"], "--runs", "100000", "--warmup", "0"]
     proc = subprocess.Popen([sys.executable, "-m", "edgekit", *map(str, args), *(["--timeout", "10"] if how == "timeout"
-                            else [])], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            else [])], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=default_signals)
     deadline, pid_file = time.time() + 60, None
     while pid_file is None and time.time() < deadline:
         pid_file = next((p / "runner.pid" for p in Path("/tmp").glob("edgekit.*") if p.name not in before
