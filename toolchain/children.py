@@ -58,18 +58,8 @@ def run(argv: list[str], timeout: float | None, *, env: dict | None = None, cwd=
     proc = subprocess.Popen(argv, stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=cwd,
                             start_new_session=True, preexec_fn=die_with_parent)
-    with _LOCK:
-        _LIVE.add(proc.pid)
-    try:
+    with tracking(proc):
         stdout, stderr = proc.communicate(input, timeout=timeout)
-    except BaseException:
-        _kill_group(proc.pid, signal.SIGKILL)
-        proc.communicate()
-        raise
-    finally:
-        with _LOCK:
-            _LIVE.discard(proc.pid)
-    _kill_group(proc.pid, signal.SIGKILL)  # grandchildren it left behind
     return subprocess.CompletedProcess(argv, proc.returncode, stdout, stderr)
 
 
@@ -83,7 +73,7 @@ def tracking(proc: subprocess.Popen):
         yield proc
     except BaseException:
         _kill_group(proc.pid, signal.SIGKILL)
-        proc.wait()
+        proc.communicate()  # reaps it and drains its pipes, if any
         raise
     finally:
         with _LOCK:
