@@ -95,6 +95,7 @@ class Case:
 
 @pytest.fixture(scope="module")
 def root(tmp_path_factory):
+    STARTED[:] = STARTED or [time.monotonic()]
     return tmp_path_factory.mktemp("fuzz")
 
 
@@ -110,7 +111,7 @@ def load_model(path: Path, work: Path) -> None:
 
 @pytest.fixture(scope="module")
 def seeds(make_model):
-    STARTED.append(time.monotonic())
+    STARTED[:] = STARTED or [time.monotonic()]
     return {kind: make_model(kind).read_bytes() for kind in ("onnx", "tflite", "keras", "h5")}
 
 
