@@ -50,9 +50,9 @@ def test_runtime_install_benchmarks_without_tensorflow(runtime_venv, artifacts, 
     probe = subprocess.run([str(python), "-c", "import tensorflow"], capture_output=True, text=True)
     assert probe.returncode != 0 and "No module named 'tensorflow'" in probe.stderr
     bench = subprocess.run([str(runtime_venv / "bin" / "edgekit"), "bench", str(artifacts / "model.tflite"),
-                            "--runs", "5", "--json", str(tmp_path / "t.json")], capture_output=True, text=True)
+                            "--runs", "5", "--json"], capture_output=True, text=True)
     assert bench.returncode == 0, bench.stderr
-    assert json.loads((tmp_path / "t.json").read_text())["runtime"]["name"] == "ai-edge-litert"
+    assert json.loads(bench.stdout)["runtime"]["name"] == "ai-edge-litert"
     import numpy as np
     np.savez(tmp_path / "in.npz", in0=np.zeros((2, 1, 8, 8, 1), np.float32))
     run = subprocess.run([str(python), "-m", "edgekit.runner", str(artifacts / "model.onnx"), "--runs", "3",

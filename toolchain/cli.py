@@ -11,7 +11,7 @@ from typing import Callable
 
 import click
 
-from . import __version__, output
+from . import __version__
 from .bounds import limit
 from .errors import EdgekitError
 

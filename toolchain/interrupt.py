@@ -7,7 +7,6 @@ group it started (runners, converters, ssh) on the way.
 """
 from __future__ import annotations
 
-import os
 import signal
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)

@@ -21,12 +21,11 @@ import pickle
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Callable
 
-from . import children
+from . import children, output
 from .errors import ConversionError, EdgekitError
 
 _STATUS_ENV = "EDGEKIT_ISOLATE_STATUS"
@@ -45,7 +44,7 @@ class StepCrashed(ConversionError):
 def run(function: str, /, *args, step: str, progress: Callable[[str], None] | None = None,
         timeout: float | None = None, env: dict | None = None, **kwargs):
     """Call `module:function(*args, **kwargs)` in a child process and return its result."""
-    with tempfile.TemporaryDirectory(prefix="edgekit-isolate-") as tmp:
+    with output.tempdir("isolate-") as tmp:  # named so a killed run's is swept
         work = Path(tmp)
         (work / "call.pkl").write_bytes(pickle.dumps((function, args, kwargs)))
         status = work / "status"

@@ -14,7 +14,6 @@ import dataclasses
 import datetime
 import hashlib
 import json
-import os
 import tempfile
 import time
 from dataclasses import asdict

@@ -11,14 +11,13 @@
 from __future__ import annotations
 
 import fcntl
-import tempfile
 import threading
 from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
-from . import runner
+from . import output, runner
 from .errors import RunnerError
 
 PROCESSES = 3          # runner processes per artifact in one timing phase
@@ -80,7 +79,7 @@ def measure(artifacts: list[Path], inputs: Path | None, *, threads: int, warmup:
     {"error": reason} for an artifact whose runner failed."""
     results: list[list[dict]] = [[] for _ in artifacts]
     errors: dict[int, str] = {}
-    with tempfile.TemporaryDirectory(prefix="edgekit-timing-") as tmp, host_lock(progress):
+    with output.tempdir("timing-") as tmp, host_lock(progress):  # named so a killed run's is swept
         for p in range(processes):
             progress(f"timing {len(artifacts)} artifact(s), interleaved: process {p + 1} of {processes}")
             for i, artifact in enumerate(artifacts):
