@@ -27,17 +27,9 @@ MODELS = {
 
 def int8_tflite(model, path: Path, size: int, per_channel: bool) -> None:
     """What edgekit's TFLite backend does for an int8-io accelerator target (random calibration)."""
-    import tensorflow as tf
-    data = np.random.default_rng(0).random((32, size, size, 3), dtype=np.float32)
-    fn = tf.function(lambda t: model(t, training=False))
-    converter = tf.lite.TFLiteConverter.from_concrete_functions(
-        [fn.get_concrete_function(tf.TensorSpec((1, size, size, 3)))])
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    converter.representative_dataset = lambda: ([data[i:i + 1]] for i in range(32))
-    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    converter.inference_input_type = converter.inference_output_type = tf.int8
-    converter._experimental_disable_per_channel = not per_channel
-    path.write_bytes(converter.convert())
+    from edgekit import zoo
+    zoo.full_integer_tflite(model, np.random.default_rng(0).random((32, size, size, 3), dtype=np.float32), path,
+                            per_channel)
 
 
 def row(name: str, target: str, path: Path, samples: Path, count: int) -> str:

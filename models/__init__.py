@@ -128,3 +128,20 @@ def trained_reference(name: str, cache_dir: Path) -> dict[str, Path]:
         _atomic_write(paths[part], lambda tmp: datasets.save_eval_npz(tmp, x, y))
     _atomic_write(paths["model"], lambda tmp: model.save(tmp))
     return paths
+
+
+def full_integer_tflite(model, data, path: Path, per_channel: bool = True) -> Path:
+    """A full-integer (int8 I/O) .tflite of a Keras model, calibrated on `data` (N samples, batch 1
+    each): what edgekit's TFLite backend makes for an int8-io accelerator target. For tests and
+    benchmarks that need such a file without running the whole pipeline."""
+    import tensorflow as tf
+    fn = tf.function(lambda t: model(t, training=False))
+    converter = tf.lite.TFLiteConverter.from_concrete_functions(
+        [fn.get_concrete_function(tf.TensorSpec((1, *data.shape[1:])))])
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = lambda: ([data[i:i + 1]] for i in range(len(data)))
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    converter.inference_input_type = converter.inference_output_type = tf.int8
+    converter._experimental_disable_per_channel = not per_channel
+    Path(path).write_bytes(converter.convert())
+    return Path(path)

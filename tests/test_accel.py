@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from clihelp import run_cli
-from edgekit import accel
+from edgekit import accel, zoo
 from edgekit.accel import reference
 from edgekit.passes import pow2
 
@@ -19,7 +19,6 @@ def int8_tflite(build, path, shape=(8, 8, 3), per_channel=True, whole=None):
     """Full-integer (int8 I/O) TFLite of a Keras model built by `build(keras, layers, input)`
     (or `whole(keras)` for a complete model)."""
     import keras
-    import tensorflow as tf
     keras.utils.set_random_seed(0)
     if whole is None:
         inputs = keras.Input(shape)
@@ -27,14 +26,7 @@ def int8_tflite(build, path, shape=(8, 8, 3), per_channel=True, whole=None):
     else:
         model = whole(keras)
     data = np.random.default_rng(0).random((32, *shape), dtype=np.float32) * 2 - 0.5
-    fn = tf.function(lambda t: model(t, training=False))
-    converter = tf.lite.TFLiteConverter.from_concrete_functions([fn.get_concrete_function(tf.TensorSpec((1, *shape)))])
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    converter.representative_dataset = lambda: ([data[i:i + 1]] for i in range(32))
-    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    converter.inference_input_type = converter.inference_output_type = tf.int8
-    converter._experimental_disable_per_channel = not per_channel
-    path.write_bytes(converter.convert())
+    zoo.full_integer_tflite(model, data, path, per_channel)
     return path, [data[i:i + 1] for i in range(8)]
 
 
