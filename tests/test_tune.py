@@ -49,9 +49,14 @@ def test_quiet_phase_and_why_each_trial_was_not_chosen(tuned):
                for w in whys)
 
 
-def test_trials_ran_on_two_workers_sharing_the_storage(tuned):
+def test_trials_ran_in_worker_processes_sharing_the_storage(tuned):
+    """Which of the two workers takes which trial is up to the scheduler: on a quiet machine one worker
+    can drain a 4-trial budget before the other has imported TensorFlow (seen in CI). So: every trial
+    ran in a worker process, not in tune's own, and all of them are in the one shared study."""
     result, _, _ = tuned
-    assert len({t["worker_pid"] for t in result["trials"] if t["recipe"]["precision"] != "fp32"}) >= 2
+    import os
+    searched = [t for t in result["trials"] if t["recipe"]["precision"] != "fp32"]
+    assert searched and all(t["worker_pid"] not in (None, os.getpid()) for t in searched)
 
 
 def test_rerun_resumes_without_redoing_trials(tuned, small_keras, tiny_eval):
