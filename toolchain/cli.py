@@ -397,7 +397,7 @@ def silence_native_logs() -> Callable[[], None]:
     for key, value in NOISY_ENV.items():
         os.environ.setdefault(key, value)
     for name in NOISY_LOGGERS:
-        logging.getLogger(name).setLevel(logging.ERROR)
+        logging.getLogger(name).setLevel(logging.CRITICAL)  # their errors reach us as exceptions
     warnings.filterwarnings("ignore", module=r"(tensorflow|keras|tf2onnx|onnx2tf|nncf|openvino|onnxruntime|h5py|google)")
     try:
         real_stderr = sys.stderr.fileno() == 2
