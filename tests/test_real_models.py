@@ -200,3 +200,20 @@ def test_erfc_left_by_tf2onnx_is_rewritten_and_unknown_ops_are_named():
     assert np.allclose(y, [erfc(v) for v in x], atol=1e-6)
     with pytest.raises(ConversionError, match="TensorFlow op Bucketize .node 'gelu/Bucketize'"):
         onnx_backend._complete(onnx, model("Bucketize"))
+
+
+def test_openvino_failure_reason_is_the_line_that_names_the_op(tmp_path):
+    """OpenVINO leads with a source location ("Check 'false' failed at src/...cpp:151:"); the reason
+    edgekit reports is the line after it that names the op."""
+    import onnx
+    from onnx import TensorProto, helper
+    import openvino as ov
+    from edgekit.backends.openvino import _reason
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])
+    graph = helper.make_graph([helper.make_node("Erfc", ["x"], ["y"], name="gelu/Erfc")], "g", [x], [y])
+    onnx.save(helper.make_model(graph), tmp_path / "erfc.onnx")
+    with pytest.raises(Exception) as caught:
+        ov.convert_model(str(tmp_path / "erfc.onnx"))
+    assert "cpp:" in str(caught.value).splitlines()[0]
+    assert "cpp" not in _reason(caught.value) and "Erfc" in _reason(caught.value)

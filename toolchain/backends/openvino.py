@@ -50,9 +50,8 @@ class Session:
             config["INFERENCE_PRECISION_HINT"] = "f32"  # never silently run bf16/fp16 on a float32 artifact
         try:
             self.compiled = core.compile_model(str(path), device, config)
-        except RuntimeError as exc:  # OpenVINO's parse/compile errors are RuntimeErrors with a trace of locations
-            lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip() and not ln.startswith("Exception from")]
-            raise EdgekitError(f"{Path(path).name}: OpenVINO cannot load it ({(lines or ['no detail'])[-1][:200]})",
+        except RuntimeError as exc:
+            raise EdgekitError(f"{Path(path).name}: OpenVINO cannot load it ({_reason(exc)[:200]})",
                                "check that the .xml and its .bin are complete and belong together") from None
         self.request = self.compiled.create_infer_request()
         self.inputs = [(p.any_name, tuple(p.shape), p.element_type.to_dtype().name) for p in self.compiled.inputs]
@@ -79,6 +78,17 @@ class Session:
 
     def invoke(self) -> None:
         self.request.infer()
+
+
+_LOCATION = re.compile(r"(Check '.*' failed at |Exception from |FrontEnd API failed with |Summary:$|\S+\.(cpp|hpp):\d+)")
+
+
+def _reason(exc: Exception) -> str:
+    """OpenVINO's messages lead with source locations ("Check '...' failed at src/...cpp:221:"); the
+    lines that say what broke ("No translator found for Convolution2DTransposeBias node.") follow."""
+    lines = [ln.strip(" -\t") for ln in str(exc).splitlines()]
+    lines = [ln for ln in lines if ln and not _LOCATION.match(ln)]
+    return "; ".join(dict.fromkeys(lines))[:300] or type(exc).__name__
 
 
 def canonical_names(model) -> None:
@@ -111,11 +121,11 @@ def export(source, out_path: Path, ctx) -> list[str]:
     try:
         model = ov.convert_model(convert_from)
     except Exception as exc:
-        raise ConversionError(f"openvino.convert_model failed: {str(exc).strip().splitlines()[0][:300]}") from None
+        raise ConversionError(f"openvino.convert_model failed: {_reason(exc)}") from None
     try:
         model.reshape({port: ov.PartialShape(list(spec.shape)) for port, spec in zip(model.inputs, source.inputs)})
     except Exception as exc:
-        raise ConversionError(f"OpenVINO could not fix the input shapes: {str(exc).strip().splitlines()[0][:300]}") from None
+        raise ConversionError(f"OpenVINO could not fix the input shapes: {_reason(exc)}") from None
     canonical_names(model)
     ov.save_model(model, str(out_path), compress_to_fp16=False)
     return [note + " (float32 IR)"]
