@@ -97,8 +97,7 @@ def _load_error(name: str, text: str) -> EdgekitError:
         op = next(g for g in match.group("a", "b", "c") if g)
         return EdgekitError(f"{name}: unsupported op {op} (onnxruntime has no kernel for it)",
                             "replace it with standard ONNX ops, or register the custom-op library")
-    first = text.strip().splitlines()[0][:200] if text.strip() else "no detail"
-    return EdgekitError(f"{name}: onnxruntime cannot load it ({first})", "check the file is a complete ONNX model")
+    return EdgekitError(f"{name}: onnxruntime cannot load it ({_first_line(text)})", "check the file is a complete ONNX model")
 
 
 def load_source(path: Path, opts):
@@ -383,8 +382,12 @@ def _load_check(path: Path, calib) -> str | None:
 
 
 def _first_line(text: str) -> str:
+    """onnxruntime's message without its code and the file path it repeats, so the node name fits."""
     lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
-    return (lines[0] if lines else "no detail")[:300]
+    return _ORT_PREFIX.sub("", lines[0] if lines else "no detail")[:300]
+
+
+_ORT_PREFIX = re.compile(r"^\[ONNXRuntimeError\] : \d+ : \w+ : |Load model from \S+ failed: ?")
 
 
 _CALIBRATORS = {"minmax": lambda m: m.MinMax, "percentile": lambda m: m.Percentile, "entropy": lambda m: m.Entropy}
