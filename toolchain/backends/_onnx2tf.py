@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import children
+from . import _onnx_rewrite
 from ..errors import ConversionError
 
 # TF scope names: [A-Za-z0-9.][A-Za-z0-9_.\-/>]*  (tensorflow/python/framework/ops.py)
@@ -58,6 +59,11 @@ def convert(fixed_onnx: Path, inputs: list, work: Path, out_path: Path) -> tuple
     """Run the ladder; returns the report notes and the SavedModel directory of the winning recipe."""
     onnx = _require_onnx()
     model = onnx.load(str(fixed_onnx))
+    rewritten = _onnx_rewrite.dequantize_dynamic(model)
+    if rewritten:
+        work.mkdir(parents=True, exist_ok=True)
+        fixed_onnx = work / "dequantized.onnx"
+        onnx.save(model, str(fixed_onnx))
     foreign = [n for n in model.graph.node if n.domain not in _STANDARD_DOMAINS]
     if foreign:
         node = foreign[0]
@@ -71,13 +77,13 @@ def convert(fixed_onnx: Path, inputs: list, work: Path, out_path: Path) -> tuple
         attempt.mkdir(parents=True)
         error = _attempt(fixed_onnx, inputs, attempt, recipe)
         if error is None:
-            return _success(i, attempt, out_path, failures), attempt / "out"
+            return rewritten + _success(i, attempt, out_path, failures), attempt / "out"
         failures.append(error)
         if error.startswith(_DIFFERS) and runs_but_differs is None:
             runs_but_differs = i
     if runs_but_differs is not None:  # deliver it: the fidelity check then reports how far off it is
         attempt = work / f"attempt{runs_but_differs}"
-        return _success(runs_but_differs, attempt, out_path, failures), attempt / "out"
+        return rewritten + _success(runs_but_differs, attempt, out_path, failures), attempt / "out"
     distinct = list(dict.fromkeys(failures))
     raise ConversionError("onnx2tf failed with every recipe: " + " | ".join(
         f"recipe {failures.index(f) + 1}: {f}" for f in distinct))
@@ -259,6 +265,7 @@ def _main(attempt: Path) -> None:
         model, ok = onnxsim.simplify(model, overwrite_input_shapes=shapes)
         if not ok:
             raise SystemExit("onnxsim could not validate the simplified model")
+    _onnx_rewrite.explicit_recurrent_state(model)  # after onnxsim, which drops all-zero initial states
     onnx.save(model, str(attempt / "model.onnx"))
     (attempt / "names.json").write_text(json.dumps({"nodes": names["nodes"], "inputs": names["inputs"]}))
     import onnx2tf.onnx2tf as tool

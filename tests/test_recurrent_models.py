@@ -1,0 +1,98 @@
+"""ONNX recurrent models to TFLite: an LSTM as PyTorch exports it (optional inputs empty or absent),
+and the same after onnxruntime's quantize_dynamic (DynamicQuantizeLSTM, MatMulInteger). Tiny models made here."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from clihelp import run_cli
+from conftest import tree_digest
+
+HIDDEN, FEATURES, STEPS = 6, 8, 5
+
+
+def lstm_onnx(path):
+    """x [1, STEPS, FEATURES] -> bidirectional LSTM (sequence_lens given as '', no initial states) ->
+    MatMul to 7 classes per step: the recogniser head of a CRNN."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    rng = np.random.default_rng(0)
+
+    def weights(*shape):
+        return rng.normal(0, 0.4, shape).astype(np.float32)
+
+    inits = [numpy_helper.from_array(weights(2, 4 * HIDDEN, FEATURES), "W"),
+             numpy_helper.from_array(weights(2, 4 * HIDDEN, HIDDEN), "R"),
+             numpy_helper.from_array(weights(2, 8 * HIDDEN), "B"),
+             numpy_helper.from_array(weights(2 * HIDDEN, 7), "head"),
+             numpy_helper.from_array(np.array([STEPS, 1, 2 * HIDDEN], np.int64), "steps_shape")]
+    nodes = [helper.make_node("Transpose", ["x"], ["time_major"], name="to_time_major", perm=[1, 0, 2]),
+             helper.make_node("LSTM", ["time_major", "W", "R", "B", ""], ["y"], name="lstm@0",
+                              direction="bidirectional", hidden_size=HIDDEN),
+             helper.make_node("Transpose", ["y"], ["y_t"], name="dirs_last", perm=[0, 2, 1, 3]),
+             helper.make_node("Reshape", ["y_t", "steps_shape"], ["features"], name="flatten"),
+             helper.make_node("MatMul", ["features", "head"], ["logits"], name="head")]
+    graph = helper.make_graph(nodes, "crnn_head",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, STEPS, FEATURES])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [STEPS, 1, 7])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+def dynamic_int8_onnx(tmp_path):
+    from onnxruntime.quantization import quantize_dynamic
+    path = tmp_path / "lstm_int8.onnx"
+    quantize_dynamic(str(lstm_onnx(tmp_path / "lstm.onnx")), str(path))
+    return path
+
+
+def _convert_tflite(capsys, model, out):
+    result = run_cli(capsys, "convert", model, "--format", "tflite", "--runs", "1", "--warmup", "0", "--out", out)
+    assert result.code == 0, result.err
+    return json.loads((out / "report.json").read_text())["artifacts"][0]
+
+
+def test_bidirectional_lstm_with_empty_optional_inputs_converts_to_tflite(tmp_path, capsys):
+    model = lstm_onnx(tmp_path / "lstm.onnx")
+    before = tree_digest(model)
+    artifact = _convert_tflite(capsys, model, tmp_path / "out")
+    assert artifact["status"] == "ok", artifact
+    assert artifact["fidelity"]["verified"], artifact["fidelity"]
+    assert any(n.startswith("onnx2tf recipe 1/") for n in artifact["notes"]), artifact["notes"]
+    assert tree_digest(model) == before, "the input model was modified"
+
+
+def test_dynamic_quantization_ops_are_rewritten_to_float_ops(tmp_path):
+    """Structure (no contrib or integer ops left) and values (the float model's, within int8 weight error)."""
+    import onnx
+    import onnxruntime as ort
+    from edgekit.backends import _onnx_rewrite
+    quantized = onnx.load(str(dynamic_int8_onnx(tmp_path)))
+    assert {"DynamicQuantizeLSTM", "MatMulInteger"} <= {n.op_type for n in quantized.graph.node}
+    notes = _onnx_rewrite.dequantize_dynamic(quantized)
+    assert notes and "1 DynamicQuantizeLSTM" in notes[0] and "1 MatMulInteger" in notes[0], notes
+    ops = {n.op_type for n in quantized.graph.node}
+    assert not ops & {"DynamicQuantizeLSTM", "MatMulInteger", "DynamicQuantizeLinear"}, ops
+    assert all(n.domain in ("", "ai.onnx") for n in quantized.graph.node)
+    x = np.random.default_rng(1).random((1, STEPS, FEATURES), dtype=np.float32)
+
+    def run(model_bytes):
+        return ort.InferenceSession(model_bytes, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    want = run((tmp_path / "lstm.onnx").read_bytes())
+    got = run(quantized.SerializeToString())
+    snr = 10 * np.log10(np.sum(want ** 2) / np.sum((want - got) ** 2))
+    assert snr > 30, snr
+
+
+def test_dynamically_quantized_lstm_converts_to_tflite(tmp_path, capsys):
+    model = dynamic_int8_onnx(tmp_path)
+    before = tree_digest(model)
+    artifact = _convert_tflite(capsys, model, tmp_path / "out")
+    assert artifact["status"] == "ok", artifact
+    assert any("dynamic-quantization ops replaced by float ops" in n for n in artifact["notes"]), artifact["notes"]
+    # compared with onnxruntime running the quantized model, which also quantizes activations per run
+    assert artifact["fidelity"]["outputs"][0]["snr_db"] > 25, artifact["fidelity"]
+    assert tree_digest(model) == before, "the input model was modified"

@@ -1,0 +1,234 @@
+"""ONNX rewrites ahead of onnx2tf. Each changes the model proto in place (always a copy, never the
+user's file) and returns notes saying what it did; a model they do not apply to comes back unchanged.
+
+- `explicit_recurrent_state`: LSTM/GRU/RNN nodes get their optional bias and initial states as
+  explicit zeros. onnxsim drops all-zero initial states, and onnx2tf 1.29's bidirectional LSTM then
+  indexes the missing `initial_h` ('NoneType' object is not subscriptable).
+- `dequantize_dynamic`: the ops onnxruntime's `quantize_dynamic` writes (DynamicQuantizeLSTM,
+  DynamicQuantizeMatMul, MatMulIntegerToFloat, and DynamicQuantizeLinear feeding
+  ConvInteger/MatMulInteger) become float ops on dequantized weights. TFLite has no equivalent of
+  onnxruntime's per-run activation quantization; its own quantizer re-quantizes the float graph.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+_RNN_GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}  # weight blocks per direction; the bias has twice as many
+_MS = "com.microsoft"
+
+
+def explicit_recurrent_state(model) -> list[str]:
+    import onnx
+    from onnx import numpy_helper
+    graph = model.graph
+    rnns = [n for n in graph.node if n.op_type in _RNN_GATES and n.domain in ("", "ai.onnx")]
+    if not rnns:
+        return []
+    shapes = _shapes(onnx, model)
+    filled = []
+    for node in rnns:
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        hidden, layout = attrs.get("hidden_size"), attrs.get("layout", 0)
+        directions = 2 if attrs.get("direction", b"forward") == b"bidirectional" else 1
+        x_shape = shapes.get(node.input[0])
+        if not hidden or not x_shape or not isinstance(x_shape[1 - layout], int):
+            continue
+        batch = x_shape[1 - layout]
+        state = [batch, directions, hidden] if layout else [directions, batch, hidden]
+        wanted = {3: [directions, 2 * _RNN_GATES[node.op_type] * hidden], 5: state}
+        if node.op_type == "LSTM":
+            wanted[6] = state
+        while len(node.input) < max(wanted) + 1:
+            node.input.append("")
+        for index, shape in wanted.items():
+            if node.input[index]:
+                continue
+            name = f"{node.name or node.op_type}_zero_input{index}"
+            graph.initializer.append(numpy_helper.from_array(np.zeros(shape, np.float32), name))
+            node.input[index] = name
+            filled.append(node.name)
+    return [f"{len(set(filled))} recurrent node(s) given explicit zero bias/initial state"] if filled else []
+
+
+def _shapes(onnx, model) -> dict[str, list]:
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except Exception:
+        inferred = model
+    g = inferred.graph
+    return {v.name: [d.dim_value if d.HasField("dim_value") else None for d in v.type.tensor_type.shape.dim]
+            for v in [*g.input, *g.value_info, *g.output]}
+
+
+def dequantize_dynamic(model) -> list[str]:
+    from onnx import helper, numpy_helper
+    graph = model.graph
+    inits = {t.name: t for t in graph.initializer}
+
+    def const(name):
+        return numpy_helper.to_array(inits[name]) if name in inits else None
+
+    def add(array, name):
+        tensor = numpy_helper.from_array(np.asarray(array, np.float32), name)
+        graph.initializer.append(tensor)
+        inits[name] = tensor
+        return name
+
+    producers = {o: n for n in graph.node for o in n.output}
+    consumers: dict[str, list] = {}
+    for n in graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    replaced: dict[str, int] = {}
+    new_nodes, unit_scales, changed = [], set(), set()
+    for node in graph.node:
+        op = node.op_type
+        inputs = list(node.input) + [""] * 12
+        rewritten = None
+        if op == "DynamicQuantizeLSTM" and node.domain == _MS:
+            weights = [_dequantize_rnn(const(inputs[k]), const(inputs[s]), const(inputs[z]))
+                       for k, s, z in ((1, 8, 9), (2, 10, 11))]
+            if all(w is not None for w in weights):
+                names = [add(w, f"{inputs[k]}_float") for w, k in zip(weights, (1, 2))]
+                attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+                rewritten = [helper.make_node("LSTM", [inputs[0], *names, *inputs[3:8]], node.output,
+                                              node.name, **attrs)]
+                _trim(rewritten[0])
+        elif (op == "DynamicQuantizeMatMul" and node.domain == _MS) or \
+                (op == "MatMulIntegerToFloat" and node.domain == _MS):
+            if op == "DynamicQuantizeMatMul":
+                a, (b, b_scale, b_zero, bias) = inputs[0], inputs[1:5]
+            else:
+                a = _dynamic_source(producers.get(inputs[0]), inputs[2])
+                b, b_scale, b_zero, bias = inputs[1], inputs[3], inputs[5], inputs[6]
+            weight = _dequantize(const(b), const(b_scale), const(b_zero) if b_zero else 0, axis=-1)
+            if a is not None and weight is not None:
+                rewritten = _matmul_bias(helper, a, add(weight, f"{b}_float"), bias, node)
+        elif op in ("ConvInteger", "MatMulInteger") and node.domain in ("", "ai.onnx"):
+            quantizer = producers.get(inputs[0])
+            weight, zero = const(inputs[1]), const(inputs[3]) if inputs[3] else 0
+            if _dynamic_source(quantizer, None) and weight is not None and zero is not None and \
+                    _only_scaled(quantizer, consumers, const):
+                axis = 0 if op == "ConvInteger" else -1
+                # (x_q - x_zero)(w_q - w_zero) * x_scale == x (w_q - w_zero): the float op gives the integer
+                # op's output times the activation scale, so the graph's multiplications by that scale go
+                shifted = weight.astype(np.float32) - _along(np.asarray(zero, np.float32), weight.ndim, axis)
+                attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+                rewritten = [helper.make_node(op.replace("Integer", ""),
+                                              [quantizer.input[0], add(shifted, f"{inputs[1]}_float")],
+                                              node.output, node.name, **attrs)]
+                unit_scales.add(quantizer.output[1])
+                changed.update(node.output)
+        if rewritten:
+            replaced[op] = replaced.get(op, 0) + 1
+            new_nodes.extend(rewritten)
+        else:
+            new_nodes.append(node)
+    if not replaced:
+        return []
+    if unit_scales:
+        one = add(np.array(1.0), "edgekit_unit_scale")
+        for node in new_nodes:
+            node.input[:] = [one if i in unit_scales else i for i in node.input]
+    graph.ClearField("node")
+    graph.node.extend(_live(new_nodes, {o.name for o in graph.output}))
+    _float_bias(graph.node, changed)
+    graph.ClearField("value_info")  # integer tensors became float: shape inference fills it in again
+    _drop_unused_initializers(graph)
+    return ["dynamic-quantization ops replaced by float ops on dequantized weights (" +
+            ", ".join(f"{v} {k}" for k, v in sorted(replaced.items())) +
+            "): TFLite has no per-run activation quantization, so this graph computes in float"]
+
+
+def _dynamic_source(quantizer, scale_name):
+    """The float tensor a DynamicQuantizeLinear quantized, or None."""
+    if quantizer is None or quantizer.op_type != "DynamicQuantizeLinear":
+        return None
+    if scale_name is not None and scale_name != quantizer.output[1]:
+        return None
+    return quantizer.input[0]
+
+
+def _dequantize(q, scale, zero, axis):
+    if q is None or scale is None or zero is None:
+        return None
+    scale, zero = np.asarray(scale, np.float32), np.asarray(zero, np.float32)
+    return (q.astype(np.float32) - _along(zero, q.ndim, axis)) * _along(scale, q.ndim, axis)
+
+
+def _along(values: np.ndarray, ndim: int, axis: int) -> np.ndarray:
+    """Per-tensor (scalar) or per-channel values broadcast along `axis` of an ndim-array."""
+    if values.ndim == 0 or values.size == 1:
+        return values.reshape(())
+    shape = [1] * ndim
+    shape[axis] = values.size
+    return values.reshape(shape)
+
+
+def _dequantize_rnn(q, scale, zero):
+    """DynamicQuantizeLSTM weights [D, in, 4H] with per-direction [D] or per-column [D, 4H] scale and
+    zero point, as ONNX LSTM's float [D, 4H, in]."""
+    if q is None or scale is None or zero is None:
+        return None
+    shape = (q.shape[0], 1, 1) if np.ndim(scale) == 1 else (q.shape[0], 1, q.shape[2])
+    scale = np.asarray(scale, np.float32).reshape(shape)
+    zero = np.asarray(zero, np.float32).reshape(shape)
+    return np.transpose((q.astype(np.float32) - zero) * scale, (0, 2, 1))
+
+
+def _matmul_bias(helper, a, weight, bias, node):
+    if not bias:
+        return [helper.make_node("MatMul", [a, weight], node.output, node.name)]
+    product = f"{node.output[0]}_matmul"
+    return [helper.make_node("MatMul", [a, weight], [product], f"{node.name}_matmul"),
+            helper.make_node("Add", [product, bias], node.output, node.name)]
+
+
+def _trim(node) -> None:
+    while node.input and not node.input[-1]:
+        node.input.pop()
+
+
+def _only_scaled(quantizer, consumers, const) -> bool:
+    """Every reader of this DynamicQuantizeLinear is an integer op with constant weights or (its scale)
+    a Mul: then all of them are rewritten and the scale can become 1."""
+    quantized, scale, zero = quantizer.output
+    return all(c.op_type in ("ConvInteger", "MatMulInteger") and const(c.input[1]) is not None
+               for name in (quantized, zero) for c in consumers.get(name, [])) and \
+        all(c.op_type == "Mul" for c in consumers.get(scale, []))
+
+
+def _float_bias(nodes, changed: set[str]) -> None:
+    """An integer bias the graph adds to a rewritten op's output (older onnxruntime: Floor(bias / scale)
+    cast to int32) is added in float and unrounded."""
+    producers = {o: n for n in nodes for o in n.output}
+    for add in [n for n in nodes if n.op_type == "Add" and changed & set(n.input)]:
+        for name in add.input:
+            node = producers.get(name)
+            while node is not None and node.op_type in ("Reshape", "Unsqueeze", "Identity", "Squeeze"):
+                node = producers.get(node.input[0])
+            if node is None or node.op_type != "Cast":
+                continue
+            for attr in node.attribute:
+                if attr.name == "to" and attr.i == 6:  # INT32
+                    attr.i = 1  # FLOAT
+                    rounding = producers.get(node.input[0])
+                    if rounding is not None and rounding.op_type in ("Floor", "Round"):
+                        rounding.op_type = "Identity"
+
+
+def _live(nodes, graph_outputs):
+    """Nodes whose outputs something reads: a DynamicQuantizeLinear nothing reads any more goes."""
+    while True:
+        read = {i for n in nodes for i in n.input} | graph_outputs
+        keep = [n for n in nodes if any(o in read for o in n.output)]
+        if len(keep) == len(nodes):
+            return nodes
+        nodes = keep
+
+
+def _drop_unused_initializers(graph) -> None:
+    read = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
+    kept = [t for t in graph.initializer if t.name in read]
+    graph.ClearField("initializer")
+    graph.initializer.extend(kept)
