@@ -186,12 +186,16 @@ def float_model(source) -> tuple[Path, str]:
         return source.onnx_fixed_path, "input model with fixed input shapes"
     path = source.path.parent / "float.onnx"  # per source: a pruned model gets its own
     note = f"tf2onnx from {'TFLite' if source.kind == 'tflite' else 'the TF graph'}, opset {OPSET}"
+    if source.kind == "tflite":
+        from ._tflite_rewrite import for_converters
+        tflite_path, rewrites = for_converters(source)
+        note = "; ".join([note, *rewrites])
     if not path.exists():
         onnx = require("onnx", "full")
         tf2onnx = require("tf2onnx", "full")
         try:
             if source.kind == "tflite":
-                model, _ = tf2onnx.convert.from_tflite(str(source.path), opset=OPSET)
+                model, _ = tf2onnx.convert.from_tflite(str(tflite_path), opset=OPSET)
             elif source.kind == "savedmodel":
                 model = _from_saved_model(tf2onnx, source)
             else:
@@ -199,9 +203,34 @@ def float_model(source) -> tuple[Path, str]:
                 model, _ = tf2onnx.convert.from_function(fn, input_signature=signature, opset=OPSET)
                 _freeze_captures(onnx, model, fn.get_concrete_function(*signature), {s.name for s in signature})
         except Exception as exc:
-            raise ConversionError(f"tf2onnx failed: {str(exc).strip().splitlines()[0][:300]}") from None
+            where = _tf2onnx_where(exc, tflite_path if source.kind == "tflite" else None)
+            raise ConversionError(f"tf2onnx failed{where}: {_first_line(str(exc))}") from None
         onnx.save(canonical_names(_complete(onnx, model)), str(path))
     return path, note
+
+
+def _tf2onnx_where(exc: BaseException, tflite_path: Path | None = None) -> str:
+    """Where in the graph tf2onnx was when it raised, from its frames: the node it was converting, or
+    the TFLite op / constant tensor it was reading (its exceptions name neither)."""
+    frames, tb = [], exc.__traceback__
+    while tb is not None:
+        frames.append(tb.tb_frame)
+        tb = tb.tb_next
+    for frame in reversed(frames):
+        if "tf2onnx" not in frame.f_code.co_filename:
+            continue
+        found = frame.f_locals
+        node = found.get("node")
+        if hasattr(node, "type") and hasattr(node, "name"):
+            return f" at node '{node.name}' (op {node.type.removeprefix('TFL_')})"
+        if frame.f_code.co_name == "parse_tflite_graph":
+            if "optype" in found and "output_names" in found:
+                return f" at TFLite op {found['optype'].removeprefix('TFL_')} (output {found['output_names'][:1]})"
+            if "name" in found:
+                from ._tflite_rewrite import consumers
+                users = consumers(tflite_path, found["name"]) if tflite_path else []
+                return f" reading TFLite tensor '{found['name']}'" + (f" (input of {', '.join(users)})" if users else "")
+    return ""
 
 
 def _complete(onnx, model):

@@ -105,7 +105,9 @@ def _origin(source):
     """What convert_model reads. TF graphs go through ONNX, whose node names keep the layer names
     (the TF frontend renames convolutions to Convolution_<n>), unless tf2onnx cannot convert them."""
     if source.kind == "tflite":
-        return str(source.path), "openvino.convert_model from the TFLite input"
+        from ._tflite_rewrite import for_converters
+        path, rewrites = for_converters(source)
+        return str(path), "; ".join(["openvino.convert_model from the TFLite input", *rewrites])
     from . import onnx as onnx_backend
     try:
         path, how = onnx_backend.float_model(source)

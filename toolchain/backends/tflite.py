@@ -1,6 +1,7 @@
 """TFLite / LiteRT: export (TF converter, onnx2tf for ONNX inputs), run (ai-edge-litert)."""
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -39,8 +40,7 @@ class Session:
             self.interpreter = interpreter_mod.Interpreter(model_path=str(path), num_threads=threads)
             self.interpreter.allocate_tensors()
         except (ValueError, RuntimeError) as exc:
-            raise EdgekitError(f"{Path(path).name} is truncated or corrupt (LiteRT: {str(exc).strip().splitlines()[0][:200]})",
-                               "re-export the .tflite model") from None
+            raise _load_error(Path(path).name, str(exc)) from None
         self._in = self.interpreter.get_input_details()
         self._out = self.interpreter.get_output_details()
         self.inputs = [(d["name"], tuple(int(x) for x in d["shape"]), np.dtype(d["dtype"]).name) for d in self._in]
@@ -58,6 +58,21 @@ class Session:
         self.bind(arrays)
         self.invoke()
         return [self.interpreter.get_tensor(d["index"]) for d in self._out]
+
+
+def _load_error(name: str, text: str) -> EdgekitError:
+    custom = _UNRESOLVED.search(text)
+    if custom:
+        node = _NODE.search(text)
+        return EdgekitError(f"{name} uses TFLite custom op '{custom.group(1)}'"
+                            f"{f' (node {node.group(1)})' if node else ''}, which LiteRT has no kernel for",
+                            "re-export the model with builtin ops, or run it where that op's kernel is registered")
+    return EdgekitError(f"{name} is truncated or corrupt (LiteRT: {text.strip().splitlines()[0][:200]})",
+                        "re-export the .tflite model")
+
+
+_UNRESOLVED = re.compile(r"unresolved custom op: ([^\s.]+)")
+_NODE = re.compile(r"Node number (\d+)")
 
 
 def _quant_params(detail: dict):
