@@ -217,3 +217,40 @@ def test_openvino_failure_reason_is_the_line_that_names_the_op(tmp_path):
         ov.convert_model(str(tmp_path / "erfc.onnx"))
     assert "cpp:" in str(caught.value).splitlines()[0]
     assert "cpp" not in _reason(caught.value) and "Erfc" in _reason(caught.value)
+
+
+def test_int8_onnx_of_an_opset11_export_with_weights_in_constant_nodes(tmp_path, capsys):
+    """paddle2onnx-style export: opset 11, every weight a Constant node. The int8 artifact has int8
+    weights (not float weights wrapped in Q/DQ), loads at the first attempt (per-channel needs opset 13:
+    the copy handed to the quantizer is lifted), and is smaller than the float model."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    rng = np.random.default_rng(0)
+
+    def constant(name, array):
+        return helper.make_node("Constant", [], [name], name=f"{name}_const", value=numpy_helper.from_array(array, name))
+    nodes = [constant("w1", rng.standard_normal((16, 3, 3, 3)).astype(np.float32)),
+             constant("b1", rng.standard_normal(16).astype(np.float32)),
+             constant("w2", rng.standard_normal((16, 16, 3, 3)).astype(np.float32) * 0.1),
+             helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+             helper.make_node("Conv", ["r1", "w2"], ["y"], name="conv2", pads=[1, 1, 1, 1])]
+    graph = helper.make_graph(nodes, "paddle", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 16, 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16, 16, 16])])
+    model = tmp_path / "paddle.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 11)]), str(model))
+    before = tree_digest(model)
+    result = run_cli(capsys, "convert", model, "--target", "cpu-int8", "--format", "onnx", "--calib", "random",
+                     "--runs", "1", "--warmup", "0", "--out", tmp_path / "out")
+    assert result.code == 0, result.err
+    fp32, int8 = json.loads((tmp_path / "out" / "report.json").read_text())["artifacts"][:2]
+    assert int8["precision"] == "int8" and int8["status"] == "ok", int8
+    assert not any(n.startswith("retried:") for n in int8["notes"]), int8["notes"]
+    quantized = onnx.load(str(tmp_path / "out" / "model.onnx"))
+    weights = {t.name: t.data_type for t in quantized.graph.initializer}
+    conv_weights = [n.input[1] for n in quantized.graph.node if n.op_type == "Conv"]
+    producers = {o: n for n in quantized.graph.node for o in n.output}
+    assert all(producers[w].op_type == "DequantizeLinear" for w in conv_weights)
+    assert all(weights[producers[w].input[0]] == TensorProto.INT8 for w in conv_weights)
+    assert int8["size"]["bytes"] < fp32["size"]["bytes"] / 2
+    assert tree_digest(model) == before

@@ -396,7 +396,7 @@ def silence_native_logs() -> Callable[[], None]:
     import warnings
     for key, value in NOISY_ENV.items():
         os.environ.setdefault(key, value)
-    for name in NOISY_LOGGERS:
+    for name in ("", *NOISY_LOGGERS):  # "": the root logger, which onnxruntime.quantization warns through
         logging.getLogger(name).setLevel(logging.CRITICAL)  # their errors reach us as exceptions
     warnings.filterwarnings("ignore", module=r"(tensorflow|keras|tf2onnx|onnx2tf|nncf|openvino|onnxruntime|h5py|google)")
     try:

@@ -374,8 +374,10 @@ def _attempts(config) -> list[dict]:
 
 def _quantize_once(q, float_artifact: Path, out_path: Path, config, calib, method: str, model, excluded, attempt):
     pre = out_path.with_name(out_path.stem + ".pre.onnx")
+    weights = out_path.with_name(out_path.stem + ".weights.onnx")
     try:
-        q.shape_inference.quant_pre_process(str(float_artifact), str(pre), skip_optimization=not attempt["optimize"],
+        require("onnx", "full").save(quantizable(model), str(weights))
+        q.shape_inference.quant_pre_process(str(weights), str(pre), skip_optimization=not attempt["optimize"],
                                             skip_symbolic_shape=True)
         if config.precision == "dynamic":
             q.quantize_dynamic(str(pre), str(out_path), weight_type=q.QuantType.QInt8,
@@ -391,6 +393,39 @@ def _quantize_once(q, float_artifact: Path, out_path: Path, config, calib, metho
                               extra_options={"CalibMovingAverage": False})
     finally:
         pre.unlink(missing_ok=True)
+        weights.unlink(missing_ok=True)
+
+
+PER_AXIS_OPSET = 13  # DequantizeLinear's `axis` (per-channel weights) is opset 13
+
+
+def quantizable(model):
+    """A copy onnxruntime's quantizer can work on. Exporters such as paddle2onnx put every weight in a
+    Constant node, and the quantizer only quantizes initializers: without this the "int8" model keeps
+    float weights and grows by its Q/DQ pairs. Below opset 13 the quantizer writes per-channel
+    DequantizeLinear nodes with an `axis` the model's opset does not have (an invalid graph)."""
+    copy = _constants_as_initializers(model)
+    default = next((o for o in copy.opset_import if o.domain in ("", "ai.onnx")), None)
+    if default is not None and default.version < PER_AXIS_OPSET:
+        try:
+            copy = require("onnx", "full").version_converter.convert_version(copy, PER_AXIS_OPSET)
+        except Exception:  # an op the converter cannot lift: the retries without per-channel still apply
+            pass
+    return copy
+
+
+def _constants_as_initializers(model):
+    copy = type(model)()
+    copy.CopyFrom(model)
+    graph = copy.graph
+    constants = [n for n in graph.node if n.op_type == "Constant" and len(n.attribute) == 1
+                 and n.attribute[0].name == "value"]
+    for node in constants:
+        tensor = graph.initializer.add()
+        tensor.CopyFrom(node.attribute[0].t)
+        tensor.name = node.output[0]
+        graph.node.remove(node)
+    return copy
 
 
 def _load_check(path: Path, calib) -> str | None:
