@@ -125,6 +125,9 @@ def test_unknown_custom_op_is_named_with_its_tensor_and_the_fix(tmp_path):
     reason = str(caught.value)
     assert "custom op 'MyVendorUpsample'" in reason and "output tensor '" in reason and "re-export" in reason
     assert "\n" not in reason
+    # custom ops tf2onnx reads itself pass through untouched
+    kept, _ = custom_op_tflite(tmp_path / "kept.tflite", custom_code="TFLite_Detection_PostProcess")
+    assert rewrite(kept, tmp_path / "kept-builtin.tflite") == (kept, [])
 
 
 def test_unknown_custom_op_the_runtime_cannot_run_is_one_line_naming_it(tmp_path, capsys):
@@ -166,3 +169,19 @@ def test_sparse_constants_convert_to_onnx_and_a_tf2onnx_failure_names_the_tensor
                          if a["format"] == "onnx")
     assert any("sparse constants stored dense" in n for n in onnx_artifact["notes"]), onnx_artifact["notes"]
     assert tree_digest(model) == before
+
+
+def test_block_sparse_constant_decodes_to_its_dense_matrix():
+    """A 4x8 matrix in 1x4 blocks (block_map [1]): rows dense, block columns CSR, block inner dense;
+    stored values in traversal order (TFLite schema, SparsityParameters)."""
+    from types import SimpleNamespace as Obj
+    from edgekit.backends._tflite_rewrite import _dense
+    dense = np.zeros((4, 8), np.float32)
+    blocks = [(0, 0), (2, 1), (3, 0), (3, 1)]
+    for n, (row, col) in enumerate(blocks):
+        dense[row, col * 4:col * 4 + 4] = np.arange(4) + 10 * n + 1
+    levels = [Obj(format=0, denseSize=4), Obj(format=1, denseSize=0, arraySegments=Obj(values=[0, 1, 1, 2, 4]),
+                                                arrayIndices=Obj(values=[0, 1, 0, 1])), Obj(format=0, denseSize=4)]
+    tensor = Obj(shape=[4, 8], type=0, sparsity=Obj(traversalOrder=[0, 1, 2], blockMap=[1], dimMetadata=levels))
+    stored = np.concatenate([dense[r, c * 4:c * 4 + 4] for r, c in blocks])
+    np.testing.assert_array_equal(_dense(tensor, stored.view(np.uint8), "w"), dense)

@@ -3,7 +3,8 @@ through tf2onnx the rebuild the TFLite quantizer starts from): on a copy, rewrit
 read into builtin ops of the same meaning.
 
 - Custom ops, by the table CUSTOM_OPS (custom code -> rewrite), e.g. MediaPipe's
-  Convolution2DTransposeBias. An unknown custom op is refused, naming it and its output tensor.
+  Convolution2DTransposeBias. Those tf2onnx reads itself (READABLE, Flex*) stay; any other custom op
+  is refused, naming it and its output tensor.
 - Sparse constants (TFLite sparsity, decoded by a DENSIFY op at run time) are stored dense and the
   DENSIFY op dropped: tf2onnx reads the sparse buffer as if it were dense.
 
@@ -40,6 +41,7 @@ def rewrite(path: Path, out: Path) -> tuple[Path, list[str]]:
             counts[kind] = counts.get(kind, 0) + 1
     if not counts:
         return path, []
+    _drop_unused_codes(model)
     write_model(model, out)
     return out, ["TFLite pre-pass: " + ", ".join(f"{what} x{n}" for what, n in counts.items())]
 
@@ -73,6 +75,9 @@ def _rewrite_custom_ops(model, graph) -> list[str]:
             continue
         name = _custom_code(code)
         output = _tensor_name(graph, op.outputs[0]) if len(op.outputs) else "?"
+        if name in READABLE or name.startswith("Flex"):
+            new_ops.append(op)
+            continue
         if name not in CUSTOM_OPS:
             known = ", ".join(sorted(CUSTOM_OPS))
             raise ConversionError(
@@ -124,6 +129,8 @@ def _transpose_conv_bias(model, graph, op, where: str) -> list:
 
 
 CUSTOM_OPS = {"Convolution2DTransposeBias": _transpose_conv_bias}  # custom code -> rewrite(model, graph, op, where)
+# custom ops tf2onnx reads as they are (its tflite_handlers), as are Flex* (TF ops carried by TFLite)
+READABLE = {"TFLite_Detection_PostProcess"}
 
 
 # ---- sparse constants ------------------------------------------------------------------------------
@@ -195,6 +202,17 @@ def _dense(tensor, values: np.ndarray, where: str) -> np.ndarray:
 
 
 # ---- flatbuffer helpers ----------------------------------------------------------------------------
+
+def _drop_unused_codes(model) -> None:
+    """Operator codes no op uses any more (a rewritten custom op, DENSIFY): some interpreters resolve
+    every code in the table, used or not."""
+    used = sorted({int(op.opcodeIndex) for graph in model.subgraphs for op in graph.operators})
+    new_index = {old: new for new, old in enumerate(used)}
+    model.operatorCodes = [model.operatorCodes[i] for i in used]
+    for graph in model.subgraphs:
+        for op in graph.operators:
+            op.opcodeIndex = new_index[int(op.opcodeIndex)]
+
 
 def _schema():
     from ..accel.graph import schema
