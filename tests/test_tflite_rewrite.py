@@ -185,3 +185,15 @@ def test_block_sparse_constant_decodes_to_its_dense_matrix():
     tensor = Obj(shape=[4, 8], type=0, sparsity=Obj(traversalOrder=[0, 1, 2], blockMap=[1], dimMetadata=levels))
     stored = np.concatenate([dense[r, c * 4:c * 4 + 4] for r, c in blocks])
     np.testing.assert_array_equal(_dense(tensor, stored.view(np.uint8), "w"), dense)
+
+
+def test_custom_op_model_is_quantized_to_int8_tflite_through_the_rebuilt_float_graph(tmp_path, capsys):
+    model, _ = custom_op_tflite(tmp_path / "seg.tflite")
+    result = run_cli(capsys, "convert", model, "--target", "cpu-int8", "--format", "tflite", "--calib", "random",
+                     "--calib-samples", "8", "--runs", "1", "--warmup", "0", "--out", tmp_path / "out")
+    assert result.code == 0, result.err
+    int8 = next(a for a in json.loads((tmp_path / "out" / "report.json").read_text())["artifacts"]
+                if a["precision"] == "int8")
+    assert int8["status"] == "ok", int8
+    assert any("rebuilt from the .tflite input" in n for n in int8["notes"]), int8["notes"]
+    assert int8["fidelity"]["snr_db"] > 15, int8["fidelity"]
