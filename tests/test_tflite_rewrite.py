@@ -197,3 +197,15 @@ def test_custom_op_model_is_quantized_to_int8_tflite_through_the_rebuilt_float_g
     assert int8["status"] == "ok", int8
     assert any("rebuilt from the .tflite input" in n for n in int8["notes"]), int8["notes"]
     assert int8["fidelity"]["snr_db"] > 15, int8["fidelity"]
+
+
+def test_tflite_op_tf2onnx_copies_through_is_named_as_a_tflite_op():
+    import onnx
+    from onnx import TensorProto, helper
+    from edgekit.backends import onnx as onnx_backend
+    from edgekit.errors import ConversionError
+    node = helper.make_node("TFL_MaxUnpooling2D", ["x"], ["y"], name="seg/unpool")
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [5])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [5])])
+    with pytest.raises(ConversionError, match="TFLite op MaxUnpooling2D .node 'seg/unpool'"):
+        onnx_backend._complete(onnx, helper.make_model(graph))

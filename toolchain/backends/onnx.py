@@ -250,8 +250,9 @@ def _complete(onnx, model):
     graph.node.extend(rebuilt)
     unknown = [n for n in graph.node if n.domain in ("", "ai.onnx") and not onnx.defs.has(n.op_type)]
     if unknown:
-        ops = sorted({n.op_type for n in unknown})
-        raise ConversionError(f"tf2onnx has no ONNX equivalent for TensorFlow op {', '.join(ops)} "
+        ops = sorted({n.op_type.removeprefix("TFL_") for n in unknown})
+        kind = "TFLite" if unknown[0].op_type.startswith("TFL_") else "TensorFlow"
+        raise ConversionError(f"tf2onnx has no ONNX equivalent for {kind} op {', '.join(ops)} "
                               f"(node '{unknown[0].name}', {len(unknown)} node(s) in all)")
     return model
 
