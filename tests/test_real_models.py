@@ -254,3 +254,25 @@ def test_int8_onnx_of_an_opset11_export_with_weights_in_constant_nodes(tmp_path,
     assert all(weights[producers[w].input[0]] == TensorProto.INT8 for w in conv_weights)
     assert int8["size"]["bytes"] < fp32["size"]["bytes"] / 2
     assert tree_digest(model) == before
+
+
+def test_int8_tflite_whose_divisor_quantizes_to_zero_keeps_that_op_in_float(tmp_path, capsys):
+    """x@W1 / (relu(x@W2) + 0.001): in int8 the divisor's 0.001 lands on the zero point and LiteRT's DIV
+    aborts the invoke (`data[i] != zero_point`), as in a real byte classifier. The artifact is run
+    once after quantization; the op and its inputs' producers are kept in float and the model rebuilt."""
+    import tensorflow as tf
+    rng = np.random.default_rng(0)
+    w1, w2 = (tf.constant(rng.standard_normal((8, 8)).astype(np.float32)) for _ in range(2))
+    module = tf.Module()
+    module.serve = tf.function(lambda x: (x @ w1) / (tf.nn.relu(x @ w2) + 0.001),
+                               input_signature=[tf.TensorSpec([1, 8], tf.float32)])
+    tf.saved_model.save(module, str(tmp_path / "ratio"), signatures=module.serve)
+    before = tree_digest(tmp_path / "ratio")
+    result = run_cli(capsys, "convert", tmp_path / "ratio", "--target", "cpu-int8", "--format", "tflite",
+                     "--calib", "random", "--runs", "1", "--warmup", "0", "--out", tmp_path / "out")
+    assert result.code == 0, result.err
+    int8 = json.loads((tmp_path / "out" / "report.json").read_text())["artifacts"][1]
+    assert int8["status"] == "ok" and int8["fidelity"]["verified"], int8
+    kept = next(n for n in int8["notes"] if n.startswith("kept in float after the int8 model failed"))
+    assert "DIV" in kept and "zero_point" in kept, kept
+    assert tree_digest(tmp_path / "ratio") == before

@@ -398,7 +398,7 @@ def silence_native_logs() -> Callable[[], None]:
         os.environ.setdefault(key, value)
     for name in ("", *NOISY_LOGGERS):  # "": the root logger, which onnxruntime.quantization warns through
         logging.getLogger(name).setLevel(logging.CRITICAL)  # their errors reach us as exceptions
-    warnings.filterwarnings("ignore", module=r"(tensorflow|keras|tf2onnx|onnx2tf|nncf|openvino|onnxruntime|h5py|google)")
+    warnings.filterwarnings("ignore", module=r"(tensorflow|keras|tf2onnx|onnx2tf|nncf|openvino|onnxruntime|ai_edge_litert|h5py|google)")
     try:
         real_stderr = sys.stderr.fileno() == 2
     except (AttributeError, OSError, ValueError):

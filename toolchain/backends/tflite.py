@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -146,7 +147,40 @@ def _write(out_path: Path, convert) -> None:
 
 
 def quantize(source, float_artifact: Path, out_path: Path, config, calib, method: str) -> list[str]:
-    """Post-training quantization with the TFLite converter (see passes/quantize.py)."""
+    """Post-training quantization with the TFLite converter (see passes/quantize.py). The result is run
+    on a calibration sample; when an op fails or is the first to give NaN/inf (e.g. a divisor quantized
+    to exactly zero), that op and the producers of its inputs are kept in float and the model is
+    rebuilt, up to MAX_FLOAT_RETRIES times."""
+    notes = [f"TFLite post-training {config.precision}, {'per-channel' if config.per_channel else 'per-tensor'} weights"]
+    if source.kind == "tflite":
+        notes.append("float graph rebuilt from the .tflite input (tf2onnx, then onnx2tf) to quantize it")
+    float_names = {t["name"] for t in _tensor_details(float_artifact)}
+    kept: list[str] = []
+    kept_ops: list[str] = []
+    for _ in range(MAX_FLOAT_RETRIES + 1):
+        notes_now = _quantize_once(source, float_artifact, out_path, config, calib, kept, kept_ops)
+        failure = _first_failing_op(out_path, calib)
+        if failure is None:
+            return notes + notes_now + _match_outputs(source, out_path, float_artifact)
+        message, op, tensors = failure
+        more = [t for t in tensors if t in float_names and t not in kept]
+        if tensors and tensors[0] not in float_names and op not in kept_ops:  # the op's own output was renamed
+            kept_ops.append(op)
+            more.append(f"every {op}")
+        if calib is None or not more:
+            break
+        kept += [t for t in more if t in float_names]
+        notes.append(f"kept in float after the {config.precision} model failed: {', '.join(more)} ({message})")
+    raise ConversionError(f"LiteRT cannot run the {config.precision} model: {message}"
+                          + (f" (already kept in float: {', '.join(kept)})" if kept else "")
+                          + " — keep that op in float with --keep-float")
+
+
+MAX_FLOAT_RETRIES = 3
+
+
+def _quantize_once(source, float_artifact: Path, out_path: Path, config, calib, kept: list[str],
+                   kept_ops: list[str]) -> list[str]:
     from ..passes.quantize import select
     tf = require("tensorflow", "full")
     converter = _converter(source)
@@ -161,22 +195,59 @@ def quantize(source, float_artifact: Path, out_path: Path, config, calib, method
                                                if config.precision == "int16x8" else ops.TFLITE_BUILTINS_INT8]
     if config.precision == "int8-io":
         converter.inference_input_type = converter.inference_output_type = tf.int8
-    notes = [f"TFLite post-training {config.precision}, {'per-channel' if config.per_channel else 'per-tensor'} weights"]
-    if source.kind == "tflite":
-        notes.append("float graph rebuilt from the .tflite input (tf2onnx, then onnx2tf) to quantize it")
-    if not config.keep_float:
+    if not config.keep_float and not kept and not kept_ops:
         _write(out_path, converter.convert)
-        return notes + _match_outputs(source, out_path, float_artifact)
+        return []
     if calib is None:
         raise ConversionError(f"--keep-float needs a calibrated precision on TFLite, not {config.precision}")
-    denied = select([t["name"] for t in _tensor_details(float_artifact)], config.keep_float, "TFLite")
+    denied = select([t["name"] for t in _tensor_details(float_artifact)], config.keep_float, "TFLite") \
+        if config.keep_float else []
     options = tf.lite.experimental.QuantizationDebugOptions(
-        denylisted_nodes=denied, fully_quantize=config.precision == "int8-io")
+        denylisted_nodes=denied + kept, denylisted_ops=kept_ops, fully_quantize=config.precision == "int8-io")
     debugger = tf.lite.experimental.QuantizationDebugger(
         converter=converter, debug_dataset=converter.representative_dataset, debug_options=options)
     _write(out_path, debugger.get_nondebug_quantized_model)
-    return notes + [f"kept in float: {len(denied)} tensors of {', '.join(config.keep_float)}"] + \
-        _match_outputs(source, out_path, float_artifact)
+    return [f"kept in float: {len(denied)} tensors of {', '.join(config.keep_float)}"] if denied else []
+
+
+_FAILED_NODE = re.compile(r"Node number (\d+) \((\w+)\) failed")
+
+
+def _first_failing_op(path: Path, calib) -> tuple[str, str, list[str]] | None:
+    """None when LiteRT runs the model on a calibration sample with finite outputs; else one line naming
+    the op that failed (or first gave NaN/inf) and its output tensor, and the tensors to keep in float:
+    that output and the op's non-constant inputs."""
+    lite = require("ai_edge_litert.interpreter", EXTRA)
+    with warnings.catch_warnings():  # "intended for debugging purposes only": that is what it is for here
+        warnings.simplefilter("ignore")
+        interpreter = lite.Interpreter(model_path=str(path), experimental_preserve_all_tensors=True)
+    interpreter.allocate_tensors()
+    _set_inputs(interpreter, calib.samples[0] if calib is not None else None)
+    details = {t["index"]: t for t in interpreter.get_tensor_details()}
+    ops = interpreter._get_ops_details()
+    try:
+        interpreter.invoke()
+    except RuntimeError as exc:
+        text = " ".join(str(exc).split())
+        match = _FAILED_NODE.search(text)
+        if not match:
+            return text[:300], "", []
+        op = next(d for d in ops if d["index"] == int(match.group(1)))
+        return _describe(op, details, f"failed: {text[:match.start()].strip().rstrip('.')[:200]}")
+    for op in ops:
+        for index in op["outputs"]:
+            value = interpreter.get_tensor(int(index))
+            if np.issubdtype(value.dtype, np.floating) and not np.all(np.isfinite(value)):
+                return _describe(op, details, "gave NaN or infinite values")
+    return None
+
+
+def _describe(op: dict, details: dict, what: str) -> tuple[str, str, list[str]]:
+    name = lambda i: details[int(i)]["name"]  # noqa: E731
+    produced = [i for i in op["inputs"] if int(i) >= 0 and not details[int(i)].get("sparsity_parameters")
+                and details[int(i)]["name"]]
+    tensors = [name(i) for i in op["outputs"]] + [name(i) for i in produced]
+    return f"op {op['op_name']} (node {op['index']}, output '{name(op['outputs'][0])}') {what}", op["op_name"], tensors
 
 
 def _match_outputs(source, out_path: Path, float_artifact: Path) -> list[str]:
@@ -201,16 +272,11 @@ def _match_outputs(source, out_path: Path, float_artifact: Path) -> list[str]:
 
 
 def _sample_outputs(path: Path) -> list[np.ndarray]:
+    """Outputs on uniform [0, 1) inputs, dequantized and flat."""
     interpreter_mod = require("ai_edge_litert.interpreter", EXTRA)
     interpreter = interpreter_mod.Interpreter(model_path=str(path))
     interpreter.allocate_tensors()
-    rng = np.random.default_rng(0)
-    for d in interpreter.get_input_details():
-        x = rng.random(tuple(d["shape"]), dtype=np.float32)
-        qp = _quant_params(d)
-        if qp:
-            x = np.clip(np.round(x / qp[0] + qp[1]), np.iinfo(d["dtype"]).min, np.iinfo(d["dtype"]).max)
-        interpreter.set_tensor(d["index"], x.astype(d["dtype"]))
+    _set_inputs(interpreter, None)
     interpreter.invoke()
     outputs = []
     for d in interpreter.get_output_details():
@@ -218,6 +284,19 @@ def _sample_outputs(path: Path) -> list[np.ndarray]:
         qp = _quant_params(d)
         outputs.append(((y - qp[1]) * qp[0] if qp else y).ravel())
     return outputs
+
+
+def _set_inputs(interpreter, sample: list[np.ndarray] | None) -> None:
+    """A sample's arrays where their sizes fit the model's inputs in order, else uniform [0, 1) values."""
+    rng = np.random.default_rng(0)
+    for i, d in enumerate(interpreter.get_input_details()):
+        given = sample[i] if sample is not None and i < len(sample) else None
+        x = given.reshape(d["shape"]) if given is not None and given.size == np.prod(d["shape"]) \
+            else rng.random(tuple(d["shape"]), dtype=np.float32)
+        qp = _quant_params(d)
+        if qp:
+            x = np.clip(np.round(x / qp[0] + qp[1]), np.iinfo(d["dtype"]).min, np.iinfo(d["dtype"]).max)
+        interpreter.set_tensor(d["index"], x.astype(d["dtype"]))
 
 
 def _cosine(a: np.ndarray, b: np.ndarray) -> float:
