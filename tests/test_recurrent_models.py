@@ -52,13 +52,13 @@ def dynamic_int8_onnx(tmp_path):
 def _convert_tflite(capsys, model, out):
     result = run_cli(capsys, "convert", model, "--format", "tflite", "--runs", "1", "--warmup", "0", "--out", out)
     assert result.code == 0, result.err
-    return json.loads((out / "report.json").read_text())["artifacts"][0]
+    return json.loads((out / "report.json").read_text())
 
 
 def test_bidirectional_lstm_with_empty_optional_inputs_converts_to_tflite(tmp_path, capsys):
     model = lstm_onnx(tmp_path / "lstm.onnx")
     before = tree_digest(model)
-    artifact = _convert_tflite(capsys, model, tmp_path / "out")
+    artifact = _convert_tflite(capsys, model, tmp_path / "out")["artifacts"][0]
     assert artifact["status"] == "ok", artifact
     assert artifact["fidelity"]["verified"], artifact["fidelity"]
     assert any(n.startswith("onnx2tf recipe 1/") for n in artifact["notes"]), artifact["notes"]
@@ -90,9 +90,38 @@ def test_dynamic_quantization_ops_are_rewritten_to_float_ops(tmp_path):
 def test_dynamically_quantized_lstm_converts_to_tflite(tmp_path, capsys):
     model = dynamic_int8_onnx(tmp_path)
     before = tree_digest(model)
-    artifact = _convert_tflite(capsys, model, tmp_path / "out")
+    report = _convert_tflite(capsys, model, tmp_path / "out")
+    artifact = report["artifacts"][0]
     assert artifact["status"] == "ok", artifact
+    assert any("quantizes activations at run time" in w for w in report["warnings"]), report["warnings"]
     assert any("dynamic-quantization ops replaced by float ops" in n for n in artifact["notes"]), artifact["notes"]
     # compared with onnxruntime running the quantized model, which also quantizes activations per run
     assert artifact["fidelity"]["outputs"][0]["snr_db"] > 25, artifact["fidelity"]
     assert tree_digest(model) == before, "the input model was modified"
+
+
+def test_contrib_matmuls_become_matmul_and_add_on_dequantized_weights():
+    """DynamicQuantizeMatMul and MatMulIntegerToFloat (what onnxruntime's optimizer fuses MatMulInteger
+    into) with per-column int8 weights: float MatMul + Add computing the dequantized product exactly."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+    from edgekit.backends import _onnx_rewrite
+    rng = np.random.default_rng(0)
+    weight = rng.integers(-127, 127, (4, 3)).astype(np.int8)
+    scale, zero, bias = np.array([0.01, 0.02, 0.03], np.float32), np.array([1, 0, -2], np.int8), np.float32([.5, -1, 2])
+    inits = [numpy_helper.from_array(a, n) for a, n in ((weight, "w"), (scale, "ws"), (zero, "wz"), (bias, "bias"))]
+    nodes = [helper.make_node("DynamicQuantizeMatMul", ["x", "w", "ws", "wz", "bias"], ["y1"], name="dqmm",
+                              domain="com.microsoft"),
+             helper.make_node("DynamicQuantizeLinear", ["x"], ["xq", "xs", "xz"], name="dql"),
+             helper.make_node("MatMulIntegerToFloat", ["xq", "w", "xs", "ws", "xz", "wz", "bias"], ["y2"],
+                              name="mitf", domain="com.microsoft")]
+    outputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [2, 3]) for n in ("y1", "y2")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4])], outputs, inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13), helper.make_opsetid("com.microsoft", 1)])
+    notes = _onnx_rewrite.dequantize_dynamic(model)
+    assert "1 DynamicQuantizeMatMul, 1 MatMulIntegerToFloat" in notes[0], notes
+    assert [n.op_type for n in model.graph.node] == ["MatMul", "Add", "MatMul", "Add"]
+    x = rng.random((2, 4), dtype=np.float32)
+    want = x @ ((weight.astype(np.float32) - zero) * scale) + bias
+    for got in ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x}):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)

@@ -43,9 +43,11 @@ class Recipe:
 
 
 # Ultralytics drives onnx2tf on an already simplified model with onnx2tf's own onnxsim off; the
-# retries add the switches onnx2tf's README offers for its common failures.
+# retries add the switches onnx2tf's README offers for its common failures. `-eru` unrolls LSTM/GRU/RNN
+# over the fixed sequence length (it changes nothing else): onnx2tf's rolled RNN is a TFLite WHILE, which
+# XNNPACK does not take and on which TF's post-training quantizer crashed (segfault, TF 2.21).
 RECIPES = (
-    Recipe("sanitised names + onnxsim at fixed shapes", True, ("-nuo",)),
+    Recipe("sanitised names + onnxsim at fixed shapes", True, ("-nuo", "-eru")),
     Recipe("sanitised names, onnx2tf's own simplification", False, ()),
     Recipe("sanitised names + onnxsim, no grouped conv, unrolled BatchMatMul/RNN (-dgc -ebu -eru)", True,
            ("-nuo", "-dgc", "-ebu", "-eru")),

@@ -69,6 +69,8 @@ def dequantize_dynamic(model) -> list[str]:
         return numpy_helper.to_array(inits[name]) if name in inits else None
 
     def add(array, name):
+        while name in inits:  # a weight two ops share, dequantized once for each
+            name += "_"
         tensor = numpy_helper.from_array(np.asarray(array, np.float32), name)
         graph.initializer.append(tensor)
         inits[name] = tensor
@@ -107,8 +109,7 @@ def dequantize_dynamic(model) -> list[str]:
         elif op in ("ConvInteger", "MatMulInteger") and node.domain in ("", "ai.onnx"):
             quantizer = producers.get(inputs[0])
             weight, zero = const(inputs[1]), const(inputs[3]) if inputs[3] else 0
-            if _dynamic_source(quantizer, None) and weight is not None and zero is not None and \
-                    _only_scaled(quantizer, consumers, const):
+            if _dynamic_source(quantizer, None) and _only_scaled(quantizer, consumers, const):
                 axis = 0 if op == "ConvInteger" else -1
                 # (x_q - x_zero)(w_q - w_zero) * x_scale == x (w_q - w_zero): the float op gives the integer
                 # op's output times the activation scale, so the graph's multiplications by that scale go
@@ -192,9 +193,12 @@ def _trim(node) -> None:
 def _only_scaled(quantizer, consumers, const) -> bool:
     """Every reader of this DynamicQuantizeLinear is an integer op with constant weights or (its scale)
     a Mul: then all of them are rewritten and the scale can become 1."""
+    def rewritable(node):
+        weight_zero = node.input[3] if len(node.input) > 3 else ""
+        return node.op_type in ("ConvInteger", "MatMulInteger") and const(node.input[1]) is not None and \
+            (not weight_zero or const(weight_zero) is not None)
     quantized, scale, zero = quantizer.output
-    return all(c.op_type in ("ConvInteger", "MatMulInteger") and const(c.input[1]) is not None
-               for name in (quantized, zero) for c in consumers.get(name, [])) and \
+    return all(rewritable(c) for name in (quantized, zero) for c in consumers.get(name, [])) and \
         all(c.op_type == "Mul" for c in consumers.get(scale, []))
 
 

@@ -124,12 +124,23 @@ def load_source(path: Path, opts):
             d.dim_value = size
         dtype = onnx.helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type).name
         specs.append(TensorSpec(value.name, shape, dtype))
+    _note_dynamic_quantization(model, opts)
     fixed = path.parent / "fixed.onnx"
     onnx.save(_fix_outputs(onnx, model), str(fixed))
     session = Session(fixed, display_name=path.name)
     source = Source("onnx", path, path.stem, specs, session.run)
     source.onnx_fixed_path = fixed
     return source
+
+
+def _note_dynamic_quantization(model, opts) -> None:
+    """A source that quantizes activations per run is a noisy reference: in another runtime, float rounding
+    a few ulp apart flips int8 codes at rounding ties, and the flips compound layer by layer."""
+    count = sum(n.op_type.startswith("DynamicQuantize") for n in model.graph.node)
+    if count:
+        opts.notes.append(f"the model quantizes activations at run time ({count} DynamicQuantize* nodes): fidelity "
+                          "is against onnxruntime running it, and an artifact that computes the same graph elsewhere "
+                          "(or in float) differs by more than float rounding; judge such artifacts by your task metric")
 
 
 def _corrupt(path: Path, exc: Exception) -> EdgekitError:
