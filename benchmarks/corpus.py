@@ -20,6 +20,7 @@ import argparse
 import hashlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -82,6 +83,8 @@ def convert(name: str, entry: dict, target: str, args) -> dict:
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
         error = None if (out / "report.json").is_file() else (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        if error and proc.returncode < 0:  # a native crash (e.g. inside a converter) says nothing on stderr
+            error = f"edgekit was killed by signal {-proc.returncode} ({signal.Signals(-proc.returncode).name}): {error}"
     except subprocess.TimeoutExpired:
         error = f"timed out after {args.timeout} s"
     result = {"input_unchanged": digest(model) == before, "command": " ".join(cmd)}
