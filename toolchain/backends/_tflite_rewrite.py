@@ -105,6 +105,9 @@ def _transpose_conv_bias(model, graph, op, where: str) -> list:
     padding, stride_w, stride_h = struct.unpack_from("<iii", options)
     data, weights, bias = (graph.tensors[i] for i in op.inputs)
     shapes = [list(map(int, t.shape if t.shape is not None else [])) for t in (data, weights)]
+    if any(t.type != schema.TensorType.FLOAT32 for t in (data, weights, bias)):
+        raise ConversionError(f"Convolution2DTransposeBias ({where}): MediaPipe's kernel is float32 only, these "
+                              "tensors are not — re-export the model in float32")
     if padding not in (1, 2) or min(stride_w, stride_h) < 1 or [len(s) for s in shapes] != [4, 4] \
             or min(shapes[0] + shapes[1]) < 1:
         raise ConversionError(f"Convolution2DTransposeBias ({where}): padding {padding}, strides {stride_w}x"
