@@ -276,3 +276,40 @@ def test_int8_tflite_whose_divisor_quantizes_to_zero_keeps_that_op_in_float(tmp_
     kept = next(n for n in int8["notes"] if n.startswith("kept in float after the int8 model failed"))
     assert "DIV" in kept and "zero_point" in kept, kept
     assert tree_digest(tmp_path / "ratio") == before
+
+
+def test_onnx_to_tflite_with_scalars_in_constant_nodes(tmp_path, capsys):
+    """paddle2onnx's hard-swish: x * Clip(x + Constant(3.0), Constant(0), Constant(6)) / Constant(6),
+    every scalar a Constant node: onnx2tf made `x + 3.0` a bare Python float before the pre-pass."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    rng = np.random.default_rng(0)
+
+    def constant(name, array):
+        return helper.make_node("Constant", [], [name], name=f"p2o.helper.{name}", value=numpy_helper.from_array(
+            np.asarray(array, np.float32), name))
+    nodes = [constant("w", rng.standard_normal((8, 3, 3, 3))), constant("scale", [1.5]), constant("three", 3.0),
+             constant("zero", 0.0), constant("six", 6.0),
+             helper.make_node("Conv", ["x", "w"], ["c"], name="p2o.Conv.0", pads=[1, 1, 1, 1]),
+             helper.make_node("Mul", ["scale", "c"], ["m"], name="p2o.Mul.1"),
+             helper.make_node("Add", ["m", "three"], ["a"], name="p2o.Add.4"),
+             helper.make_node("Clip", ["a", "zero", "six"], ["k"], name="p2o.Clip.0"),
+             helper.make_node("Mul", ["m", "k"], ["h"], name="p2o.Mul.2"),
+             helper.make_node("Div", ["h", "six"], ["y"], name="p2o.Div.0")]
+    graph = helper.make_graph(nodes, "paddle", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 16, 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 16, 16])])
+    model = tmp_path / "hardswish.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 11)]), str(model))
+    before = tree_digest(model)
+    result = run_cli(capsys, "convert", model, "--format", "tflite", "--target", "cpu-int8", "--calib", "random",
+                     "--runs", "1", "--warmup", "0", "--out", tmp_path / "out")
+    assert result.code == 0, result.err
+    fp32, int8 = json.loads((tmp_path / "out" / "report.json").read_text())["artifacts"][:2]
+    assert fp32["status"] == "ok" and fp32["fidelity"]["verified"], fp32
+    assert int8["status"] == "ok" and int8["fidelity"]["verified"], int8
+    # onnx2tf leaves the 4-D output NHWC; both artifacts give it back in the ONNX model's NCHW layout
+    from ai_edge_litert.interpreter import Interpreter
+    for artifact in (fp32, int8):
+        details = Interpreter(model_path=str(tmp_path / "out" / artifact["file"])).get_output_details()
+        assert [list(d["shape"]) for d in details] == [[1, 8, 16, 16]]
+    assert tree_digest(model) == before

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import children
-from . import _onnx_rewrite
+from . import _onnx_rewrite, _tflite_rewrite
 from ..errors import ConversionError
 
 # TF scope names: [A-Za-z0-9.][A-Za-z0-9_.\-/>]*  (tensorflow/python/framework/ops.py)
@@ -62,9 +62,10 @@ def convert(fixed_onnx: Path, inputs: list, work: Path, out_path: Path) -> tuple
     onnx = _require_onnx()
     model = onnx.load(str(fixed_onnx))
     rewritten = _onnx_rewrite.dequantize_dynamic(model)
-    if rewritten:
+    constants = _onnx_rewrite.constants_as_initializers(model)
+    if rewritten or constants:
         work.mkdir(parents=True, exist_ok=True)
-        fixed_onnx = work / "dequantized.onnx"
+        fixed_onnx = work / "rewritten.onnx"
         onnx.save(model, str(fixed_onnx))
     foreign = [n for n in model.graph.node if n.domain not in _STANDARD_DOMAINS]
     if foreign:
@@ -95,6 +96,8 @@ def _success(i: int, attempt: Path, out_path: Path, failures: list[str]) -> list
     shutil.copyfile(attempt / "out" / "model_float32.tflite", out_path)
     names = json.loads((attempt / "names.json").read_text())
     notes = [f"onnx2tf recipe {i + 1}/{len(RECIPES)}: {RECIPES[i].name}; input layout kept as in the ONNX model"]
+    if (attempt / "layout.json").is_file():
+        notes.append("outputs transposed back to the ONNX model's channels-first layout (TRANSPOSE appended)")
     renamed = {k: v for k, v in names["inputs"].items() if k != v}
     if renamed:
         notes.append("input names sanitised for TF: " + ", ".join(f"{k} -> {v}" for k, v in renamed.items()))
@@ -200,13 +203,16 @@ def _compare(attempt: str) -> str | None:
     outs = interpreter.get_output_details()
     if len(outs) != len(expected):
         return f"TFLite model has {len(outs)} outputs, the ONNX model {len(expected)}"
-    order = _output_order([tuple(d["shape"]) for d in outs], [e.shape for e in expected])
+    order, channels_last = _output_order([tuple(d["shape"]) for d in outs], [e.shape for e in expected])
     if order is None:
         return (f"the TFLite output shapes {[tuple(int(x) for x in d['shape']) for d in outs]} do not match "
                 f"the ONNX outputs {[e.shape for e in expected]}")
     if order != list(range(len(order))):
         _reorder(tflite, "outputs", order)
-        interpreter = Interpreter(model_path=str(tflite))
+    if channels_last:
+        _tflite_rewrite.transpose_outputs(tflite, channels_last)
+        (attempt / "layout.json").write_text(json.dumps({"transposed_outputs": channels_last}))
+    interpreter = Interpreter(model_path=str(tflite))
     interpreter.allocate_tensors()
     for detail, array in zip(interpreter.get_input_details(), feeds):
         interpreter.set_tensor(detail["index"], array.astype(detail["dtype"]))
@@ -228,17 +234,22 @@ def _sample(rng, shape, type_str: str) -> np.ndarray:
     return rng.integers(0, 2, shape).astype(dtype)
 
 
-def _output_order(got: list[tuple], want: list[tuple]) -> list[int] | None:
-    """For each ONNX output, the TFLite output with its shape (first unused match), or None."""
+def _output_order(got: list[tuple], want: list[tuple]) -> tuple[list[int] | None, list[int]]:
+    """For each ONNX output, the TFLite output with its shape (first unused match) or else with its
+    shape in channels-last layout; and the ONNX output positions that need transposing back."""
     free = list(range(len(got)))
-    order = []
-    for shape in want:
-        match = next((j for j in free if tuple(int(x) for x in got[j]) == tuple(shape)), None)
+    got = [tuple(int(x) for x in g) for g in got]
+    order, channels_last = [], []
+    for k, shape in enumerate(want):
+        match = next((j for j in free if got[j] == tuple(shape)), None)
         if match is None:
-            return None
+            match = next((j for j in free if _tflite_rewrite.channels_first(got[j]) == tuple(shape)), None)
+            channels_last += [k] if match is not None else []
+        if match is None:
+            return None, []
         free.remove(match)
         order.append(match)
-    return order
+    return order, channels_last
 
 
 def _reorder(path: Path, which: str, order: list[int]) -> None:

@@ -8,6 +8,10 @@ user's file) and returns notes saying what it did; a model they do not apply to 
   DynamicQuantizeMatMul, MatMulIntegerToFloat, and DynamicQuantizeLinear feeding
   ConvInteger/MatMulInteger) become float ops on dequantized weights. TFLite has no equivalent of
   onnxruntime's per-run activation quantization; its own quantizer re-quantizes the float graph.
+- `constants_as_initializers`: top-level Constant nodes become initializers. paddle2onnx puts every
+  weight and scalar in a Constant node; onnx2tf then turns `x + Constant(3.0)` into a bare Python
+  float ("Output tensors of a Functional model must be the output of a TensorFlow Layer... Found:
+  3.0"), and onnxruntime's quantizer only quantizes initializers.
 """
 from __future__ import annotations
 
@@ -236,3 +240,15 @@ def _drop_unused_initializers(graph) -> None:
     kept = [t for t in graph.initializer if t.name in read]
     graph.ClearField("initializer")
     graph.initializer.extend(kept)
+
+
+def constants_as_initializers(model) -> list[str]:
+    graph = model.graph
+    constants = [n for n in graph.node if n.op_type == "Constant" and len(n.attribute) == 1
+                 and n.attribute[0].name == "value"]
+    for node in constants:
+        tensor = graph.initializer.add()
+        tensor.CopyFrom(node.attribute[0].t)
+        tensor.name = node.output[0]
+        graph.node.remove(node)
+    return [f"{len(constants)} Constant nodes made initializers"] if constants else []

@@ -286,3 +286,41 @@ def _options(cls, **values):
     for key, value in values.items():
         setattr(options, key, value)
     return options
+
+
+# ---- output layout ---------------------------------------------------------------------------------
+
+CHANNELS_LAST = {3: (0, 2, 1), 4: (0, 2, 3, 1), 5: (0, 2, 3, 4, 1)}  # NCHW-style -> NHWC-style
+
+
+def channels_first(shape: tuple) -> tuple | None:
+    """The channels-first shape a channels-last output stands for (None for ranks without a layout)."""
+    perm = CHANNELS_LAST.get(len(shape))
+    return None if perm is None else tuple(shape[perm.index(i)] for i in range(len(shape)))
+
+
+def transpose_outputs(path: Path, positions: list[int]) -> None:
+    """Append a TRANSPOSE channels-last -> channels-first after each listed output of the main graph,
+    in place (onnx2tf leaves 4-D outputs NHWC; the ONNX model, and whoever reads its outputs, has NCHW).
+    The new output keeps the old one's name, type and quantization."""
+    from ..accel.graph import read_model, write_model
+    schema = _schema()
+    model = read_model(path)
+    graph = model.subgraphs[0]
+    for position in positions:
+        old = int(graph.outputs[position])
+        tensor = graph.tensors[old]
+        back = [CHANNELS_LAST[len(tensor.shape)].index(i) for i in range(len(tensor.shape))]
+        name = _tensor_name(graph, old)
+        tensor.name = f"{name}/channels_last".encode()
+        new = _add_tensor(graph, name, like=tensor, shape=[int(tensor.shape[i]) for i in back])
+        graph.tensors[new].quantization = tensor.quantization
+        perm = _constant(model, graph, f"{name}/to_channels_first", np.array(back, np.int32))
+        graph.operators.append(_operator(model, schema.BuiltinOperator.TRANSPOSE, [old, perm], [new],
+                                         schema.BuiltinOptions.TransposeOptions, schema.TransposeOptionsT()))
+        graph.outputs[position] = new
+        for signature in model.signatureDefs or []:
+            for output in signature.outputs or []:
+                if int(output.tensorIndex) == old:
+                    output.tensorIndex = new
+    write_model(model, path)

@@ -427,16 +427,10 @@ def quantizable(model):
 
 
 def _constants_as_initializers(model):
+    from ._onnx_rewrite import constants_as_initializers
     copy = type(model)()
     copy.CopyFrom(model)
-    graph = copy.graph
-    constants = [n for n in graph.node if n.op_type == "Constant" and len(n.attribute) == 1
-                 and n.attribute[0].name == "value"]
-    for node in constants:
-        tensor = graph.initializer.add()
-        tensor.CopyFrom(node.attribute[0].t)
-        tensor.name = node.output[0]
-        graph.node.remove(node)
+    constants_as_initializers(copy)
     return copy
 
 

@@ -159,6 +159,7 @@ def quantize(source, float_artifact: Path, out_path: Path, config, calib, method
     kept_ops: list[str] = []
     for _ in range(MAX_FLOAT_RETRIES + 1):
         notes_now = _quantize_once(source, float_artifact, out_path, config, calib, kept, kept_ops)
+        notes_now += _channels_first_outputs(out_path, float_artifact)
         failure = _first_failing_op(out_path, calib)
         if failure is None:
             return notes + notes_now + _match_outputs(source, out_path, float_artifact)
@@ -177,6 +178,21 @@ def quantize(source, float_artifact: Path, out_path: Path, config, calib, method
 
 
 MAX_FLOAT_RETRIES = 3
+
+
+def _channels_first_outputs(out_path: Path, float_artifact: Path) -> list[str]:
+    """onnx2tf's SavedModel, which the quantizer converts from, has channels-last 4-D outputs where the
+    float artifact had them transposed back (backends/_onnx2tf.py): do the same here."""
+    from . import _tflite_rewrite
+    lite = require("ai_edge_litert.interpreter", EXTRA)
+    wanted = [tuple(int(x) for x in d["shape"]) for d in lite.Interpreter(model_path=str(float_artifact)).get_output_details()]
+    got = [tuple(int(x) for x in d["shape"]) for d in lite.Interpreter(model_path=str(out_path)).get_output_details()]
+    positions = [k for k, shape in enumerate(got)
+                 if shape not in wanted and _tflite_rewrite.channels_first(shape) in wanted]
+    if not positions:
+        return []
+    _tflite_rewrite.transpose_outputs(out_path, positions)
+    return ["outputs transposed back to the float model's channels-first layout (TRANSPOSE appended)"]
 
 
 def _quantize_once(source, float_artifact: Path, out_path: Path, config, calib, kept: list[str],
