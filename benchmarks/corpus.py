@@ -76,7 +76,10 @@ def convert(name: str, entry: dict, target: str, args) -> dict:
         data = args.out / name / "data.npz"
         data.parent.mkdir(parents=True, exist_ok=True)
         shape = entry["data_shape"][1:]
-        np.savez(data, x=np.random.default_rng(0).random((SAMPLES, *shape), dtype=np.float32))
+        rng = np.random.default_rng(0)
+        x = rng.integers(0, entry["data_ints"], (SAMPLES, *shape)).astype(np.int32) if entry.get("data_ints") \
+            else rng.random((SAMPLES, *shape), dtype=np.float32)
+        np.savez(data, x=x)
         cmd += ["--data", str(data)]
     elif target != "cpu" and not target.startswith("gpu"):
         cmd += ["--calib", "random"]

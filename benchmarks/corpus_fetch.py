@@ -22,6 +22,7 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 MEDIAPIPE = "mediapipe==0.10.14"
+RAPIDOCR = "rapidocr-onnxruntime==1.4.4"
 # name: (wheel, member in the wheel, task, layout, what it exercises)
 WHEEL_MODELS = {
     "mp_pose_detection": (MEDIAPIPE, "mediapipe/modules/pose_detection/pose_detection.tflite",
@@ -45,9 +46,21 @@ WHEEL_MODELS = {
                      "CRNN text recogniser, LSTM, dynamic width, Shape->Gather->Concat subgraphs"),
     "ddddocr_crnn_int8": ("ddddocr==1.6.1", "ddddocr/common_old.onnx", "sequence", "NCHW",
                           "dynamically quantized LSTM recogniser (com.microsoft contrib ops), dynamic width"),
+    "ppocr_det": (RAPIDOCR, "rapidocr_onnxruntime/models/ch_PP-OCRv4_det_infer.onnx", "segmenter", "NCHW",
+                  "PP-OCRv4 text detector from Paddle (paddle2onnx: weights in Constant nodes, opset 12), "
+                  "dynamic N/H/W, NCHW probability map"),
+    "ppocr_rec": (RAPIDOCR, "rapidocr_onnxruntime/models/ch_PP-OCRv4_rec_infer.onnx", "sequence", "NCHW",
+                  "PP-OCRv4 text recogniser (SVTR: attention blocks, 6625-class CTC output), dynamic width"),
+    "ppocr_cls": (RAPIDOCR, "rapidocr_onnxruntime/models/ch_ppocr_mobile_v2.0_cls_infer.onnx", "classifier",
+                  "NCHW", "text-line orientation classifier, opset 11, dynamic N/H/W"),
+    "magika": ("magika==1.0.3", "magika/models/standard_v3_3/model.onnx", "classifier", "bytes",
+               "Google's file-type classifier on int32 byte values, 214 classes, dynamic batch"),
 }
 # Shapes that fix dynamic dims, given to edgekit as --data of that shape (not --input-shape).
-DATA_SHAPES = {"orientation_cls": (1, 3, 224, 224), "ddddocr_crnn": (1, 1, 64, 192), "ddddocr_crnn_int8": (1, 1, 64, 192)}
+DATA_SHAPES = {"orientation_cls": (1, 3, 224, 224), "ddddocr_crnn": (1, 1, 64, 192), "ddddocr_crnn_int8": (1, 1, 64, 192),
+               "ppocr_det": (1, 3, 320, 320), "ppocr_rec": (1, 3, 48, 320), "ppocr_cls": (1, 3, 48, 192),
+               "magika": (1, 2048)}
+DATA_INTS = {"magika": 257}  # integer inputs: random values in [0, N) (magika: bytes, 256 = padding)
 
 
 def build_keras_app(name: str, out: Path) -> None:
@@ -143,6 +156,9 @@ def main() -> None:
     for name, shape in DATA_SHAPES.items():
         if name in manifest:
             manifest[name]["data_shape"] = list(shape)
+    for name, high in DATA_INTS.items():
+        if name in manifest:
+            manifest[name]["data_ints"] = high
     old = json.loads((cache / "manifest.json").read_text()) if (cache / "manifest.json").is_file() else {}
     (cache / "manifest.json").write_text(json.dumps({**old, **manifest}, indent=1, sort_keys=True))
     print(f"{len(manifest)} corpus models in {cache}", file=sys.stderr)
