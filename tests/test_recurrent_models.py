@@ -49,8 +49,9 @@ def dynamic_int8_onnx(tmp_path):
     return path
 
 
-def _convert_tflite(capsys, model, out):
-    result = run_cli(capsys, "convert", model, "--format", "tflite", "--runs", "1", "--warmup", "0", "--out", out)
+def _convert_tflite(capsys, model, out, *more):
+    result = run_cli(capsys, "convert", model, "--format", "tflite", "--runs", "1", "--warmup", "0",
+                     "--out", out, *more)
     assert result.code == 0, result.err
     return json.loads((out / "report.json").read_text())
 
@@ -58,10 +59,13 @@ def _convert_tflite(capsys, model, out):
 def test_bidirectional_lstm_with_empty_optional_inputs_converts_to_tflite(tmp_path, capsys):
     model = lstm_onnx(tmp_path / "lstm.onnx")
     before = tree_digest(model)
-    artifact = _convert_tflite(capsys, model, tmp_path / "out")["artifacts"][0]
-    assert artifact["status"] == "ok", artifact
-    assert artifact["fidelity"]["verified"], artifact["fidelity"]
-    assert any(n.startswith("onnx2tf recipe 1/") for n in artifact["notes"]), artifact["notes"]
+    report = _convert_tflite(capsys, model, tmp_path / "out", "--target", "cpu-int8", "--calib", "random")
+    fp32, int8 = report["artifacts"]
+    assert fp32["status"] == "ok" and fp32["fidelity"]["verified"], fp32
+    assert any(n.startswith("onnx2tf recipe 1/") for n in fp32["notes"]), fp32["notes"]
+    # TF's int8 calibration crashes the process on onnx2tf's rolled loop: the quantizer reads the unrolled graph
+    assert int8["status"] == "ok" and int8["precision"] == "int8", int8
+    assert any("unrolled over the fixed sequence for the quantizer" in n for n in int8["notes"]), int8["notes"]
     assert tree_digest(model) == before, "the input model was modified"
 
 
@@ -116,8 +120,9 @@ def test_contrib_matmuls_become_matmul_and_add_on_dequantized_weights():
              helper.make_node("MatMulIntegerToFloat", ["xq", "w", "xs", "ws", "xz", "wz", "bias"], ["y2"],
                               name="mitf", domain="com.microsoft")]
     outputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [2, 3]) for n in ("y1", "y2")]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4])], outputs, inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13), helper.make_opsetid("com.microsoft", 1)])
+    x_info = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4])
+    model = helper.make_model(helper.make_graph(nodes, "g", [x_info], outputs, inits),
+                              opset_imports=[helper.make_opsetid("", 13), helper.make_opsetid("com.microsoft", 1)])
     notes = _onnx_rewrite.dequantize_dynamic(model)
     assert "1 DynamicQuantizeMatMul, 1 MatMulIntegerToFloat" in notes[0], notes
     assert [n.op_type for n in model.graph.node] == ["MatMul", "Add", "MatMul", "Add"]

@@ -20,6 +20,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -43,11 +44,9 @@ class Recipe:
 
 
 # Ultralytics drives onnx2tf on an already simplified model with onnx2tf's own onnxsim off; the
-# retries add the switches onnx2tf's README offers for its common failures. `-eru` unrolls LSTM/GRU/RNN
-# over the fixed sequence length (it changes nothing else): onnx2tf's rolled RNN is a TFLite WHILE, which
-# XNNPACK does not take and on which TF's post-training quantizer crashed (segfault, TF 2.21).
+# retries add the switches onnx2tf's README offers for its common failures.
 RECIPES = (
-    Recipe("sanitised names + onnxsim at fixed shapes", True, ("-nuo", "-eru")),
+    Recipe("sanitised names + onnxsim at fixed shapes", True, ("-nuo",)),
     Recipe("sanitised names, onnx2tf's own simplification", False, ()),
     Recipe("sanitised names + onnxsim, no grouped conv, unrolled BatchMatMul/RNN (-dgc -ebu -eru)", True,
            ("-nuo", "-dgc", "-ebu", "-eru")),
@@ -90,6 +89,35 @@ def convert(fixed_onnx: Path, inputs: list, work: Path, out_path: Path) -> tuple
     distinct = list(dict.fromkeys(failures))
     raise ConversionError("onnx2tf failed with every recipe: " + " | ".join(
         f"recipe {failures.index(f) + 1}: {f}" for f in distinct))
+
+
+def for_quantizer(saved_model: Path) -> tuple[Path, list[str]]:
+    """The SavedModel TF's post-training quantizer should read, and a note when it is not the float artifact's.
+
+    onnx2tf converts LSTM/GRU/RNN to a loop (a TFLite WHILE), and TF's int8 calibration crashes the whole
+    process on it (tensorflow#41305; seen with TF 2.21). The float artifact keeps the loop: unrolled
+    (`-eru`), XNNPACK packs the shared weights once per step (ddddocr's CRNN: 515 vs 152 MiB peak, 1.6x
+    slower). The quantizer gets the same recipe with the recurrent layers unrolled over the fixed sequence.
+    """
+    attempt = saved_model.parent
+    spec = json.loads((attempt / "recipe.json").read_text())
+    onnx = _require_onnx()
+    rnn = [n for n in onnx.load(str(attempt / "model.onnx"), load_external_data=False).graph.node
+           if n.op_type in ("LSTM", "GRU", "RNN")]
+    if not rnn or "-eru" in spec["flags"]:
+        return saved_model, []
+    unrolled = attempt.parent / f"{attempt.name}_unrolled"
+    if not (unrolled / "out" / "saved_model.pb").is_file():
+        shutil.rmtree(unrolled, ignore_errors=True)
+        unrolled.mkdir(parents=True)
+        inputs = [SimpleNamespace(name=name, shape=shape) for name, shape in spec["inputs"]]
+        recipe = Recipe("unrolled", spec["simplify"], (*spec["flags"], "-eru"))
+        error = _attempt(Path(spec["model"]), inputs, unrolled, recipe)
+        if error is not None:
+            raise ConversionError(f"TF's quantizer crashes on the rolled loop of {rnn[0].op_type} node "
+                                  f"'{rnn[0].name}', and unrolling it (onnx2tf -eru) failed: {error}")
+    return unrolled / "out", [f"{len(rnn)} recurrent layer(s) unrolled over the fixed sequence for the quantizer "
+                              "(onnx2tf -eru): TF's int8 calibration crashes on the rolled loop"]
 
 
 def _success(i: int, attempt: Path, out_path: Path, failures: list[str]) -> list[str]:

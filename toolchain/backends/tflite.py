@@ -115,7 +115,14 @@ def _converter(source):
 
 def _float_saved_model(source) -> Path:
     """A TF SavedModel of an ONNX or TFLite source, for the TFLite quantizer: onnx2tf's output (a float
-    .tflite goes to ONNX with tf2onnx first)."""
+    .tflite goes to ONNX with tf2onnx first), recurrent layers unrolled (`_onnx2tf.for_quantizer`)."""
+    from . import _onnx2tf
+    if getattr(source, "onnx2tf_for_quantizer", None) is None:
+        source.onnx2tf_for_quantizer = _onnx2tf.for_quantizer(_onnx2tf_saved_model(source))
+    return source.onnx2tf_for_quantizer[0]
+
+
+def _onnx2tf_saved_model(source) -> Path:
     saved_model = getattr(source, "onnx2tf_saved_model", None)
     if saved_model is not None:
         return saved_model
@@ -162,7 +169,8 @@ def quantize(source, float_artifact: Path, out_path: Path, config, calib, method
         notes_now += _channels_first_outputs(out_path, float_artifact)
         failure = _first_failing_op(out_path, calib)
         if failure is None:
-            return notes + notes_now + _match_outputs(source, out_path, float_artifact)
+            unrolled = (getattr(source, "onnx2tf_for_quantizer", None) or (None, []))[1]
+            return notes + unrolled + notes_now + _match_outputs(source, out_path, float_artifact)
         message, op, tensors = failure
         more = [t for t in tensors if t in float_names and t not in kept]
         if tensors and tensors[0] not in float_names and op not in kept_ops:  # the op's own output was renamed
@@ -252,7 +260,10 @@ def _first_failing_op(path: Path, calib) -> tuple[str, str, list[str]] | None:
         return _describe(op, details, f"failed: {text[:match.start()].strip().rstrip('.')[:200]}")
     for op in ops:
         for index in op["outputs"]:
-            value = interpreter.get_tensor(int(index))
+            try:
+                value = interpreter.get_tensor(int(index))
+            except ValueError:  # "Tensor data is null": an output nothing reads (an unrolled RNN's SPLIT)
+                continue
             if np.issubdtype(value.dtype, np.floating) and not np.all(np.isfinite(value)):
                 return _describe(op, details, "gave NaN or infinite values")
     return None
@@ -332,7 +343,7 @@ def _from_onnx(source, out_path: Path) -> list[str]:
     work = source.path.parent / "onnx2tf"
     shutil.rmtree(work, ignore_errors=True)
     notes, saved_model = _onnx2tf.convert(source.onnx_fixed_path, source.inputs, work, out_path)
-    source.onnx2tf_saved_model = saved_model  # the quantizer converts from it
+    source.onnx2tf_saved_model, source.onnx2tf_for_quantizer = saved_model, None  # the quantizer converts from it
     return notes
 
 
