@@ -133,7 +133,9 @@ def table_rows(results: dict, manifest: dict, names: list[str], targets: list[st
                 else:
                     row.update(status="verified" if a["fidelity"]["verified"] else "MISMATCH",
                                fidelity=fidelity_figure(a["fidelity"]), size_kib=a["size"]["bytes"] / 1024,
-                               median_ms=a["latency_ms"].get("median"))
+                               median_ms=a["latency_ms"].get("median"),
+                               # a delivered-but-differing onnx2tf result: the other recipes' reasons name nodes
+                               why=" | ".join(n for n in a.get("notes", []) if n.startswith("recipe ")))
                 rows.append(row)
     return rows
 
@@ -158,7 +160,8 @@ def print_table(rows: list[dict], results: dict) -> None:
         if r["status"] == "FAILED":
             print(f"- {r['model']} {r['format']} {r['precision']}: {r['reason']}")
         elif r["status"] == "MISMATCH":
-            print(f"- {r['model']} {r['format']} {r['precision']}: MISMATCH ({r['fidelity']})")
+            why = f"; {r['why']}" if r.get("why") else ""
+            print(f"- {r['model']} {r['format']} {r['precision']}: MISMATCH ({r['fidelity']}){why}")
 
 
 if __name__ == "__main__":

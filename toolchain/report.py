@@ -36,11 +36,14 @@ def fidelity_figure(fid: dict) -> str:
     outputs = fid.get("outputs") or [{"kind": "classes", "top1_agreement": fid["top1_agreement"]}]
     parts = []
     classes = [o["top1_agreement"] for o in outputs if o["kind"] == "classes"]
-    values = [o["snr_db"] for o in outputs if o["kind"] != "classes"]
+    zeros = [o["max_abs_error"] for o in outputs if o.get("judged_by", "").startswith("max abs error")]
+    values = [o["snr_db"] for o in outputs if o["kind"] != "classes" and not o.get("judged_by", "").startswith("max abs")]
     if classes:
         parts.append(f"top-1 {min(classes):.1%}")
     if values:
         parts.append(f"SNR {min(values):.1f} dB" if min(values) < 300 else "SNR exact")
+    if zeros:  # SNR means nothing against an all-zero reference
+        parts.append(f"max abs {max(zeros):.2g} (reference all zeros)")
     return ", ".join(parts)
 
 
