@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 
 from clihelp import run_cli
 from conftest import tree_digest
@@ -42,10 +43,10 @@ def lstm_onnx(path):
     return path
 
 
-def dynamic_int8_onnx(tmp_path):
+def dynamic_int8_onnx(tmp_path, per_channel=False):
     from onnxruntime.quantization import quantize_dynamic
     path = tmp_path / "lstm_int8.onnx"
-    quantize_dynamic(str(lstm_onnx(tmp_path / "lstm.onnx")), str(path))
+    quantize_dynamic(str(lstm_onnx(tmp_path / "lstm.onnx")), str(path), per_channel=per_channel)
     return path
 
 
@@ -69,12 +70,13 @@ def test_bidirectional_lstm_with_empty_optional_inputs_converts_to_tflite(tmp_pa
     assert tree_digest(model) == before, "the input model was modified"
 
 
-def test_dynamic_quantization_ops_are_rewritten_to_float_ops(tmp_path):
+@pytest.mark.parametrize("per_channel", [False, True])  # LSTM scales per direction [D] or per column [D, 4H]
+def test_dynamic_quantization_ops_are_rewritten_to_float_ops(tmp_path, per_channel):
     """Structure (no contrib or integer ops left) and values (the float model's, within int8 weight error)."""
     import onnx
     import onnxruntime as ort
     from edgekit.backends import _onnx_rewrite
-    quantized = onnx.load(str(dynamic_int8_onnx(tmp_path)))
+    quantized = onnx.load(str(dynamic_int8_onnx(tmp_path, per_channel)))
     assert {"DynamicQuantizeLSTM", "MatMulInteger"} <= {n.op_type for n in quantized.graph.node}
     notes = _onnx_rewrite.dequantize_dynamic(quantized)
     assert notes and "1 DynamicQuantizeLSTM" in notes[0] and "1 MatMulInteger" in notes[0], notes
