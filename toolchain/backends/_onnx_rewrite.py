@@ -29,7 +29,7 @@ def explicit_recurrent_state(model) -> list[str]:
     if not rnns:
         return []
     shapes = _shapes(onnx, model)
-    filled = []
+    filled, taken = [], {t.name for t in graph.initializer} | {o for n in graph.node for o in n.output}
     for node in rnns:
         attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
         hidden, layout = attrs.get("hidden_size"), attrs.get("layout", 0)
@@ -48,6 +48,9 @@ def explicit_recurrent_state(model) -> list[str]:
             if node.input[index]:
                 continue
             name = f"{node.name or node.op_type}_zero_input{index}"
+            while name in taken:
+                name += "_"
+            taken.add(name)
             graph.initializer.append(numpy_helper.from_array(np.zeros(shape, np.float32), name))
             node.input[index] = name
             filled.append(node.name)
