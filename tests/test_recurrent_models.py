@@ -103,7 +103,16 @@ def test_dynamically_quantized_lstm_converts_to_tflite(tmp_path, capsys):
     assert any("dynamic-quantization ops replaced by float ops" in n for n in artifact["notes"]), artifact["notes"]
     # compared with onnxruntime running the quantized model, which also quantizes activations per run
     assert artifact["fidelity"]["outputs"][0]["snr_db"] > 25, artifact["fidelity"]
+    # the source's own run-time quantization noise sets the bar: the 'dynamic' tolerance, not fp32's
+    assert artifact["fidelity"]["tolerance"]["min_snr_db"] == 20.0 and artifact["fidelity"]["verified"]
     assert tree_digest(model) == before, "the input model was modified"
+
+
+def test_an_artifact_is_judged_at_the_looser_of_its_own_and_its_sources_tolerance():
+    from edgekit import measure
+    assert measure.judged_as("fp32") == "fp32"
+    assert measure.judged_as("fp32", "dynamic") == measure.judged_as("fp16", "dynamic") == "dynamic"
+    assert measure.judged_as("int8", "dynamic") == "int8"
 
 
 def test_contrib_matmuls_become_matmul_and_add_on_dequantized_weights():

@@ -41,6 +41,13 @@ def size(paths: list[Path]) -> dict:
     return {"bytes": len(raw), "gzip_bytes": len(gzip.compress(raw, compresslevel=9, mtime=0)), "how": MEASURED}
 
 
+def judged_as(precision: str, source_precision: str = "fp32") -> str:
+    """The precision whose tolerance applies: the artifact's, or the source's own when that is looser. A
+    source that quantizes activations at run time (onnxruntime's quantize_dynamic) cannot be reproduced
+    closer than that by any other runtime, even one running the very same graph."""
+    return min((precision, source_precision), key=lambda p: TOLERANCE[p]["min_snr_db"])
+
+
 def fidelity(reference: list[list[np.ndarray]], actual: list[list[np.ndarray]], precision: str = "fp32",
              output_kind: str = "auto") -> dict:
     """Per-output SNR (dB), cosine and max abs error, plus top-1 agreement for class-score outputs,

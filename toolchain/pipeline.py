@@ -538,7 +538,8 @@ def _measure(ctx: Context, backend, artifact: Path, precision: str) -> dict:
     result, outputs, run_dir = _run(ctx, backend, artifact)
     try:
         _check_finite(outputs, "the artifact's outputs")
-        figures = {"fidelity": measure.fidelity(ctx.reference, outputs, precision, ctx.options.outputs)}
+        judged = measure.judged_as(precision, ctx.source.reference_precision)
+        figures = {"fidelity": measure.fidelity(ctx.reference, outputs, judged, ctx.options.outputs)}
     except EdgekitError as exc:
         raise ConversionError(exc.problem) from None
     except ValueError as exc:

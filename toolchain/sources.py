@@ -47,6 +47,7 @@ class Source:
     inputs: list[TensorSpec]
     predict_one: Callable[[list[np.ndarray]], list[np.ndarray]]
     handle: Any = None  # the loaded model object backends may convert from (keras.Model, tf function, ...)
+    reference_precision: str = "fp32"  # "dynamic" for a source that quantizes activations at run time
 
     def predict(self, samples: list[list[np.ndarray]]) -> list[list[np.ndarray]]:
         return [self.predict_one(s) for s in samples]
