@@ -313,3 +313,31 @@ def test_onnx_to_tflite_with_scalars_in_constant_nodes(tmp_path, capsys):
         details = Interpreter(model_path=str(tmp_path / "out" / artifact["file"])).get_output_details()
         assert [list(d["shape"]) for d in details] == [[1, 8, 16, 16]]
     assert tree_digest(model) == before
+
+
+def test_onnx_to_tflite_with_a_slice_that_keeps_everything_after_a_conv(tmp_path, capsys):
+    """tf2onnx's export of `conv(x)[..., :1]` (jax2tf/TF models, e.g. a byte classifier): a Slice over the
+    size-1 W axis of a Conv output keeps every element, and onnx2tf sliced the channels instead."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    rng = np.random.default_rng(0)
+    big = np.iinfo(np.int32).max
+    inits = [numpy_helper.from_array(rng.standard_normal((6, 4, 3, 1)).astype(np.float32), "w"),
+             numpy_helper.from_array(np.array([0, 0, 0, 0], np.int64), "starts"),
+             numpy_helper.from_array(np.array([big, big, big, 1], np.int64), "ends"),
+             numpy_helper.from_array(np.array([0, 1, 2, 3], np.int64), "axes"),
+             numpy_helper.from_array(np.array([3], np.int64), "last"),
+             numpy_helper.from_array(rng.standard_normal((1, 6, 1)).astype(np.float32), "bias")]
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="Conv_0/Conv2D", kernel_shape=[3, 1]),
+             helper.make_node("Slice", ["c", "starts", "ends", "axes"], ["s"], name="Conv_0/strided_slice_2"),
+             helper.make_node("Squeeze", ["s", "last"], ["q"], name="Conv_0/squeeze"),
+             helper.make_node("Add", ["q", "bias"], ["y"], name="Conv_0/AddV2")]
+    graph = helper.make_graph(nodes, "jax2tf", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 16, 1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 6, 14])], inits)
+    model = tmp_path / "slice.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(model))
+    result = run_cli(capsys, "convert", model, "--format", "tflite", "--runs", "1", "--warmup", "0",
+                     "--out", tmp_path / "out")
+    assert result.code == 0, result.err
+    artifact = json.loads((tmp_path / "out" / "report.json").read_text())["artifacts"][0]
+    assert artifact["status"] == "ok" and artifact["fidelity"]["verified"], artifact

@@ -307,6 +307,7 @@ def _main(attempt: Path) -> None:
         if not ok:
             raise SystemExit("onnxsim could not validate the simplified model")
     _onnx_rewrite.explicit_recurrent_state(model)  # after onnxsim, which drops all-zero initial states
+    _onnx_rewrite.drop_identity_slices(model)  # with the shapes onnxsim fixed
     onnx.save(model, str(attempt / "model.onnx"))
     (attempt / "names.json").write_text(json.dumps({"nodes": names["nodes"], "inputs": names["inputs"]}))
     import onnx2tf.onnx2tf as tool

@@ -255,3 +255,50 @@ def constants_as_initializers(model) -> list[str]:
         tensor.name = node.output[0]
         graph.node.remove(node)
     return [f"{len(constants)} Constant nodes made initializers"] if constants else []
+
+
+def drop_identity_slices(model) -> list[str]:
+    """Slices that keep every element (start 0, end past the dim, step 1 on every axis they name) are
+    bypassed. tf2onnx writes one for every `x[..., :1]`-style strided slice of a jax2tf/TF export, and
+    onnx2tf maps their axes to NHWC wrongly (a Conv output sliced on its channels instead of W)."""
+    import onnx
+    from onnx import numpy_helper
+    graph = model.graph
+    shapes = _shapes(onnx, model)
+    constants = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    outputs = {o.name for o in graph.output}
+    dropped = {}
+    for node in graph.node:
+        if node.op_type != "Slice" or node.output[0] in outputs or not _keeps_all(node, shapes, constants):
+            continue
+        dropped[node.output[0]] = node.input[0]
+    if not dropped:
+        return []
+
+    def source(name: str) -> str:
+        while name in dropped:
+            name = dropped[name]
+        return name
+    kept = [n for n in graph.node if not (n.op_type == "Slice" and n.output[0] in dropped)]
+    for node in kept:
+        node.input[:] = [source(i) for i in node.input]
+    graph.ClearField("node")
+    graph.node.extend(kept)
+    return [f"{len(dropped)} Slice node(s) that keep every element bypassed"]
+
+
+def _keeps_all(node, shapes: dict, constants: dict) -> bool:
+    shape = shapes.get(node.input[0])
+    args = [constants.get(name) if name else None for name in list(node.input[1:5]) + [""] * (4 - len(node.input[1:5]))]
+    starts, ends, axes, steps = args
+    if shape is None or starts is None or ends is None or not all(isinstance(d, int) for d in shape):
+        return False
+    axes = axes if axes is not None else np.arange(len(starts))
+    steps = steps if steps is not None else np.ones(len(starts), np.int64)
+    for start, end, axis, step in zip(starts, ends, axes, steps):
+        dim = shape[int(axis)]
+        start = start + dim if start < 0 else start
+        end = end + dim if end < 0 else end
+        if step != 1 or start != 0 or end < dim:
+            return False
+    return True
