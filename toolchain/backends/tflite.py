@@ -258,15 +258,29 @@ def _first_failing_op(path: Path, calib) -> tuple[str, str, list[str]] | None:
             return text[:300], "", []
         op = next(d for d in ops if d["index"] == int(match.group(1)))
         return _describe(op, details, f"failed: {text[:match.start()].strip().rstrip('.')[:200]}")
+    outputs = [_finite(interpreter, d["index"]) for d in interpreter.get_output_details()]
+    if all(ok is not False for ok in outputs):
+        return None
+    # Tensors no op wrote this run (constants, what DEQUANTIZE of fp16 weights prepared) may hold
+    # anything: only ops fed by the inputs or by other ops are looked at.
+    live = {int(d["index"]) for d in interpreter.get_input_details()}
     for op in ops:
-        for index in op["outputs"]:
-            try:
-                value = interpreter.get_tensor(int(index))
-            except ValueError:  # "Tensor data is null": an output nothing reads (an unrolled RNN's SPLIT)
-                continue
-            if np.issubdtype(value.dtype, np.floating) and not np.all(np.isfinite(value)):
-                return _describe(op, details, "gave NaN or infinite values")
-    return None
+        if not live & {int(i) for i in op["inputs"]}:
+            continue
+        live |= {int(i) for i in op["outputs"]}
+        if any(_finite(interpreter, index) is False for index in op["outputs"]):
+            return _describe(op, details, "gave NaN or infinite values")
+    return "the outputs contain NaN or infinite values", "", []
+
+
+def _finite(interpreter, index) -> bool | None:
+    """Whether a float tensor is all finite (None: not float, or LiteRT left it null, e.g. an unrolled
+    RNN's unread SPLIT output)."""
+    try:
+        value = interpreter.get_tensor(int(index))
+    except ValueError:
+        return None
+    return bool(np.all(np.isfinite(value))) if np.issubdtype(value.dtype, np.floating) else None
 
 
 def _describe(op: dict, details: dict, what: str) -> tuple[str, str, list[str]]:
