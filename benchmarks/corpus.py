@@ -121,9 +121,11 @@ def table_rows(results: dict, manifest: dict, names: list[str], targets: list[st
             result = results.get(f"{name}|{target}")
             if result is None:
                 continue
-            if "error" in result:
-                rows.append({"model": name, "target": target, "format": "all", "precision": "-", "status": "FAILED",
-                             "reason": result["error"], "task": manifest[name]["task"]})
+            if "error" in result:  # edgekit built nothing: every artifact of the target counts as failed
+                precisions = ("fp32", "int8") if target.endswith("-int8") else ("fp32",)
+                rows += [{"model": name, "target": target, "format": fmt, "precision": precision, "status": "FAILED",
+                          "reason": result["error"], "task": manifest[name]["task"]}
+                         for fmt in ("tflite", "onnx", "openvino") for precision in precisions]
                 continue
             for a in result["artifacts"]:
                 row = {"model": name, "target": target, "format": a["format"], "precision": a["precision"],
