@@ -223,29 +223,19 @@ def test_int8_onnx_of_an_opset11_export_with_weights_in_constant_nodes(tmp_path,
     """paddle2onnx-style export: opset 11, every weight a Constant node. The int8 artifact has int8
     weights (not float weights wrapped in Q/DQ), loads at the first attempt (per-channel needs opset 13:
     the copy handed to the quantizer is lifted), and is smaller than the float model."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import TensorProto, helper
     rng = np.random.default_rng(0)
-
-    def constant(name, array):
-        return helper.make_node("Constant", [], [name], name=f"{name}_const", value=numpy_helper.from_array(array, name))
-    nodes = [constant("w1", rng.standard_normal((16, 3, 3, 3)).astype(np.float32)),
-             constant("b1", rng.standard_normal(16).astype(np.float32)),
-             constant("w2", rng.standard_normal((16, 16, 3, 3)).astype(np.float32) * 0.1),
+    nodes = [_constant("w1", rng.standard_normal((16, 3, 3, 3))), _constant("b1", rng.standard_normal(16)),
+             _constant("w2", rng.standard_normal((16, 16, 3, 3)) * 0.1),
              helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
              helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
              helper.make_node("Conv", ["r1", "w2"], ["y"], name="conv2", pads=[1, 1, 1, 1])]
-    graph = helper.make_graph(nodes, "paddle", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 16, 16])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16, 16, 16])])
-    model = tmp_path / "paddle.onnx"
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 11)]), str(model))
+    model = _paddle_export(tmp_path / "paddle.onnx", nodes, 16)
     before = tree_digest(model)
-    result = run_cli(capsys, "convert", model, "--target", "cpu-int8", "--format", "onnx", "--calib", "random",
-                     "--runs", "1", "--warmup", "0", "--out", tmp_path / "out")
-    assert result.code == 0, result.err
-    fp32, int8 = json.loads((tmp_path / "out" / "report.json").read_text())["artifacts"][:2]
+    fp32, int8 = _int8_pair(capsys, model, "onnx", tmp_path / "out")
     assert int8["precision"] == "int8" and int8["status"] == "ok", int8
     assert not any(n.startswith("retried:") for n in int8["notes"]), int8["notes"]
+    import onnx
     quantized = onnx.load(str(tmp_path / "out" / "model.onnx"))
     weights = {t.name: t.data_type for t in quantized.graph.initializer}
     conv_weights = [n.input[1] for n in quantized.graph.node if n.op_type == "Conv"]
@@ -254,6 +244,29 @@ def test_int8_onnx_of_an_opset11_export_with_weights_in_constant_nodes(tmp_path,
     assert all(weights[producers[w].input[0]] == TensorProto.INT8 for w in conv_weights)
     assert int8["size"]["bytes"] < fp32["size"]["bytes"] / 2
     assert tree_digest(model) == before
+
+
+def _constant(name: str, array):
+    from onnx import helper, numpy_helper
+    value = numpy_helper.from_array(np.asarray(array, np.float32), name)
+    return helper.make_node("Constant", [], [name], name=f"p2o.helper.{name}", value=value)
+
+
+def _paddle_export(path, nodes, channels: int):
+    """Opset 11, [1,3,16,16] in, [1,channels,16,16] out: how paddle2onnx writes small CNNs."""
+    import onnx
+    from onnx import TensorProto, helper
+    graph = helper.make_graph(nodes, "paddle", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 16, 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, channels, 16, 16])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 11)]), str(path))
+    return path
+
+
+def _int8_pair(capsys, model, fmt: str, out) -> tuple[dict, dict]:
+    result = run_cli(capsys, "convert", model, "--format", fmt, "--target", "cpu-int8", "--calib", "random",
+                     "--runs", "1", "--warmup", "0", "--out", out)
+    assert result.code == 0, result.err
+    return tuple(json.loads((out / "report.json").read_text())["artifacts"][:2])
 
 
 def test_int8_tflite_whose_divisor_quantizes_to_zero_keeps_that_op_in_float(tmp_path, capsys):
@@ -281,30 +294,19 @@ def test_int8_tflite_whose_divisor_quantizes_to_zero_keeps_that_op_in_float(tmp_
 def test_onnx_to_tflite_with_scalars_in_constant_nodes(tmp_path, capsys):
     """paddle2onnx's hard-swish: x * Clip(x + Constant(3.0), Constant(0), Constant(6)) / Constant(6),
     every scalar a Constant node: onnx2tf made `x + 3.0` a bare Python float before the pre-pass."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import helper
     rng = np.random.default_rng(0)
-
-    def constant(name, array):
-        return helper.make_node("Constant", [], [name], name=f"p2o.helper.{name}", value=numpy_helper.from_array(
-            np.asarray(array, np.float32), name))
-    nodes = [constant("w", rng.standard_normal((8, 3, 3, 3))), constant("scale", [1.5]), constant("three", 3.0),
-             constant("zero", 0.0), constant("six", 6.0),
+    nodes = [_constant("w", rng.standard_normal((8, 3, 3, 3))), _constant("scale", [1.5]), _constant("three", 3.0),
+             _constant("zero", 0.0), _constant("six", 6.0),
              helper.make_node("Conv", ["x", "w"], ["c"], name="p2o.Conv.0", pads=[1, 1, 1, 1]),
              helper.make_node("Mul", ["scale", "c"], ["m"], name="p2o.Mul.1"),
              helper.make_node("Add", ["m", "three"], ["a"], name="p2o.Add.4"),
              helper.make_node("Clip", ["a", "zero", "six"], ["k"], name="p2o.Clip.0"),
              helper.make_node("Mul", ["m", "k"], ["h"], name="p2o.Mul.2"),
              helper.make_node("Div", ["h", "six"], ["y"], name="p2o.Div.0")]
-    graph = helper.make_graph(nodes, "paddle", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 16, 16])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 16, 16])])
-    model = tmp_path / "hardswish.onnx"
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 11)]), str(model))
+    model = _paddle_export(tmp_path / "hardswish.onnx", nodes, 8)
     before = tree_digest(model)
-    result = run_cli(capsys, "convert", model, "--format", "tflite", "--target", "cpu-int8", "--calib", "random",
-                     "--runs", "1", "--warmup", "0", "--out", tmp_path / "out")
-    assert result.code == 0, result.err
-    fp32, int8 = json.loads((tmp_path / "out" / "report.json").read_text())["artifacts"][:2]
+    fp32, int8 = _int8_pair(capsys, model, "tflite", tmp_path / "out")
     assert fp32["status"] == "ok" and fp32["fidelity"]["verified"], fp32
     assert int8["status"] == "ok" and int8["fidelity"]["verified"], int8
     # onnx2tf leaves the 4-D output NHWC; both artifacts give it back in the ONNX model's NCHW layout
