@@ -170,3 +170,21 @@ def test_library_log_records_stay_off_the_terminal(tmp_path):
     done = subprocess.run(args, capture_output=True, text=True, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert "Erfc" not in done.stderr and "not supported" not in done.stderr, done.stderr
+
+
+def test_a_native_library_error_fails_that_artifact_only(tiny_keras, capsys, tmp_path, monkeypatch):
+    """A RuntimeError out of a native library (LiteRT's 'Node number 22 (DIV) failed to invoke') while one
+    artifact is built fails that artifact with the library's line; the others are still built."""
+    import json
+    from edgekit.backends import tflite
+
+    def native_failure(*args, **kwargs):
+        raise RuntimeError("tflite/kernels/div.cc:262 data[i] != zero_point was not true.Node number 22 (DIV) failed")
+    monkeypatch.setattr(tflite, "quantize", native_failure)
+    result = run_cli(capsys, "convert", tiny_keras, "--target", "cpu-int8", "--format", "tflite", "--format", "onnx",
+                     "--calib", "random", "--runs", "1", "--warmup", "0", "--out", tmp_path / "out")
+    assert result.code == 0, result.err
+    artifacts = {(a["format"], a["precision"]): a for a in json.loads((tmp_path / "out" / "report.json").read_text())["artifacts"]}
+    failed = artifacts[("tflite", "int8")]
+    assert failed["status"] == "failed" and "native library" in failed["reason"] and "DIV" in failed["reason"]
+    assert artifacts[("onnx", "int8")]["status"] == "ok"

@@ -526,6 +526,8 @@ def _artifact(ctx: Context, backend, precision: str, directory: Path, role: str,
         entry.update(_measure(ctx, backend, path, precision))
     except (ConversionError, EdgekitError) as exc:
         _fail(entry, backend, path, str(exc), ctx)
+    except RuntimeError as exc:  # a native library (LiteRT, onnxruntime, OpenVINO, TF) refused this artifact only
+        _fail(entry, backend, path, f"{type(exc).__name__} from a native library: {' '.join(str(exc).split())[:300]}", ctx)
     return entry
 
 

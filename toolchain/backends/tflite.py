@@ -170,7 +170,7 @@ def quantize(source, float_artifact: Path, out_path: Path, config, calib, method
         failure = _first_failing_op(out_path, calib)
         if failure is None:
             unrolled = (getattr(source, "onnx2tf_for_quantizer", None) or (None, []))[1]
-            return notes + unrolled + notes_now + _match_outputs(source, out_path, float_artifact)
+            return notes + unrolled + notes_now + _match_outputs(source, out_path, float_artifact, calib)
         message, op, tensors = failure
         more = [t for t in tensors if t in float_names and t not in kept]
         if tensors and tensors[0] not in float_names and op not in kept_ops:  # the op's own output was renamed
@@ -237,16 +237,27 @@ def _quantize_once(source, float_artifact: Path, out_path: Path, config, calib, 
 _FAILED_NODE = re.compile(r"Node number (\d+) \((\w+)\) failed")
 
 
+CHECK_SAMPLES = 16  # calibration samples the quantized model is run on before it is accepted
+
+
 def _first_failing_op(path: Path, calib) -> tuple[str, str, list[str]] | None:
-    """None when LiteRT runs the model on a calibration sample with finite outputs; else one line naming
-    the op that failed (or first gave NaN/inf) and its output tensor, and the tensors to keep in float:
-    that output and the op's non-constant inputs."""
+    """None when LiteRT runs the model with finite outputs on the first CHECK_SAMPLES calibration samples;
+    else one line naming the op that failed (or first gave NaN/inf) and its output tensor, and the
+    tensors to keep in float: that output and the op's non-constant inputs."""
+    for sample in (calib.samples[:CHECK_SAMPLES] if calib is not None else [None]):
+        failure = _failing_op_on(path, sample)
+        if failure is not None:
+            return failure
+    return None
+
+
+def _failing_op_on(path: Path, sample) -> tuple[str, str, list[str]] | None:
     lite = require("ai_edge_litert.interpreter", EXTRA)
     with warnings.catch_warnings():  # "intended for debugging purposes only": that is what it is for here
         warnings.simplefilter("ignore")
         interpreter = lite.Interpreter(model_path=str(path), experimental_preserve_all_tensors=True)
     interpreter.allocate_tensors()
-    _set_inputs(interpreter, calib.samples[0] if calib is not None else None)
+    _set_inputs(interpreter, sample)
     details = {t["index"]: t for t in interpreter.get_tensor_details()}
     ops = interpreter._get_ops_details()
     try:
@@ -291,13 +302,14 @@ def _describe(op: dict, details: dict, what: str) -> tuple[str, str, list[str]]:
     return f"op {op['op_name']} (node {op['index']}, output '{name(op['outputs'][0])}') {what}", op["op_name"], tensors
 
 
-def _match_outputs(source, out_path: Path, float_artifact: Path) -> list[str]:
+def _match_outputs(source, out_path: Path, float_artifact: Path, calib=None) -> list[str]:
     """A SavedModel made by onnx2tf lists its outputs in its own order (sorted signature names): put the
     quantized model's outputs in the float artifact's order, matched by size and values on one sample."""
     if source.kind not in ("onnx", "tflite"):
         return []
     from . import _onnx2tf
-    reference, quantized = _sample_outputs(float_artifact), _sample_outputs(out_path)
+    sample = calib.samples[0] if calib is not None else None  # uniform noise can be outside the model's domain
+    reference, quantized = _sample_outputs(float_artifact, sample), _sample_outputs(out_path, sample)
     order, free = [], list(range(len(quantized)))
     for want in reference:
         same = [j for j in free if quantized[j].size == want.size]
@@ -312,13 +324,16 @@ def _match_outputs(source, out_path: Path, float_artifact: Path) -> list[str]:
     return ["outputs reordered to the float model's order (matched by size and values)"]
 
 
-def _sample_outputs(path: Path) -> list[np.ndarray]:
-    """Outputs on uniform [0, 1) inputs, dequantized and flat."""
+def _sample_outputs(path: Path, sample: list[np.ndarray] | None = None) -> list[np.ndarray]:
+    """Outputs on one sample (else uniform [0, 1) inputs), dequantized and flat."""
     interpreter_mod = require("ai_edge_litert.interpreter", EXTRA)
     interpreter = interpreter_mod.Interpreter(model_path=str(path))
     interpreter.allocate_tensors()
-    _set_inputs(interpreter, None)
-    interpreter.invoke()
+    _set_inputs(interpreter, sample)
+    try:
+        interpreter.invoke()
+    except RuntimeError as exc:
+        raise ConversionError(f"LiteRT cannot run {path.name}: {' '.join(str(exc).split())[:300]}") from None
     outputs = []
     for d in interpreter.get_output_details():
         y = interpreter.get_tensor(d["index"]).astype(np.float64)
