@@ -40,6 +40,9 @@ def fidelity_figure(fid: dict) -> str:
     values = [o["snr_db"] for o in outputs if o["kind"] != "classes" and not o.get("judged_by", "").startswith("max abs")]
     if classes:
         parts.append(f"top-1 {min(classes):.1%}")
+        cosine = min(o.get("cosine", 1.0) for o in outputs if o["kind"] == "classes")
+        if cosine < fid.get("tolerance", {}).get("min_cosine", 0.0):  # the half of the verdict that failed
+            parts.append(f"cosine {cosine:.3f}")
     if values:
         parts.append(f"SNR {min(values):.1f} dB" if min(values) < 300 else "SNR exact")
     if zeros:  # SNR means nothing against an all-zero reference
