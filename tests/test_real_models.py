@@ -343,3 +343,25 @@ def test_onnx_to_tflite_with_a_slice_that_keeps_everything_after_a_conv(tmp_path
     assert result.code == 0, result.err
     artifact = json.loads((tmp_path / "out" / "report.json").read_text())["artifacts"][0]
     assert artifact["status"] == "ok" and artifact["fidelity"]["verified"], artifact
+
+
+def test_int8_onnx_of_convs_that_share_one_bias_tensor(tmp_path, capsys):
+    """tf2onnx names tensors t0, t1, ... and gives equal constants one tensor (a zero bias read by many
+    Convs). onnxruntime's quantizer copies a shared bias as `t2` -> `t20`/`t21`, a name an activation
+    already has: "shared mode is not supported for weight" or "Duplicate definition of name". Each
+    Conv gets its own copy first, and the per-channel int8 model loads at the first attempt."""
+    from onnx import helper
+    rng = np.random.default_rng(0)
+    nodes = [_constant("w1", rng.standard_normal((16, 3, 3, 3))), _constant("w2", rng.standard_normal((16, 16, 3, 3)) * 0.1),
+             _constant("w3", rng.standard_normal((16, 16, 3, 3)) * 0.1), _constant("t2", np.zeros(16)),
+             helper.make_node("Conv", ["x", "w1", "t2"], ["t20"], name="conv1", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["t20"], ["t21"], name="relu1"),
+             helper.make_node("Conv", ["t21", "w2", "t2"], ["t22"], name="conv2", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["t22"], ["t23"], name="relu2"),
+             helper.make_node("Conv", ["t23", "w3", "t2"], ["y"], name="conv3", pads=[1, 1, 1, 1])]
+    model = _paddle_export(tmp_path / "shared.onnx", nodes, 16)
+    before = tree_digest(model)
+    _, int8 = _int8_pair(capsys, model, "onnx", tmp_path / "out")
+    assert int8["precision"] == "int8" and int8["status"] == "ok", int8
+    assert not any(n.startswith("retried:") for n in int8["notes"]), int8["notes"]
+    assert tree_digest(model) == before

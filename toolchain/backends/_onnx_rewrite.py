@@ -257,6 +257,27 @@ def constants_as_initializers(model) -> list[str]:
     return [f"{len(constants)} Constant nodes made initializers"] if constants else []
 
 
+def unshare_initializers(model) -> list[str]:
+    """Every node gets its own copy of an initializer that several nodes read. tf2onnx shares equal
+    constants (one zero bias for many Convs) and names tensors t0, t1, ...; onnxruntime's quantizer
+    copies a shared bias `t2` as `t2<N>` checking only initializer names, so the copy can take an
+    activation's name: "shared mode is not supported for weight" or "Duplicate definition of name"."""
+    graph = model.graph
+    initializers = {t.name: t for t in graph.initializer}
+    seen: dict[str, int] = {}
+    for node in graph.node:
+        for k, name in enumerate(node.input):
+            if name not in initializers:
+                continue
+            seen[name] = seen.get(name, 0) + 1
+            if seen[name] > 1:
+                copy = graph.initializer.add()
+                copy.CopyFrom(initializers[name])
+                copy.name = node.input[k] = f"{name}__{seen[name]}"
+    shared = sum(1 for count in seen.values() if count > 1)
+    return [f"{shared} shared initializers copied per node"] if shared else []
+
+
 def drop_identity_slices(model) -> list[str]:
     """Slices that keep every element (start 0, end past the dim, step 1 on every axis they name) are
     bypassed. tf2onnx writes one for every `x[..., :1]`-style strided slice of a jax2tf/TF export, and

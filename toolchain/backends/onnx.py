@@ -432,10 +432,11 @@ def quantizable(model):
 
 
 def _constants_as_initializers(model):
-    from ._onnx_rewrite import constants_as_initializers
+    from ._onnx_rewrite import constants_as_initializers, unshare_initializers
     copy = type(model)()
     copy.CopyFrom(model)
     constants_as_initializers(copy)
+    unshare_initializers(copy)
     return copy
 
 
