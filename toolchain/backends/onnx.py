@@ -353,17 +353,22 @@ def quantize(source, float_artifact: Path, out_path: Path, config, calib, method
         onnx.save(canonical_names(half), str(out_path))
         return notes + ["float16 weights and compute, float32 I/O"]
     failures = []
-    for attempt in _attempts(config):
-        try:
-            _quantize_once(q, float_artifact, out_path, config, calib, method, model, excluded, attempt)
-            problem = _load_check(out_path, calib)
-        except Exception as exc:
-            problem = f"onnxruntime quantization failed: {_first_line(str(exc))}"
-        if problem is None:
-            break
-        failures.append(f"{attempt['name']}: {problem}")
-    else:
-        raise ConversionError("no int8 ONNX model that onnxruntime loads: " + " | ".join(failures))
+    weights = out_path.with_name(out_path.stem + ".weights.onnx")  # what every attempt quantizes
+    onnx.save(quantizable(model), str(weights))
+    try:
+        for attempt in _attempts(config):
+            try:
+                _quantize_once(q, weights, out_path, config, calib, method, model, excluded, attempt)
+                problem = _load_check(out_path, calib)
+            except Exception as exc:
+                problem = f"onnxruntime quantization failed: {_first_line(str(exc))}"
+            if problem is None:
+                break
+            failures.append(f"{attempt['name']}: {problem}")
+        else:
+            raise ConversionError("no int8 ONNX model that onnxruntime loads: " + " | ".join(failures))
+    finally:
+        weights.unlink(missing_ok=True)
     if failures:
         notes.append(f"retried: {'; '.join(failures)}; then {attempt['name']} worked")
     quantized = onnx.load(str(out_path))
@@ -389,11 +394,9 @@ def _attempts(config) -> list[dict]:
              "optimize": False, "per_channel": False, "op_types": ["Conv", "ConvTranspose", "MatMul", "Gemm"]}]
 
 
-def _quantize_once(q, float_artifact: Path, out_path: Path, config, calib, method: str, model, excluded, attempt):
+def _quantize_once(q, weights: Path, out_path: Path, config, calib, method: str, model, excluded, attempt):
     pre = out_path.with_name(out_path.stem + ".pre.onnx")
-    weights = out_path.with_name(out_path.stem + ".weights.onnx")
     try:
-        require("onnx", "full").save(quantizable(model), str(weights))
         q.shape_inference.quant_pre_process(str(weights), str(pre), skip_optimization=not attempt["optimize"],
                                             skip_symbolic_shape=True)
         if config.precision == "dynamic":
@@ -410,7 +413,6 @@ def _quantize_once(q, float_artifact: Path, out_path: Path, config, calib, metho
                               extra_options={"CalibMovingAverage": False})
     finally:
         pre.unlink(missing_ok=True)
-        weights.unlink(missing_ok=True)
 
 
 PER_AXIS_OPSET = 13  # DequantizeLinear's `axis` (per-channel weights) is opset 13
@@ -421,22 +423,17 @@ def quantizable(model):
     Constant node, and the quantizer only quantizes initializers: without this the "int8" model keeps
     float weights and grows by its Q/DQ pairs. Below opset 13 the quantizer writes per-channel
     DequantizeLinear nodes with an `axis` the model's opset does not have (an invalid graph)."""
-    copy = _constants_as_initializers(model)
+    from ._onnx_rewrite import constants_as_initializers, unshare_initializers
+    copy = type(model)()
+    copy.CopyFrom(model)
+    constants_as_initializers(copy)
+    unshare_initializers(copy)
     default = next((o for o in copy.opset_import if o.domain in ("", "ai.onnx")), None)
     if default is not None and default.version < PER_AXIS_OPSET:
         try:
             copy = require("onnx", "full").version_converter.convert_version(copy, PER_AXIS_OPSET)
         except Exception:  # an op the converter cannot lift: the retries without per-channel still apply
             pass
-    return copy
-
-
-def _constants_as_initializers(model):
-    from ._onnx_rewrite import constants_as_initializers, unshare_initializers
-    copy = type(model)()
-    copy.CopyFrom(model)
-    constants_as_initializers(copy)
-    unshare_initializers(copy)
     return copy
 
 
