@@ -25,7 +25,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("edgekit-out/bench-tune"))
     args = parser.parse_args()
     from edgekit import html_report, pipeline, tune, zoo
-    from edgekit.cli import recipe_text
+    from edgekit.tune import recipe_text
     print("| model | chosen recipe | size vs fp32 | latency vs fp32 | drop (tune) | drop (held-out) | trials | minutes |")
     print("|---|---|---|---|---|---|---|---|")
     for name in ("digits-cnn", "resnet8"):
