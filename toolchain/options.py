@@ -8,6 +8,8 @@ from .measure import OUTPUT_KINDS
 from .passes import quantize
 from .schema import option
 
+TUNE_OBJECTIVES = ("latency", "size", "memory")  # what `edgekit tune` minimises besides the accuracy drop
+
 
 @dataclass
 class ConvertOptions:

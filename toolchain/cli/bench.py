@@ -1,0 +1,89 @@
+"""`edgekit bench`: time one artifact in runner processes here, or on devices over SSH."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ..bounds import limit
+from ..errors import EdgekitError
+from .common import _stdout, json_option, print_json, working
+
+
+@click.command()
+@click.argument("artifact", type=click.Path(path_type=Path))
+@click.option("--threads", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Inference threads (at most 4 per core unless --threads-unbounded).")
+@click.option("--threads-unbounded", is_flag=True, help="Allow more than 4 threads per core of this host.")
+@click.option("--runs", default=100, show_default=True, type=click.IntRange(1, limit("bench.runs")), help="Timed runs.")
+@click.option("--warmup", default=10, show_default=True, type=click.IntRange(0, limit("bench.warmup")),
+              help="Untimed warm-up runs.")
+@click.option("--inputs", type=click.Path(path_type=Path, dir_okay=False),
+              help="Inputs .npz (keys in0, in1, ...); default: seeded random inputs.")
+@click.option("--processes", default=3, show_default=True, type=click.IntRange(1, limit("bench.processes")),
+              help="Runner processes, one after another; the median is taken across them.")
+@json_option
+@click.option("--device", "devices", multiple=True, metavar="ssh://USER@HOST[:PORT]",
+              help="Run on these devices over SSH instead of here (repeatable, in parallel, one job per device at "
+                   "a time); results are compared.")
+@click.option("--timeout", default=600, show_default=True, type=click.IntRange(1, 86_400), help="Seconds per remote step.")
+def bench(artifact, threads, threads_unbounded, runs, warmup, processes, inputs, as_json, devices, timeout):
+    """Time one artifact (.tflite, .onnx or OpenVINO .xml) in runner processes here, or on devices over SSH."""
+    from .. import timing
+    from ..bounds import check_threads
+    if not artifact.is_file():
+        raise EdgekitError(f"artifact not found: {artifact}", "check the path")
+    if devices:
+        return _remote_bench(artifact, threads, runs, warmup, inputs, as_json, devices, timeout)
+    check_threads(threads, threads_unbounded)  # here; a device's cores are its own business
+    stack, status = working("timing")
+    with stack:
+        result = timing.measure([artifact], inputs, threads=threads, warmup=warmup, runs=runs, processes=processes,
+                                progress=status.update)[0]
+    if "error" in result:
+        raise EdgekitError(result["error"], "check that the artifact loads: python -m edgekit.runner ARTIFACT")
+    if as_json:
+        return print_json(result)
+    lat, memory = result["latency_ms"], result["memory"]
+    click.echo(f"{artifact.name} [{result['runtime']['name']} {result['runtime']['version']}] threads={threads} "
+               f"warmup={warmup} runs={runs} x {processes} processes: median {lat['median']:.4g} ms "
+               f"(process medians {', '.join(f'{m:.4g}' for m in lat['process_medians'])}), p90 {lat['p90']:.4g}, "
+               f"p99 {lat['p99']:.4g}, CV {lat['cv']:.1%}{' UNSTABLE' if lat['unstable'] else ''}; peak RSS "
+               f"{memory['peak_rss_mib']:.0f} MiB ({memory['source'].split(' ')[0]}; measured on "
+               f"{result['host']['hostname']})")
+
+
+def _on_each(devices: list[str], job) -> list:
+    """job(device) on every device at once (each device's own lock keeps one job on it). On an error or a
+    signal the other devices' runs are ended; each one's clean-up still stops its runner there."""
+    if len(devices) == 1:
+        return [job(devices[0])]
+    from concurrent.futures import ThreadPoolExecutor
+
+    from .. import children
+    pool = ThreadPoolExecutor(len(devices))
+    try:
+        return [f.result() for f in [pool.submit(job, url) for url in devices]]
+    except BaseException:
+        children.kill_all()
+        raise
+    finally:
+        pool.shutdown(wait=True)
+
+
+def _remote_bench(artifact, threads, runs, warmup, inputs, as_json, devices, timeout):
+    from .. import backends, remote
+    from ..report import show_note, show_table
+    files = backends.for_artifact(artifact).files(artifact)
+    results = _on_each(devices, lambda url: remote.bench(url, files, inputs, threads, warmup, runs, timeout=timeout))
+    if as_json:
+        return print_json(results)
+    out = _stdout()
+    show_table(out, f"{artifact.name} on {len(results)} device(s)",
+               ("device", "cpu", "runtime", "median ms", "p90 ms", "p99 ms", "CV", "peak RSS MiB"),
+               [(url, f"{r['host']['cpu']} ({r['host']['machine']})", f"{r['runtime']['name']} {r['runtime']['version']}",
+                 f"{r['latency_ms']['median']:.4g}", f"{r['latency_ms']['p90']:.4g}", f"{r['latency_ms']['p99']:.4g}",
+                 f"{r['latency_ms'].get('cv', 0):.0%}", f"{r['memory']['peak_rss_mib']:.0f}")
+                for url, r in zip(devices, results)])
+    for url, r in zip(devices, results):
+        show_note(out, f"{url}: {r['how']}; {threads} thread(s), {warmup} warm-up, {runs} runs", "")

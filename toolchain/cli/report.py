@@ -1,0 +1,17 @@
+"""`edgekit report`: one self-contained HTML page from result directories."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+
+@click.command("report")
+@click.argument("dirs", nargs=-1, required=True, type=click.Path(path_type=Path, file_okay=False))
+@click.option("--out", "-o", type=click.Path(path_type=Path, dir_okay=False), default=Path("edgekit-report.html"),
+              show_default=True)
+def report_cmd(dirs, out):
+    """Render one self-contained HTML page from result directories (convert, --target all, tune)."""
+    from .. import html_report
+    html_report.write(list(dirs), out)
+    click.echo(f"wrote {out}")
