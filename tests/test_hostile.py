@@ -86,6 +86,17 @@ def test_threads_are_bounded_by_the_host(fake_model, profiles, capsys, tmp_path)
     assert_user_error(run_cli(capsys, *common, "--calib-scale", "nan"), "not a finite number")
 
 
+def test_a_profile_asking_more_threads_than_cores_is_timed_with_the_cores(fake_model, profiles, capsys, tmp_path):
+    cores = os.cpu_count() or 1
+    d = profiles(extra=f"threads = {cores + 2}\n")  # [bench] is the profile's last table
+    ok = run_cli(capsys, "convert", fake_model, "--target", "plumb", "--targets-dir", d, "--out", tmp_path / "o",
+                 "--json")
+    assert ok.code == 0, ok.err
+    report = json.loads(ok.out)
+    assert {a["latency_ms"]["threads"] for a in report["artifacts"]} == {cores}
+    assert any(f"host timing used {cores} thread(s)" in w and f"asks for {cores + 2}" in w for w in report["warnings"])
+
+
 def labelled(tmp_path, y, x=None):
     x = np.random.default_rng(0).random((8, 2, 3), dtype=np.float32) if x is None else x
     np.savez(tmp_path / "d.npz", x=x, y=y)

@@ -111,3 +111,9 @@ def check_tensor(name: str, shape, itemsize: int = 4) -> None:
         raise EdgekitError(f"input '{name}' of shape {tuple(shape)} has {elements:,} elements (the runtimes' limit is "
                            f"{MAX_TENSOR_ELEMENTS:,})", "give a smaller --input-shape")
     check_memory(elements * itemsize, f"input '{name}' of shape {tuple(shape)}", "give a smaller --input-shape")
+
+
+def host_threads(asked: int) -> int:
+    """Threads for timing a profile on this host: its count, capped at this host's cores (a 4-thread
+    device profile on a 2-core host oversubscribes it, and every figure turns unstable)."""
+    return max(1, min(asked, os.cpu_count() or 1))

@@ -41,6 +41,23 @@ class Context:
         return (opts.threads or bench.threads, bench.warmup if opts.warmup is None else opts.warmup,
                 opts.runs or bench.runs)
 
+    def host_threads(self) -> int:
+        """Threads for timing on this host: the profile's count, capped at this host's cores when it
+        asks for more (a 4-thread device profile on a 2-core host oversubscribes it and every figure
+        turns unstable). --threads is the user's own choice and is never capped. Remote and estimated
+        figures keep bench_settings()'s count, the device's."""
+        from .bounds import host_threads
+        threads = self.bench_settings()[0]
+        return threads if self.options.threads else host_threads(threads)
+
+    def host_threads_note(self) -> str | None:
+        """The one line saying host timing used fewer threads than the profile asks for, if it did."""
+        asked, used = self.bench_settings()[0], self.host_threads()
+        if used == asked:
+            return None
+        return (f"host timing used {used} thread(s): the {self.target.profile.name} profile asks for {asked} and this "
+                f"host has {os.cpu_count()} core(s); figures measured on a device or estimated use {asked}")
+
     def timing_processes(self) -> int:
         """Runner processes per artifact in a timing phase: the profile's, unless overridden."""
         return self.options.processes or self.target.profile.bench.processes

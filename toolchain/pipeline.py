@@ -76,7 +76,8 @@ def check_bounds(options: ConvertOptions, target) -> None:
         why = None if value is None else bounds.out_of_range(path, value)
         if why:
             raise EdgekitError(f"--{field.replace('_', '-')}: {why}", "see `edgekit convert --help`")
-    bounds.check_threads(options.threads or target.profile.bench.threads, options.threads_unbounded)
+    bounds.check_threads(options.threads or bounds.host_threads(target.profile.bench.threads),
+                         options.threads_unbounded)
 
 
 def _inputs(model: Path, options: ConvertOptions) -> list[Path]:
@@ -372,6 +373,7 @@ def _warnings(ctx: Context) -> list[str]:
     if device.kind == "cpu" and device.arch != host["machine"] or device.kind in ("arm", "mcu", "fpga"):
         notes.append(f"latency was measured on this {host['machine']} host, not on the target device "
                      f"({device.description or device.arch}); it is not the device's latency")
+    notes += [line for line in [ctx.host_threads_note()] if line]
     notes += probes.warnings(ctx)
     if ctx.calib is not None and ctx.calib.uncalibrated:
         notes.append("UNCALIBRATED: quantization ranges come from random inputs (--calib random); "
@@ -411,8 +413,8 @@ def _stage_figures(ctx: Context, artifacts: list[dict]) -> list[dict]:
         path.parent.mkdir()
         backend.export(source, path, ctx)
         _, outputs, _ = _run(ctx, backend, path)
-        threads, warmup, runs = ctx.bench_settings()
-        latency = timing.measure([path], timing.one_sample(ctx.evalset.samples, ctx.workdir), threads=threads,
+        _, warmup, runs = ctx.bench_settings()
+        latency = timing.measure([path], timing.one_sample(ctx.evalset.samples, ctx.workdir), threads=ctx.host_threads(),
                                  warmup=warmup, runs=runs, processes=ctx.timing_processes())[0]
         row.update(size=measure.size(backend.files(path)), latency_ms=latency.get("latency_ms", {}).get("median"),
                    accuracy=measure.accuracy(outputs, ctx.evalset.labels) if ctx.evalset.labels is not None else None)
@@ -479,7 +481,8 @@ def _time(ctx: Context, backend, entries: list[dict]) -> None:
     ok = [e for e in entries if e["status"] == "ok"]
     if not ok or ctx.target.profile.device.kind == "gpu":
         return
-    threads, warmup, runs = ctx.bench_settings()
+    _, warmup, runs = ctx.bench_settings()
+    threads = ctx.host_threads()
     ctx.progress(f"{backend.FORMAT}: timing")
     figures = timing.measure([ctx.stage / e["file"] for e in ok], timing.one_sample(ctx.evalset.samples, ctx.workdir),
                              threads=threads, warmup=warmup, runs=runs, processes=ctx.timing_processes(),
@@ -568,8 +571,7 @@ def _run(ctx: Context, backend, artifact: Path) -> tuple[dict, list[list[np.ndar
     (with `in.npz`, which probes reuse)."""
     run_dir = Path(tempfile.mkdtemp(prefix=f"run-{backend.FORMAT}-", dir=ctx.workdir))
     runner.save_stacked(run_dir / "in.npz", "in", ctx.evalset.samples)
-    threads, _, _ = ctx.bench_settings()
-    result = runner.invoke(artifact, run_dir / "result.json", threads=threads, warmup=0, runs=1,
+    result = runner.invoke(artifact, run_dir / "result.json", threads=ctx.host_threads(), warmup=0, runs=1,
                            inputs=run_dir / "in.npz", outputs=run_dir / "out.npz", what=f"the {backend.RUNTIME} runner")
     return result, runner.load_stacked(run_dir / "out.npz", "out"), run_dir
 

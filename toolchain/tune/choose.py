@@ -66,7 +66,7 @@ def quiet_phase(trials: list[dict], fp32: dict, setup: TuneSetup, progress=lambd
     """Re-time the fp32 baseline, the Pareto front and the cheapest within-budget trials together, after
     every worker has stopped: one timing phase, runner processes interleaved between them. Their
     `latency_ms` becomes that figure (the search-time one is kept as `latency_ms_search`)."""
-    from .. import targets, timing
+    from .. import bounds, targets, timing
     ok = _unique([t for t in trials if t["ok"]])
     within = sorted((t for t in ok if t["drop_points"] <= setup.budget_points), key=lambda t: cost(t, setup.objective))
     chosen = {t["key"]: t for t in [fp32, *pareto(ok, setup.objective), *within[:QUIET_CANDIDATES]]}
@@ -78,7 +78,8 @@ def quiet_phase(trials: list[dict], fp32: dict, setup: TuneSetup, progress=lambd
     with output.tempdir("quiet-") as tmp:
         inputs = timing.one_sample([[first]], tmp)
         progress(f"quiet phase: timing fp32 and {len(chosen) - 1} candidate(s) together")
-        figures = timing.measure([setup.out / t["file"] for t in chosen.values()], inputs, threads=bench.threads,
+        figures = timing.measure([setup.out / t["file"] for t in chosen.values()], inputs,
+                                 threads=bounds.host_threads(bench.threads),
                                  warmup=bench.warmup, runs=bench.runs, processes=bench.processes, progress=progress)
     for t, result in zip(chosen.values(), figures):
         if "error" in result:
