@@ -33,7 +33,7 @@ $(STAMP): requirements/lock.txt requirements/no-deps.txt requirements/runtime.tx
 	$(BIN)/python -m pip install -q --no-deps -r requirements/no-deps.txt
 	$(BIN)/python -m pip install -q --no-deps -e .
 	# The emulated aarch64 environment (Debian arm64 root + aarch64 wheels), cached in ~/.cache/edgekit.
-	$(BIN)/python -m edgekit.emulate
+	$(BIN)/python -m edgekit.probes.aarch64
 	# The real-model corpus for benchmarks/corpus.py (models from PyPI wheels + architectures built in code),
 	# cached in ~/.cache/edgekit/corpus, never in git.
 	$(BIN)/python benchmarks/corpus_fetch.py

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 
 from clihelp import run_cli
-from edgekit import emulate
+from edgekit.probes.aarch64 import emulate
 
 
 def test_tools_are_installed_by_the_project_setup():

@@ -138,7 +138,7 @@ def arm64_root(tmp_path_factory):
 
 
 def _emulate():
-    from edgekit import emulate
+    from edgekit.probes.aarch64 import emulate
     return emulate
 
 

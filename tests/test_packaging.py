@@ -92,7 +92,7 @@ def test_images_install_from_the_lock_files_the_tests_use():
 def test_arm64_pins_are_the_emulated_environment(tmp_path):
     import os
 
-    from edgekit import emulate
+    from edgekit.probes.aarch64 import emulate
     home = emulate.environment(Path(os.environ["EDGEKIT_EMULATION_CACHE"]))
     installed = dict(p.name.removesuffix(".dist-info").rsplit("-", 1) for p in (home / "site").glob("*.dist-info"))
     installed = {name.lower().replace("_", "-"): version for name, version in installed.items()}

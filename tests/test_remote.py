@@ -94,7 +94,7 @@ def test_bad_device_url(url, artifacts, capsys, tmp_path):
 
 
 def test_ssh_and_scp_never_read_the_destination_as_an_option():
-    from edgekit import remote
+    from edgekit.probes.ssh import remote
     device = remote.parse("ssh://pi@192.168.1.20:2222")
     argv = remote._ssh_argv(device, "true")
     assert argv[argv.index("--") + 1] == "pi@192.168.1.20" and argv[-1] == "true"
@@ -142,7 +142,7 @@ def test_interrupted_remote_run_stops_the_runner_and_cleans_the_device(how, ssh_
 
 def test_emulated_aarch64_device(ssh_env, artifacts, capsys, tmp_path, monkeypatch):
     """The runner on an aarch64 Python (QEMU) reached over SSH: the whole remote path on ARM."""
-    from edgekit import emulate
+    from edgekit.probes.aarch64 import emulate
     home = emulate.environment(Path(os.environ["EDGEKIT_EMULATION_CACHE"]))
     monkeypatch.setenv("EDGEKIT_REMOTE_PYTHON", str(emulate.write_launcher(home, tmp_path / "python-aarch64")))
     result = run_cli(capsys, "bench", artifacts / "model.onnx", "--device", ssh_env["url"], "--runs", "2",

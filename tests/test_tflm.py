@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from clihelp import run_cli
-from edgekit import tflm
+from edgekit.probes.mcu import c_artifact, child, engine, ops, parity
 
 
 def _keras(path: Path, body) -> Path:
@@ -65,7 +65,7 @@ def test_arena_agrees_with_tflm_allocation_report(m4_report):
     # the header's arena size is enough for TFLite Micro; half of the planned activations is not
     header = (out / "mcu" / "model_data.h").read_text()
     size = int(re.search(r"kTensorArenaSize = (\d+);", header).group(1))
-    assert size == tflm.arena_to_allocate(total) and size % 16 == 0
+    assert size == ops.arena_to_allocate(total) and size % 16 == 0
     load = "import sys\nfrom tflite_micro.python.tflite_micro import runtime\n" \
            "runtime.Interpreter.from_file(sys.argv[1], arena_size=int(sys.argv[2]))\n"
     assert subprocess.run([sys.executable, "-c", load, str(out / "model.tflite"), str(size)]).returncode == 0
@@ -142,7 +142,7 @@ def test_the_smaller_board_says_does_not_fit_with_measured_bytes(wide_keras, tin
     small = verdicts["arm-m0plus-int8"]
     arena = results["arm-m0plus-int8"]["artifacts"][1]["mcu"]["emulated"]["arena"]["used_bytes"]
     assert small["fits"] is False and small["ram"]["fits"] is False and small["flash"]["fits"] is True
-    assert f"{tflm.arena_to_allocate(arena):,} B tensor arena (emulated (TFLite Micro host build))" in small["summary"]
+    assert f"{ops.arena_to_allocate(arena):,} B tensor arena (emulated (TFLite Micro host build))" in small["summary"]
     assert small["summary"].startswith("DOES NOT FIT on Arduino Zero")
     assert "does not fit" in small["ram"]["text"] and "B over" in small["ram"]["text"]
     assert "MCU VERDICT tflite int8-io: DOES NOT FIT" in (tmp_path / "arm-m0plus-int8" / "report.md").read_text()
@@ -165,10 +165,10 @@ def test_a_tflite_micro_abort_stays_in_the_child_and_becomes_one_line(m4_report,
         if model.operatorCodes[op.opcodeIndex].builtinCode == schema.BuiltinOperator.SOFTMAX:
             graph.tensors[op.inputs[0]].quantization.scale = [1e-12]
     flatbuffer_utils.write_model(model, str(tmp_path / "abort.tflite"))
-    proc = children.run([sys.executable, "-m", "edgekit.tflm", str(tmp_path / "abort.tflite"), "--json",
+    proc = children.run([sys.executable, "-m", "edgekit.probes.mcu.child", str(tmp_path / "abort.tflite"), "--json",
                          str(tmp_path / "r.json"), "--log", str(tmp_path / "tflm.log")], 120)
     assert proc.returncode < 0 and not (tmp_path / "r.json").exists()
-    reason = tflm._crash_reason(proc, (tmp_path / "tflm.log").read_text())
+    reason = parity._crash_reason(proc, (tmp_path / "tflm.log").read_text())
     assert reason.startswith("TFLite Micro died with SIGABRT while loading or running the model") and "\n" not in reason
 
 
@@ -178,32 +178,32 @@ def test_first_divergence_walks_every_op(m4_report, tmp_path):
     out, report = m4_report
     rng = np.random.default_rng(1)
     x = rng.random(report["model"]["inputs"][0]["shape"], dtype=np.float32)
-    assert tflm.first_divergence(out / "model.tflite", [x], tmp_path, 0) == \
+    assert parity.first_divergence(out / "model.tflite", [x], tmp_path, 0) == \
         {"sample": 0, "op": None, "reason": "no intermediate tensor differs"}
-    text = tflm._parity_text({"bit_exact": False, "max_abs_diff": 0.02, "samples_differing": 3, "samples": 10,
+    text = engine._parity_text({"bit_exact": False, "max_abs_diff": 0.02, "samples_differing": 3, "samples": 10,
                               "first_divergence": {"sample": 4, "op_index": 2, "op": "CONV_2D",
                                                    "elements_differing": 11, "elements": 100, "max_diff": 1}})
     assert "first differing op on sample 4: #2 CONV_2D (11 of 100 values, up to 1 steps)" in text
 
 
 def test_op_list_and_parsers():
-    assert tflm.missing_ops(["CONV_2D", "GELU", "CUSTOM:TFLite_Detection_PostProcess", "CUSTOM:FlexErf"]) == \
+    assert ops.missing_ops(["CONV_2D", "GELU", "CUSTOM:TFLite_Detection_PostProcess", "CUSTOM:FlexErf"]) == \
         ["GELU", "CUSTOM:FlexErf"]
     report = ("[RecordingMicroAllocator] Arena allocation total 6272 bytes\n"
               "[RecordingMicroAllocator] Arena allocation head 3072 bytes\n"
               "[RecordingMicroAllocator] Arena allocation tail 3200 bytes\n"
               "[RecordingMicroAllocator] 'NodeAndRegistration struct' used 448 bytes with alignment overhead "
               "(requested 448 bytes for 7 NodeAndRegistration structs)\n")
-    parsed = tflm.parse_allocations(report)
+    parsed = child.parse_allocations(report)
     assert (parsed["used_bytes"], parsed["head_bytes"], parsed["tail_bytes"]) == (6272, 3072, 3200)
     assert parsed["records"]["NodeAndRegistration struct"] == {"bytes": 448, "requested": 448, "count": 7}
-    assert tflm.arena_to_allocate(6272) == 6288 and tflm.arena_to_allocate(6273) == 6304
-    names = {op: tflm.resolver_method(op) for op in ("CONV_2D", "DEPTHWISE_CONV_2D", "BATCH_TO_SPACE_ND", "PADV2",
+    assert ops.arena_to_allocate(6272) == 6288 and ops.arena_to_allocate(6273) == 6304
+    names = {op: c_artifact.resolver_method(op) for op in ("CONV_2D", "DEPTHWISE_CONV_2D", "BATCH_TO_SPACE_ND", "PADV2",
                                                      "UNIDIRECTIONAL_SEQUENCE_LSTM", "CUSTOM:SignalPCAN", "CUSTOM:Foo")}
     assert names == {"CONV_2D": "AddConv2D", "DEPTHWISE_CONV_2D": "AddDepthwiseConv2D", "BATCH_TO_SPACE_ND":
                      "AddBatchToSpaceNd", "PADV2": "AddPadV2", "UNIDIRECTIONAL_SEQUENCE_LSTM":
                      "AddUnidirectionalSequenceLSTM", "CUSTOM:SignalPCAN": "AddPCAN", "CUSTOM:Foo": None}
-    refused = tflm._first_error("tensorflow/lite/micro/kernels/dequantize_common.cc:42 input->type == kTfLiteInt8 was "
+    refused = child._first_error("tensorflow/lite/micro/kernels/dequantize_common.cc:42 input->type == kTfLiteInt8 was "
                                 "not true.\nNode DEQUANTIZE (number 0) failed to prepare with status 1\n")
     assert refused.startswith("TFLite Micro's DEQUANTIZE kernel refused node 0 at prepare (input->type ==")
     assert shutil.which("arm-none-eabi-g++"), "make setup installs gcc-arm-none-eabi (requirements/apt.txt)"
@@ -239,7 +239,7 @@ def test_tflm_compression_where_it_applies(clustered_keras, m4_report, tiny_eval
     assert (tmp_path / "o" / "mcu" / "compressed" / "model_data.cc").is_file()
     assert "TFLM COMPRESSION" in result.out and "bit-exact" in result.out
     # a model with ordinary int8 weights: said plainly why it does not apply, tensor by tensor
-    proc = subprocess.run([sys.executable, "-m", "edgekit.tflm", str(m4_report[0] / "model.tflite"), "--compress",
+    proc = subprocess.run([sys.executable, "-m", "edgekit.probes.mcu.child", str(m4_report[0] / "model.tflite"), "--compress",
                            str(tmp_path / "c.tflite"), "--json", str(tmp_path / "c.json")], capture_output=True)
     plan = json.loads((tmp_path / "c.json").read_text())
     assert proc.returncode == 1 and not plan["compressed"] and not (tmp_path / "c.tflite").exists()

@@ -72,7 +72,8 @@ def _on_each(devices: list[str], job) -> list:
 
 
 def _remote_bench(artifact, threads, runs, warmup, inputs, as_json, devices, timeout):
-    from .. import backends, remote
+    from .. import backends
+    from ..probes.ssh import remote
     from ..report import show_note, show_table
     files = backends.for_artifact(artifact).files(artifact)
     results = _on_each(devices, lambda url: remote.bench(url, files, inputs, threads, warmup, runs, timeout=timeout))

@@ -120,7 +120,7 @@ def _tune_into(out: Path, model: Path, target: str, profile, data: Path, final: 
                       participant=f"{socket.gethostname()}/{os.getpid()}", heartbeat_s=heartbeat_s,
                       data_sha256=content_hash(data))
     if devices:
-        from .. import remote
+        from ..probes.ssh import remote
         for url in devices:
             remote.parse(url)  # a malformed URL fails now, not in every trial
     study = open_study(setup)

@@ -170,7 +170,8 @@ def _convert_trial(setup: TuneSetup, recipe: dict) -> None:
 
 def _pool_figures(setup: TuneSetup, artifact: Path, host_latency: dict) -> dict:
     """Latency and memory of the artifact on whichever device of the pool is free (device lock held)."""
-    from .. import backends, remote
+    from .. import backends
+    from ..probes.ssh import remote
     result = remote.bench_pool(setup.devices, backends.for_artifact(artifact).files(artifact), None,
                                host_latency["threads"], host_latency["warmup"], host_latency["runs"])
     return {"latency_ms": result["latency_ms"]["median"], "latency_how": result["how"], "device": result["device"],

@@ -6,9 +6,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .. import emulate, measure, runner
-from ..context import cache_dir
-from ..errors import ConversionError
+from ... import measure, runner
+from . import emulate
+from ...context import cache_dir
+from ...errors import ConversionError
 
 NAME = "aarch64"
 ORDER = 20

@@ -26,9 +26,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import children
-from .errors import EdgekitError, RunnerError
-from .measure import REMOTE
+from ... import children
+from ...errors import EdgekitError, RunnerError
+from ...measure import REMOTE
 
 CONNECT_TIMEOUT_S = 10
 LOCK = "edgekit-device.lock"  # in the device's $TMPDIR (default /tmp)
@@ -224,7 +224,7 @@ def _bench_held(url: str, device: Device, waited_s: float, files: list[Path], in
 
 def _run_runner(device: Device, workdir: str, model: str, inputs: str | None, python: str, timeout: float,
                 **options) -> None:
-    from .runner import invoke
+    from ...runner import invoke
     try:
         invoke(f"{workdir}/{model}", f"{workdir}/result.json", python=(python,), timeout=timeout,
                inputs=f"{workdir}/{inputs}" if inputs else None, outputs=f"{workdir}/outputs.npz" if inputs else None,
@@ -237,7 +237,7 @@ def _run_runner(device: Device, workdir: str, model: str, inputs: str | None, py
 
 
 def _run_error(device: Device, proc: subprocess.CompletedProcess) -> EdgekitError:
-    from .runner import failure_reason
+    from ...runner import failure_reason
     text = failure_reason(proc.returncode, proc.stderr)
     if proc.returncode in (137, 143, -9, -15) or "Killed" in proc.stderr:
         return EdgekitError(f"{device.label}: the run was killed on the device (exit {proc.returncode})",

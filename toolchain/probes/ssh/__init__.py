@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .. import measure, runner
-from ..errors import EdgekitError
+from ... import measure, runner
+from ...errors import EdgekitError
 
 NAME = "remote"
 ORDER = 30
@@ -20,7 +20,7 @@ def run(ctx, backend, artifact: Path, host) -> dict:
 
 
 def _on_device(ctx, backend, artifact: Path, host, url: str) -> dict:
-    from .. import remote
+    from . import remote
     threads, warmup, runs = ctx.bench_settings()
     ctx.progress(f"{backend.FORMAT}: running on {url}")
     try:

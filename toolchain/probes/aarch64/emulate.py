@@ -25,8 +25,8 @@ import zipfile
 from importlib import metadata
 from pathlib import Path
 
-from .errors import ConversionError
-from .measure import EMULATED, how
+from ...errors import ConversionError
+from ...measure import EMULATED, how
 
 RUNTIMES = {"tflite": "ai-edge-litert", "onnx": "onnxruntime"}  # formats that run under emulation
 MIRROR = os.environ.get("EDGEKIT_DEBIAN_MIRROR", "http://deb.debian.org/debian")
@@ -44,7 +44,7 @@ def missing_tools() -> list[str]:
 def wheels() -> list[str]:
     """numpy and the runtimes, at the versions of requirements/runtime.txt (the runtime image's pins)
     where the source tree is there, else at the versions installed on this host."""
-    pins = Path(__file__).resolve().parent.parent / "requirements" / "runtime.txt"
+    pins = Path(__file__).resolve().parents[3] / "requirements" / "runtime.txt"
     wanted = ("numpy", *RUNTIMES.values())
     if pins.is_file():
         lines = [ln.split("#")[0].strip() for ln in pins.read_text().splitlines()]
@@ -111,7 +111,7 @@ def _run(cmd: list[str], what: str) -> None:
 
 def python(home: Path) -> tuple[list[str], dict]:
     """The command and environment that start the emulated aarch64 Python with edgekit importable."""
-    here = Path(__file__).resolve().parent
+    here = Path(__file__).resolve().parents[2]  # the edgekit package
     # One link per edgekit installation: a cache shared by several (checkouts, a container with the
     # host's cache mounted) must not run another installation's code.
     pkg = home / "pkg" / hashlib.sha256(str(here).encode()).hexdigest()[:12]
@@ -140,12 +140,8 @@ def run(home: Path, artifact: Path, inputs: Path, outputs: Path, timeout: int = 
     """Run the light runner on `artifact` under emulation; returns its JSON (latency not to be reported)."""
     result = outputs.with_suffix(".json")
     command, env = python(home)
-    from .runner import invoke
+    from ...runner import invoke
     return invoke(artifact.resolve(), result.resolve(), python=tuple(command), runs=1, warmup=0, inputs=inputs.resolve(),
                   outputs=outputs.resolve(), env={"PATH": os.environ.get("PATH", ""), **env}, timeout=timeout,
                   what="the emulated aarch64 run")
 
-
-if __name__ == "__main__":  # python -m edgekit.emulate: provision the cached environment now (make setup)
-    from .context import cache_dir
-    print(environment(Path(os.environ.get("EDGEKIT_EMULATION_CACHE", cache_dir() / "emulation")), print))
