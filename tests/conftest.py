@@ -16,15 +16,53 @@ os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).pare
 INPUT_KINDS = ("keras", "h5", "h5_keras2", "savedmodel", "onnx", "tflite")
 
 
+# Folders of a user's that only look like edgekit's scratch by name (issue #25): every test runs with
+# them in its $TMPDIR, and they must be intact after it (convert, tune, --target all, interrupts).
+USER_SCRATCH_LOOKALIKES = ("edgekit-2024-06-results", "edgekit-1-1-keep")
+
+
+def user_lookalikes(directory: Path) -> str:
+    """Create the look-alike user folders in `directory`; returns their digest."""
+    for name in USER_SCRATCH_LOOKALIKES:
+        (directory / name).mkdir(exist_ok=True)
+        (directory / name / "results.csv").write_text(f"{name}: a user's file\n")
+    return lookalikes_digest(directory)
+
+
+def lookalikes_digest(directory: Path) -> str:
+    return "".join(tree_digest(directory / name) if (directory / name).is_dir() else "gone"
+                   for name in USER_SCRATCH_LOOKALIKES)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def user_tmpdir(tmp_path_factory) -> Path:
+    """The suite's $TMPDIR (set before module- and session-scoped fixtures build models or tune)."""
+    import tempfile
+    path = tmp_path_factory.mktemp("tmpdir")
+    saved = os.environ.get("TMPDIR"), tempfile.tempdir
+    os.environ["TMPDIR"], tempfile.tempdir = str(path), str(path)
+    user_lookalikes(path)
+    yield path
+    if saved[0] is None:
+        os.environ.pop("TMPDIR", None)
+    else:
+        os.environ["TMPDIR"] = saved[0]
+    tempfile.tempdir = saved[1]
+
+
 @pytest.fixture(autouse=True)
-def isolated(tmp_path, monkeypatch, tmp_path_factory):
-    """Every test runs in its own directory with its own cache and no user profile path."""
+def isolated(tmp_path, monkeypatch, tmp_path_factory, user_tmpdir):
+    """Every test runs in its own directory with its own cache and no user profile path, and a $TMPDIR
+    holding user folders that look like edgekit scratch by name (checked untouched afterwards)."""
     monkeypatch.chdir(tmp_path)
+    before = user_lookalikes(user_tmpdir)
     monkeypatch.setenv("EDGEKIT_CACHE", str(tmp_path_factory.getbasetemp() / "edgekit-cache"))
     monkeypatch.delenv("EDGEKIT_TARGETS_PATH", raising=False)
     # The provisioned aarch64 environment is kept between runs (keyed by runtime versions).
     monkeypatch.setenv("EDGEKIT_EMULATION_CACHE", os.environ.get("EDGEKIT_EMULATION_CACHE",
                                                                str(Path.home() / ".cache" / "edgekit" / "emulation")))
+    yield
+    assert lookalikes_digest(user_tmpdir) == before, "a user's folder in $TMPDIR was removed or changed"
 
 
 def default_signals() -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 import fake_backend as fake
-from conftest import default_signals, tree_digest
+from conftest import USER_SCRATCH_LOOKALIKES, default_signals, lookalikes_digest, tree_digest, user_lookalikes
 from edgekit import output
 
 PROFILE = 'name = "{name}"\n[build]\nformats = ["fake"]\n[bench]\nruns = 100000\nwarmup = 0\neval_samples = 4\n'
@@ -65,6 +65,7 @@ def gone(pid: int, timeout: float = 15) -> bool:
 def env(tmp_path):
     scratch = tmp_path / "scratch"
     scratch.mkdir()
+    user_lookalikes(scratch)  # a user's folders named like edgekit scratch: never swept (issue #25)
     return {**os.environ, "TMPDIR": str(scratch)}
 
 
@@ -96,7 +97,10 @@ def start(args, env, cwd) -> subprocess.Popen:
 def leftovers(tmp_path: Path) -> list[str]:
     """Anything of ours that should not outlive the run."""
     # .ses: a session-id file a TensorFlow-side library keeps in $TMPDIR (a run that completes leaves it too)
-    found = [p.name for p in (tmp_path / "scratch").iterdir() if p.name != ".ses"]
+    scratch = tmp_path / "scratch"
+    (tmp_path / "reference").mkdir(exist_ok=True)
+    assert lookalikes_digest(scratch) == user_lookalikes(tmp_path / "reference"), "a user's folder was swept"
+    found = [p.name for p in scratch.iterdir() if p.name not in (".ses", *USER_SCRATCH_LOOKALIKES)]
     found += [p.name for p in tmp_path.rglob(".*edgekit-*") if p.name != output.MARKER]
     return found
 

@@ -5,6 +5,7 @@ files byte for byte afterwards.
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -178,15 +179,49 @@ def test_staging_and_swap_leave_nothing_beside_the_output(project, capsys, tmp_p
     assert [p.name for p in out.parent.iterdir()] == ["o"]
 
 
-def test_stale_leftovers_of_a_killed_run_are_recognised(tmp_path):
+def _scratch(path, **fields):
+    """A directory carrying a scratch marker as a (dead or live) edgekit process writes it."""
+    path.mkdir()
+    info = {"schema": output.SCRATCH_SCHEMA, "host": socket.gethostname(), "pid": os.getpid(),
+            "start": output.process_start(os.getpid()), "uid": os.getuid(), **fields}
+    (path / output.SCRATCH).write_text(json.dumps(info))
+    return path
+
+
+def test_only_marked_leftovers_of_a_dead_process_are_swept(tmp_path):
     dead = 2 ** 22 + 17  # above the kernel's default pid_max: never a running process
-    leftover = tmp_path / f".o.edgekit-partial-{socket.gethostname()}-{dead}-1"
-    leftover.mkdir()
-    alive = tmp_path / f".o.edgekit-partial-{socket.gethostname()}-{os.getpid()}-{int(time.time())}"
-    alive.mkdir()
-    other_host = tmp_path / f".o.edgekit-partial-elsewhere-{dead}-1"
-    other_host.mkdir()
-    user = tmp_path / ".o.partial-123"  # not ours by name: never touched
-    user.mkdir()
-    assert output.sweep(tmp_path) == [leftover]
-    assert {p.name for p in tmp_path.iterdir()} == {alive.name, other_host.name, user.name}
+    leftover = _scratch(tmp_path / f".o.edgekit-partial-{socket.gethostname()}-{dead}-1", pid=dead)
+    scratch = _scratch(tmp_path / f"edgekit-{dead}-1-isolate-x", pid=dead)
+    reused = _scratch(tmp_path / "edgekit-1-1-reused", pid=1, start=1.0)  # pid 1 started after "1.0": pid reused
+    alive = _scratch(tmp_path / f".o.edgekit-partial-{socket.gethostname()}-{os.getpid()}-{int(time.time())}")
+    other_host = _scratch(tmp_path / f".o.edgekit-partial-elsewhere-{dead}-1", pid=dead, host="elsewhere")
+    other_user = _scratch(tmp_path / f"edgekit-{dead}-2-u", pid=dead, uid=os.getuid() + 1)
+    bad_marker = tmp_path / f"edgekit-{dead}-3-bad"
+    bad_marker.mkdir()
+    (bad_marker / output.SCRATCH).write_text("not json")
+    link_marker = tmp_path / f"edgekit-{dead}-4-link"
+    link_marker.mkdir()
+    (link_marker / output.SCRATCH).symlink_to(leftover / output.SCRATCH)
+    # A user's folders whose names look like ours (the issue's reproduction): no marker, never touched.
+    users = [tmp_path / n for n in ("edgekit-2024-06-results", "edgekit-1-1-keep", f"edgekit-{dead}-1-mine",
+                                    ".o.partial-123", f".x.edgekit-partial-{socket.gethostname()}-{dead}-1")]
+    for d in users:
+        d.mkdir()
+        (d / "data.csv").write_text("mine")
+    (tmp_path / f"edgekit-{dead}-9-file").write_text("a user's file, named like scratch")
+    assert sorted(output.sweep(tmp_path)) == sorted([leftover, scratch, reused])
+    assert {p.name for p in tmp_path.iterdir()} == {
+        alive.name, other_host.name, other_user.name, bad_marker.name, link_marker.name, f"edgekit-{dead}-9-file",
+        *(d.name for d in users)}
+    assert all((d / "data.csv").read_text() == "mine" for d in users)
+
+
+def test_scratch_and_staging_carry_the_marker_and_outputs_do_not(project, capsys, tmp_path):
+    with output.tempdir("t-") as scratch:
+        assert output.scratch_owner(scratch)["pid"] == os.getpid()
+    out = tmp_path / "o"
+    with output.staging(out) as stage:
+        assert output.scratch_owner(stage)
+        (stage / "x").write_text("x")
+        output.commit(stage, out, "convert")
+    assert output.owned(out) and not (out / output.SCRATCH).exists()

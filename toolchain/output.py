@@ -9,9 +9,11 @@ Every command that writes a directory goes through here:
                                         (one of ours) is removed only once the new one is there
 
 A failure or an interrupt anywhere before commit() removes the staging directory and leaves the
-previous output as it was. Scratch directories (`tempdir`) and staging directories carry the
-host, pid and creation time in their names, so leftovers of a killed run (SIGKILL) are
-recognised as stale and removed by the next run.
+previous output as it was. Scratch directories (`tempdir`), staging directories and the old
+output being replaced carry a marker file, `.edgekit-scratch.json` (host, pid, that process's start
+time, uid), written when they are made. `sweep` removes a leftover of a killed run (SIGKILL) only
+when that marker is there, is ours (same host and uid, a regular file in a directory we own) and
+its process is gone: a name that merely looks like edgekit's is never enough.
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ import os
 import re
 import shutil
 import socket
+import stat
 import tempfile
 import time
 from contextlib import contextmanager
@@ -30,8 +33,9 @@ from .errors import EdgekitError
 
 MARKER = ".edgekit-output.json"
 MARKER_SCHEMA = "edgekit.output/1"
-_LEFTOVER = re.compile(r"\.edgekit-(?:partial|old)-(?P<host>.+)-(?P<pid>\d+)-(?P<time>\d+)$")
-_TEMP = re.compile(r"^edgekit-(?P<pid>\d+)-(?P<time>\d+)-")
+SCRATCH = ".edgekit-scratch.json"
+SCRATCH_SCHEMA = "edgekit.scratch/1"
+_CANDIDATE = re.compile(r"^edgekit-|^\..*\.edgekit-(?:partial|old)-")  # only a pre-filter: the marker decides
 
 
 def owned(path: Path) -> bool:
@@ -108,6 +112,7 @@ def staging(out: Path):
     sweep(out.parent)
     stage = out.parent / f".{out.name}.edgekit-partial-{_tag()}"
     stage.mkdir()
+    claim(stage)
     umask = os.umask(0)
     os.umask(umask)
     stage.chmod(0o777 & ~umask)
@@ -131,6 +136,8 @@ def commit(stage: Path, out: Path, command: str) -> None:
             raise EdgekitError(f"{out} was changed by someone else during the run", "choose another --out")
         old = out.with_name(f".{out.name}.edgekit-old-{_tag()}")
         os.replace(out, old)
+        claim(old)  # a kill before the rmtree below leaves it to the next sweep
+    (stage / SCRATCH).unlink(missing_ok=True)
     os.replace(stage, out)
     if old:
         shutil.rmtree(old, ignore_errors=True)
@@ -147,48 +154,85 @@ def write_file(path: Path, text: str, inputs=()) -> None:
         if real == place:
             raise EdgekitError(f"{path} is {what}; edgekit will not write over it", "choose another file name")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.edgekit-partial-{_tag()}")
+    stage = path.with_name(f".{path.name}.edgekit-partial-{_tag()}")
+    stage.mkdir()
     try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
+        claim(stage)
+        (stage / path.name).write_text(text, encoding="utf-8")
+        os.replace(stage / path.name, path)
     finally:
-        tmp.unlink(missing_ok=True)
+        shutil.rmtree(stage, ignore_errors=True)
 
 
 @contextmanager
 def tempdir(prefix: str = ""):
-    """A scratch directory in $TMPDIR named with our pid and start time (stale ones are swept)."""
+    """A scratch directory in $TMPDIR carrying our scratch marker (stale ones are swept)."""
     base = Path(tempfile.gettempdir())
     sweep(base)
     path = Path(tempfile.mkdtemp(prefix=f"edgekit-{os.getpid()}-{int(time.time())}-{prefix}", dir=base))
     try:
+        claim(path)
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
 
 
+def claim(directory: Path) -> None:
+    """Mark a scratch directory as this process's: what sweep() checks before it removes anything."""
+    (Path(directory) / SCRATCH).write_text(json.dumps({
+        "schema": SCRATCH_SCHEMA, "host": socket.gethostname(), "pid": os.getpid(),
+        "start": _own_start(), "uid": os.getuid()}) + "\n", encoding="utf-8")
+
+
+_START: dict[int, float] = {}
+
+
+def _own_start() -> float:
+    pid = os.getpid()
+    if pid not in _START:  # per pid: a forked child has its own
+        _START[pid] = process_start(pid) or time.time()
+    return _START[pid]
+
+
 def sweep(directory: Path) -> list[Path]:
-    """Remove leftovers of edgekit runs that no longer exist (killed with SIGKILL, power loss)."""
+    """Remove leftovers of edgekit runs that no longer exist (killed with SIGKILL, power loss):
+    directories carrying our scratch marker whose process is gone. Nothing else, whatever its name."""
     removed = []
     try:
-        entries = list(Path(directory).iterdir())
+        entries = [e for e in Path(directory).iterdir() if _CANDIDATE.search(e.name)]
     except OSError:
         return removed
-    host = socket.gethostname()
     for entry in entries:
-        match = _LEFTOVER.search(entry.name) if entry.name.startswith(".") else _TEMP.match(entry.name)
-        if not match or match.groupdict().get("host", host) != host or entry.is_symlink():
-            continue
-        if stale(int(match["pid"]), int(match["time"])):
-            shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink(missing_ok=True)
+        info = scratch_owner(entry)
+        if info and stale(info["pid"], info["start"]):
+            shutil.rmtree(entry, ignore_errors=True)
             removed.append(entry)
     return removed
+
+
+def scratch_owner(entry: Path) -> dict | None:
+    """The scratch marker of `entry` if it is edgekit's on this host and for this user, else None."""
+    uid = os.getuid()
+    try:
+        if not stat.S_ISDIR(entry.lstat().st_mode) or entry.lstat().st_uid != uid:
+            return None
+        marker = entry / SCRATCH
+        st = marker.lstat()
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != uid or st.st_size > 4096:
+            return None
+        info = json.loads(marker.read_text(encoding="utf-8"))
+        ok = (info.get("schema") == SCRATCH_SCHEMA and info.get("host") == socket.gethostname()
+              and info.get("uid") == uid and type(info.get("pid")) is int and info["pid"] > 0
+              and isinstance(info.get("start"), (int, float)))
+    except (OSError, ValueError, AttributeError):
+        return None
+    return info if ok else None
 
 
 def stale(pid: int, created: float) -> bool:
     """The process that made a leftover is gone (or its pid now belongs to a later process)."""
     started = process_start(pid)
-    return started is None or started > created + 2
+    return started is None or (started != 0.0 and started > created + 2)
 
 
 def process_start(pid: int) -> float | None:

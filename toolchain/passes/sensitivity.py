@@ -8,12 +8,11 @@ pass for every layer.
 from __future__ import annotations
 
 import re
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from .. import measure
+from .. import measure, output
 from ..backends import onnx as onnx_backend
 from ..backends import require
 from .quantize import Calibration
@@ -47,7 +46,7 @@ def analyze(source, samples: list[list[np.ndarray]], calib: Calibration, limit: 
     samples = samples[:limit]
     reference = _run(float_path, samples)
     rows = []
-    with tempfile.TemporaryDirectory(prefix="edgekit-sens-") as tmp:
+    with output.tempdir("sens-") as tmp:  # marked scratch: a killed run's is swept
         pre, cache = Path(tmp) / "pre.onnx", Path(tmp) / "calibration.cache"
         q.shape_inference.quant_pre_process(str(float_path), str(pre), skip_symbolic_shape=True)
         for layer, nodes in layers.items():
