@@ -102,7 +102,7 @@ def _output_figures(ref: list[np.ndarray], got: list[np.ndarray], kind: str, tol
     g = np.concatenate([np.ravel(a) for a in got]).astype(np.float64)
     noise = float(np.sum((r - g) ** 2))
     signal = float(np.sum(r ** 2))
-    snr = SNR_CAP_DB if noise == 0 else float(np.clip(10 * np.log10(max(signal, 1e-30) / noise), -SNR_CAP_DB, SNR_CAP_DB))
+    snr = snr_db(signal, noise)
     figures = {"shape": list(ref[0].shape), "kind": kind, "snr_db": snr, "cosine": _cosine(r, g),
                "max_abs_error": float(np.max(np.abs(r - g))) if r.size else 0.0}
     if kind == "classes":
@@ -117,6 +117,13 @@ def _output_figures(ref: list[np.ndarray], got: list[np.ndarray], kind: str, tol
         figures["judged_by"] = "SNR"
         figures["verified"] = snr >= tolerance["min_snr_db"]
     return figures
+
+
+def snr_db(signal: float, noise: float) -> float:
+    """10 log10(signal / noise) from the sums of ref^2 and (ref - out)^2, capped at +-SNR_CAP_DB."""
+    if noise == 0:
+        return SNR_CAP_DB
+    return float(np.clip(10 * np.log10(max(signal, 1e-30) / noise), -SNR_CAP_DB, SNR_CAP_DB))
 
 
 def _cosine(a: np.ndarray, b: np.ndarray) -> float:

@@ -1,0 +1,170 @@
+"""Layer-wise divergence of a quantized artifact from its float model, tensor by tensor.
+
+The artifact and its float reference (the fp32 artifact of the same format, as `edgekit convert` writes it
+in `fp32/`: the same converter's graph, verified against the source model) run side by side on the same
+samples, every intermediate tensor read back (one module per format: tflite, onnx, openvino, fpga).
+Each artifact node is mapped to a reference node by name first (TFLite tensor names, ONNX node names,
+OpenVINO friendly names survive quantization), else by shape + order between two name-matched neighbours;
+QUANTIZE/DEQUANTIZE ops share their input's match. The source layer is read from the reference name
+(`passes.sensitivity.layer_of`: TF scopes, PyTorch module paths).
+
+API (used by `edgekit explain` and by automatic mixed precision):
+
+    layer_divergence(artifact: Path, fmt: str, reference: Path, samples, spec=None) -> list[LayerDivergence]
+        fmt: "tflite" | "onnx" | "openvino" | "fpga" (the int8 .tflite run on the accelerator emulator;
+        `spec` = the profile's AcceleratorSpec, reference = the fp32 .tflite).
+        samples: list of batch-1 samples, each a list of float arrays (one per input), as
+        `Calibration.samples` / `EvalSet.samples`; or one ndarray stacked on axis 0 (single-input model).
+        Returns every compute node of the artifact in topological order; snr_db is None where no
+        reference tensor was found.
+    first_divergent(rows, gate_db) -> LayerDivergence | None   the first row below the gate
+    worst(rows, n=5) -> list[LayerDivergence]                    lowest SNR first
+    gate_db(precision) -> float                                  measure.TOLERANCE[precision]["min_snr_db"]
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .. import measure
+from ..passes.sensitivity import layer_of
+from .base import Node
+
+FORMATS = ("tflite", "onnx", "openvino", "fpga")
+
+
+@dataclass(frozen=True)
+class LayerDivergence:
+    index: int                 # position in the artifact's topological order
+    op: str                    # artifact op/node name (TFLite: its output tensor's name)
+    tensor: str                # artifact output tensor name
+    op_type: str               # FULLY_CONNECTED, Conv, MatMul, ...
+    reference: str | None      # the matched node of the float model (ONNX node / OpenVINO op / TFLite tensor)
+    layer: str | None          # source layer it belongs to (Keras layer, PyTorch module path, ONNX node)
+    matched_by: str | None     # "name", "shape+order" or "input of QUANTIZE"-style; None: unmatched
+    snr_db: float | None       # output tensor vs the float model's, over all samples
+    input_scales: tuple        # quantization scale of each non-constant input (None: float, per-channel)
+    output_scale: float | None
+    samples: int
+
+    def as_dict(self) -> dict:
+        return {**asdict(self), "input_scales": list(self.input_scales)}
+
+
+def gate_db(precision: str) -> float:
+    return measure.TOLERANCE[precision]["min_snr_db"]
+
+
+def first_divergent(rows: list[LayerDivergence], gate: float) -> LayerDivergence | None:
+    return next((r for r in rows if r.snr_db is not None and r.snr_db < gate), None)
+
+
+def worst(rows: list[LayerDivergence], n: int = 5) -> list[LayerDivergence]:
+    return sorted((r for r in rows if r.snr_db is not None), key=lambda r: (r.snr_db, r.index))[:n]
+
+
+def layer_divergence(artifact: Path, fmt: str, reference: Path, samples, spec=None) -> list[LayerDivergence]:
+    """Every compute node of `artifact` in topological order with its SNR against `reference` (see the
+    module docstring)."""
+    samples = _as_samples(samples)
+    art, ref = open_graph(fmt, Path(artifact), spec), open_graph("tflite" if fmt == "fpga" else fmt, Path(reference))
+    got, want = art.run(samples[0]), ref.run(samples[0])
+    pairs = match(art.nodes, ref.nodes, got, want)
+    sums = {key: [0.0, 0.0, 0] for key in pairs}  # signal, noise, samples compared
+    for n in range(len(samples)):
+        if n:
+            got, want = art.run(samples[n]), ref.run(samples[n])
+        for key, (j, _) in pairs.items():
+            a, r = _flat(got.get(key)), _flat(want.get(ref.nodes[j].key))
+            if a is None or r is None or a.size != r.size:
+                continue
+            sums[key][0] += float(np.sum(r ** 2))
+            sums[key][1] += float(np.sum((r - a) ** 2))
+            sums[key][2] += 1
+    return [_row(k, node, ref.nodes, pairs.get(node.key), sums.get(node.key), len(samples))
+            for k, node in enumerate(art.nodes)]
+
+
+def open_graph(fmt: str, path: Path, spec=None):
+    if fmt == "tflite":
+        from . import tflite
+        return tflite.Graph(path)
+    if fmt == "onnx":
+        from . import onnx
+        return onnx.Graph(path)
+    if fmt == "openvino":
+        from . import openvino
+        return openvino.Graph(path)
+    if fmt == "fpga":
+        from . import fpga
+        return fpga.Graph(path, spec)
+    raise ValueError(f"no divergence tap for format {fmt!r} (have: {', '.join(FORMATS)})")
+
+
+def match(art: list[Node], ref: list[Node], got: dict, want: dict) -> dict[str, tuple[int, str]]:
+    """Artifact node key -> (reference node index, how): by name, then by shape + order between
+    name-matched neighbours, then QUANTIZE-like nodes through their input."""
+    shape = lambda values, key: None if values.get(key) is None else np.squeeze(values[key]).shape  # noqa: E731
+    by_name: dict[str, int] = {}
+    for j, node in enumerate(ref):
+        for name in sorted(node.names):
+            by_name.setdefault(name, j)
+    pairs: dict[str, tuple[int, str]] = {}
+    for node in art:
+        j = next((by_name[n] for n in sorted(node.names) if n in by_name
+                  and shape(want, ref[by_name[n]].key) == shape(got, node.key)), None)
+        if j is not None:
+            pairs[node.key] = (j, "name")
+    for node in art:  # a requantizing op matched by name passes its match back to its input (TFLite's output)
+        if node.key in pairs and node.same_as is not None and node.same_as not in pairs:
+            pairs[node.same_as] = (pairs[node.key][0], f"through its consumer ({node.op_type})")
+    _by_order(art, ref, pairs, lambda a, j: shape(got, a.key) is not None and shape(got, a.key) == shape(want, ref[j].key))
+    for node in art:
+        if node.key not in pairs and node.same_as in pairs:
+            pairs[node.key] = (pairs[node.same_as][0], f"through its input ({node.op_type})")
+    return pairs
+
+
+def _by_order(art: list[Node], ref: list[Node], pairs: dict, same_shape) -> None:
+    used = {j for j, _ in pairs.values()}
+    anchors = [(i, pairs[a.key][0]) for i, a in enumerate(art) if a.key in pairs]
+    for i, node in enumerate(art):
+        if node.key in pairs or node.same_as is not None:
+            continue
+        low = max((j for k, j in anchors if k < i), default=-1)
+        high = min((j for k, j in anchors if k > i), default=len(ref))
+        free = [j for j in range(low + 1, high) if j not in used and same_shape(node, j)]
+        best = next((j for j in free if ref[j].op_type == node.op_type), free[0] if free else None)
+        if best is not None:
+            pairs[node.key] = (best, "shape+order")
+            used.add(best)
+
+
+def _row(index: int, node: Node, ref: list[Node], pair, sums, samples: int) -> LayerDivergence:
+    matched = ref[pair[0]] if pair else None
+    snr = measure.snr_db(sums[0], sums[1]) if sums and sums[2] else None
+    return LayerDivergence(index, node.op, node.tensor, node.op_type, matched.op if matched else None,
+                           source_layer(matched) if matched else None, pair[1] if pair else None, snr,
+                           tuple(node.input_scales), node.output_scale, samples)
+
+
+def source_layer(node: Node) -> str:
+    """The source layer of a reference node: from its name, else from its weights' name (TFLite names a
+    model's last op after the output, `Identity`, and its weights after the layer)."""
+    name = node.op.split(";")[0]
+    return layer_of(name if "/" in name or not node.scope else node.scope.split(";")[0])
+
+
+def _flat(values) -> np.ndarray | None:
+    return None if values is None else np.ravel(values).astype(np.float64)
+
+
+def _as_samples(samples) -> list[list[np.ndarray]]:
+    if isinstance(samples, np.ndarray):
+        return [[samples[n:n + 1]] for n in range(len(samples))]
+    samples = [list(s) for s in samples]
+    if not samples:
+        raise ValueError("layer_divergence needs at least one sample")
+    return samples

@@ -1,0 +1,90 @@
+"""ONNX tap: every compute node's output added as a graph output of an in-memory copy, run in onnxruntime.
+QuantizeLinear/DequantizeLinear pairs (QDQ) are not nodes of their own: their scales are the inputs' and
+outputs' scales of the nodes between them."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .base import Node, scalar
+
+QDQ = ("QuantizeLinear", "DequantizeLinear")
+
+
+def nodes_of(model) -> list[Node]:
+    """Graph inputs, then every node that computes on them (not Q/DQ, not constant folding), in order."""
+    from onnx import numpy_helper
+    constants = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    producer = {out: node for node in model.graph.node for out in node.output}
+    consumers: dict[str, list] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    live = {i.name for i in model.graph.input if i.name not in constants}
+    nodes = [Node(name, name, "input", name, {name}) for name in sorted(live, key=_input_order(model))]
+    for node in model.graph.node:
+        if not live & set(node.input):
+            continue
+        live |= set(node.output)
+        if node.op_type in QDQ or not node.output:
+            continue
+        out = node.output[0]
+        inputs = [i for i in node.input if i in live]
+        nodes.append(Node(out, node.name or out, node.op_type, out, {node.name, *node.output} - {""},
+                          [_dq_scale(producer.get(i), constants) for i in inputs],
+                          next((_scale(c, constants) for c in consumers.get(out, []) if c.op_type == "QuantizeLinear"),
+                               None)))
+    return nodes
+
+
+def _input_order(model):
+    order = [i.name for i in model.graph.input]
+    return order.index
+
+
+def _dq_scale(node, constants: dict) -> float | None:
+    return _scale(node, constants) if node is not None and node.op_type == "DequantizeLinear" else None
+
+
+def _scale(node, constants: dict) -> float | None:
+    return scalar(constants[node.input[1]]) if len(node.input) > 1 and node.input[1] in constants else None
+
+
+class Graph:
+    def __init__(self, path: Path):
+        import onnx
+        import onnxruntime as ort
+        model = onnx.load(str(path))
+        self.nodes = nodes_of(model)
+        present = {o.name for o in model.graph.output}
+        model.graph.output.extend(onnx.ValueInfoProto(name=n.key) for n in self.nodes
+                                  if n.op_type != "input" and n.key not in present)
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        options.intra_op_num_threads = 1
+        self._session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        meta = model.metadata_props
+        self._input_quant = {p.key: p.value for p in meta}
+        self._inputs = self._session.get_inputs()
+        self._outputs = [o.name for o in self._session.get_outputs()]
+
+    def run(self, sample: list[np.ndarray]) -> dict[str, np.ndarray]:
+        feed = {}
+        for k, (detail, array) in enumerate(zip(self._inputs, sample)):
+            feed[detail.name] = self._input(k, detail, np.asarray(array))
+        values = dict(zip(self._outputs, self._session.run(self._outputs, feed)))
+        for k, detail in enumerate(self._inputs):
+            values[detail.name] = np.asarray(sample[k], np.float32)  # the float sample, as the reference sees it
+        return values
+
+    def _input(self, k: int, detail, array: np.ndarray) -> np.ndarray:
+        """int8-io models (edgekit.input_quant.<i> metadata) take the sample quantized."""
+        qp = self._input_quant.get(f"edgekit.input_quant.{k}")
+        if not qp or detail.type == "tensor(float)":
+            return array.astype(np.float32).reshape([d if isinstance(d, int) else 1 for d in detail.shape])
+        scale, zero_point = (float(v) for v in qp.split(","))
+        dtype = np.int8 if "int8" in detail.type and "uint8" not in detail.type else np.uint8
+        info = np.iinfo(dtype)
+        return np.clip(np.round(array / scale) + zero_point, info.min, info.max).astype(dtype).reshape(array.shape)
+
