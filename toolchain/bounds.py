@@ -51,6 +51,9 @@ RANGES: dict[str, tuple[float, float, bool]] = {
     "accelerator.clock_mhz": (0, 1e5, False),
     "accelerator.accumulator_bits": (8, 64, True),
     "accelerator.dram_gbps": (0, 1e5, False),
+    "accelerator.compute_efficiency": (0, 1, False),
+    "accelerator.dram_efficiency": (0, 1, False),
+    "accelerator.layer_overhead_cycles": (0, 1e6, True),
 }
 DEFAULT_RANGE = (0, 2 ** 53, True)
 

@@ -370,7 +370,7 @@ def _report_header(ctx: Context, model: Path) -> dict:
 def _warnings(ctx: Context) -> list[str]:
     device, host = ctx.target.profile.device, runner.host_info()
     notes = list(ctx.load_notes)
-    if device.kind == "cpu" and device.arch != host["machine"] or device.kind in ("arm", "mcu", "fpga"):
+    if device.kind == "cpu" and device.arch != host["machine"] or device.kind in ("arm", "mcu", "fpga", "npu"):
         notes.append(f"latency was measured on this {host['machine']} host, not on the target device "
                      f"({device.description or device.arch}); it is not the device's latency")
     notes += [line for line in [ctx.host_threads_note()] if line]

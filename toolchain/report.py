@@ -144,7 +144,8 @@ def summary_rows(summary: dict) -> list[tuple[str, ...]]:
             rows.append((name, device, a["format"], a["precision"], kib(a["size"]["bytes"]), _ms(a["latency_ms"], "median"),
                          f"{est['latency_ms']:.3g}" if "latency_ms" in est else "-",
                          f"{a['accuracy']['delta'] * 100:+.2f}pt" if a.get("accuracy") else "n/a",
-                         {True: "yes", False: "no", None: "-"}[arm["runs"]] if arm else "-", _fits_board(a.get("mcu")),
+                         {True: "yes", False: "no", None: "-"}[arm["runs"]] if arm else "-",
+                         _fits_board(a.get("mcu") or a.get("npu")),
                          "verified" if a["fidelity"]["verified"] else "MISMATCH"))
     return rows
 

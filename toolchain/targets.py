@@ -27,11 +27,22 @@ from .schema import SchemaError, from_dict, option
 
 ENV_VAR = "EDGEKIT_TARGETS_PATH"
 
+# Arm Ethos-U: the accelerator configurations of Vela 5.2 and the sections of its Arm/vela.ini (probes/npu/)
+ACCELERATORS = ("ethos-u55-32", "ethos-u55-64", "ethos-u55-128", "ethos-u55-256", "ethos-u65-256", "ethos-u65-512",
+                "ethos-u85-128", "ethos-u85-256", "ethos-u85-512", "ethos-u85-1024", "ethos-u85-2048")
+SYSTEM_CONFIGS = ("Ethos_U55_Deep_Embedded", "Ethos_U55_High_End_Embedded", "Ethos_U65_Embedded", "Ethos_U65_Mid_End",
+                  "Ethos_U65_High_End", "Ethos_U65_Client_Server", "Ethos_U85_SYS_Flash_Low",
+                  "Ethos_U85_SYS_Flash_High", "Ethos_U85_SYS_DRAM_Low", "Ethos_U85_SYS_DRAM_Mid",
+                  "Ethos_U85_SYS_DRAM_High")
+MEMORY_MODES = ("Sram_Only", "Shared_Sram", "Dedicated_Sram", "Dedicated_Sram_256KB", "Dedicated_Sram_384KB",
+                "Dedicated_Sram_512KB")
+
 
 @dataclass(frozen=True)
 class DeviceSpec:
-    kind: str = option("cpu", "Device class the profile describes.", choices=("cpu", "gpu", "arm", "mcu", "fpga"))
-    arch: str = option("x86_64", "CPU architecture the artifacts run on.", choices=("x86_64", "aarch64", "armv7", "armv6m"))
+    kind: str = option("cpu", "Device class the profile describes.", choices=("cpu", "gpu", "arm", "mcu", "fpga", "npu"))
+    arch: str = option("x86_64", "CPU architecture the artifacts run on.",
+                       choices=("x86_64", "aarch64", "armv7", "armv6m", "armv8.1m"))
     description: str = option("", "Human description of the device, e.g. 'Raspberry Pi 4 (4x Cortex-A72)'.")
     cores: int = option(1, "Cores the runtime can use (device model for estimates).")
     clock_ghz: float = option(0.0, "Core clock; 0 means no device model, so no estimates.")
@@ -50,6 +61,15 @@ class DeviceSpec:
                                        "application), stated by the profile; added for the flash verdict.")
     gcc_flags: list[str] = option([], "MCU: arm-none-eabi-g++ flags for the core (e.g. -mcpu=cortex-m4 -mthumb); the "
                                       "C artifact is compiled with them. Empty: written, not compiled.")
+    npu: str = option("", "npu: the Arm Ethos-U configuration Vela compiles for (its --accelerator-config; the "
+                          "number is the MACs per cycle). Needs the `npu` extra (ethos-u-vela).",
+                      choices=("", *ACCELERATORS))
+    npu_system_config: str = option("", "npu: Vela system configuration (a [System_Config.*] of Vela's Arm/vela.ini): "
+                                        "NPU clock and the bandwidth of each memory.", choices=("", *SYSTEM_CONFIGS))
+    npu_memory_mode: str = option("", "npu: Vela memory mode (a [Memory_Mode.*] of Vela's Arm/vela.ini): where "
+                                      "weights and feature maps live, and the SRAM cache size. With Shared_Sram the "
+                                      "host's SRAM (`ram_kib`) holds the NPU's tensor arena and flash (`flash_kib`) "
+                                      "the model.", choices=("", *MEMORY_MODES))
 
 
 @dataclass(frozen=True)
@@ -82,7 +102,9 @@ class Profile:
     quantize: QuantizeConfig = option(QuantizeConfig, help="[quantize] table: the precision recipe.")
     preprocess: Preprocess = option(Preprocess, help="[preprocess] table: image folders given to --calib.")
     accelerator: AcceleratorSpec = option(AcceleratorSpec, help="[accelerator] table: the int8 accelerator an "
-                                                                  "fpga profile emulates (used when device.kind is fpga).")
+                                          "fpga profile emulates (used when device.kind is fpga). In an npu profile "
+                                          "only its efficiency fields count: edgekit's cycle model takes the array, "
+                                          "clock and bandwidth from the Vela configuration.")
     bench: BenchSpec = option(BenchSpec, help="[bench] table.")
 
 
@@ -126,6 +148,7 @@ def load_profile(path: Path) -> Target:
         raise EdgekitError(f"{path}: field 'name' is {profile.name!r} but the file is {path.name}",
                            "make the name match the file name")
     _check_numbers(profile, path)
+    _check_npu(profile, path)
     try:
         validate_distill(profile.distill)
     except EdgekitError as exc:
@@ -141,6 +164,15 @@ def _check_numbers(p: Profile, path: Path) -> None:
         why = bounds.out_of_range(field, value)
         if why:
             raise EdgekitError(f"{path}: field '{field}': {why}", "see targets/README.md for each field's range")
+
+
+def _check_npu(p: Profile, path: Path) -> None:
+    """An npu profile names its Vela configuration completely."""
+    device = p.device
+    missing = [f"device.{f}" for f in ("npu", "npu_system_config", "npu_memory_mode") if not getattr(device, f)]
+    if device.kind == "npu" and missing:
+        raise EdgekitError(f"{path}: an npu profile needs {', '.join(missing)}", "see targets/README.md and "
+                                                                                  "targets/ethos-u55-128.toml")
 
 
 def _numbers(record, prefix: str = ""):

@@ -12,7 +12,7 @@ HOW = "estimated (MAC-array cycle model, docs/ACCELERATOR.md)"
 
 
 def cycles(emu, spec: AcceleratorSpec) -> dict:
-    bytes_per_cycle = spec.dram_gbps * 1e9 / (spec.clock_mhz * 1e6)
+    bytes_per_cycle = spec.dram_gbps * 1e9 / (spec.clock_mhz * 1e6) * spec.dram_efficiency
     onchip = spec.onchip_kib * 1024
     layers, total, macs_on, dram = [], 0, 0, 0
     for op, where in emu.placement():
@@ -20,13 +20,14 @@ def cycles(emu, spec: AcceleratorSpec) -> dict:
             continue
         out = emu.t(op.outputs[0])
         compute, macs = layer_compute(emu, op, spec)
+        compute = math.ceil(compute / spec.compute_efficiency)
         weights = int(sum(emu.t(i).data.nbytes for i in op.inputs[1:] if i >= 0 and emu.t(i).data is not None))
         acts = sum(int(np.prod(emu.t(i).shape)) for i in op.inputs[:1] if i >= 0) + int(np.prod(out.shape))
         fits = weights + acts <= onchip
         tiles = 1 if fits else math.ceil(acts / max(onchip - weights, onchip // 2))
         traffic = weights * tiles + (0 if fits else acts)
         memory = math.ceil(traffic / bytes_per_cycle)
-        layer_cycles = max(compute, memory)
+        layer_cycles = max(compute, memory) + spec.layer_overhead_cycles
         layers.append({"op": op.kind, "output": out.name, "macs": macs, "compute_cycles": compute,
                        "memory_cycles": memory, "cycles": layer_cycles,
                        "bound": "compute" if compute >= memory else "memory", "fits_onchip": fits,

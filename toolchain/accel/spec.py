@@ -23,6 +23,12 @@ class AcceleratorSpec:
                          choices=("per-channel", "per-tensor"))
     onchip_kib: int = option(256, "On-chip buffer for weights and activations.")
     dram_gbps: float = option(1.0, "DRAM bandwidth for what does not fit on chip.")
+    compute_efficiency: float = option(1.0, "Fraction of the array's peak MAC rate a layer reaches (the cycle model "
+                                            "divides its compute cycles by it); 1 = the ideal array. Calibrated "
+                                            "for Ethos-U against Vela (docs/ACCELERATOR.md).")
+    dram_efficiency: float = option(1.0, "Fraction of `dram_gbps` a layer's transfers reach; 1 = the full bandwidth.")
+    layer_overhead_cycles: int = option(0, "Fixed cycles per layer on the accelerator (command setup, pipeline fill "
+                                           "and drain), added to each layer's compute- or memory-bound cycles.")
     ops: list[str] = option(["CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "ADD", "MAX_POOL_2D",
                              "AVERAGE_POOL_2D", "RESHAPE", "PAD", "CONCATENATION"],
                             "Ops the accelerator runs; any other op falls back to the CPU.", choices=EMULATED_OPS)
