@@ -184,7 +184,7 @@ def test_erfc_left_by_tf2onnx_is_rewritten_and_unknown_ops_are_named():
     import onnx
     import onnxruntime as ort
     from onnx import TensorProto, helper
-    from edgekit.backends import onnx as onnx_backend
+    from edgekit.backends import _onnx_export as onnx_backend
     from edgekit.errors import ConversionError
 
     def model(op):

@@ -150,7 +150,7 @@ def sparse_tflite(path):
 def test_sparse_constants_convert_to_onnx_and_a_tf2onnx_failure_names_the_tensor_and_op(tmp_path, capsys):
     import tf2onnx
     from ai_edge_litert.interpreter import Interpreter
-    from edgekit.backends import onnx as onnx_backend
+    from edgekit.backends import _onnx_export as onnx_backend
     model = sparse_tflite(tmp_path / "sparse.tflite")
     ops = Interpreter(model_path=str(model))._get_ops_details()
     assert "DENSIFY" in {op["op_name"] for op in ops}, "the converter did not store the weights sparse"
@@ -202,7 +202,7 @@ def test_custom_op_model_is_quantized_to_int8_tflite_through_the_rebuilt_float_g
 def test_tflite_op_tf2onnx_copies_through_is_named_as_a_tflite_op():
     import onnx
     from onnx import TensorProto, helper
-    from edgekit.backends import onnx as onnx_backend
+    from edgekit.backends import _onnx_export as onnx_backend
     from edgekit.errors import ConversionError
     node = helper.make_node("TFL_MaxUnpooling2D", ["x"], ["y"], name="seg/unpool")
     graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [5])],
