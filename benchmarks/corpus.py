@@ -9,10 +9,15 @@ those baselines are the cpu (fp32) artifacts: `--targets cpu,cpu-int8` converts 
 
 Prints a markdown table (model x format x precision: status, fidelity, size, latency, recipe),
 the success rate `built and verified / attempted` per precision, and every failure reason; writes
-corpus.json to --out. Inputs are random (no labels): fidelity is measured against the source model
-on the same inputs, and int8 is calibrated on a held-apart slice of the same random data.
-Models with dynamic dims get --data of the manifest's shape (no --input-shape). Every input file's
+corpus.json to --out. There are no labels: fidelity is measured against the source model on the same
+inputs. Models with dynamic dims get --data of the manifest's shape (no --input-shape). Every input file's
 SHA-256 is compared before and after each conversion.
+
+Inputs (`--inputs real`, the default) are real content preprocessed the way each model's own package does
+(benchmarks/corpus_inputs.py: photos, faces, rendered text lines and pages, MNIST digits, real files'
+bytes, real words): every model gets --data (24 samples, scored) and, for calibrated targets, a disjoint
+--calib set (32 samples). `--inputs random` is the old behaviour: random inputs, --calib random (or a
+held-apart slice of random --data for models with dynamic dims).
 """
 from __future__ import annotations
 
@@ -41,6 +46,9 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--dir", type=Path, default=CORPUS)
     parser.add_argument("--out", type=Path, default=Path("edgekit-out/bench-corpus"))
+    parser.add_argument("--inputs", choices=("real", "random"), default="real",
+                        help="real content preprocessed per model (default), or random data (the old behaviour)")
+    parser.add_argument("--mixed", default="", help="pass --mixed MODE to edgekit convert (e.g. auto)")
     parser.add_argument("--timeout", type=int, default=3600, help="seconds per model and target")
     parser.add_argument("--table-only", action="store_true", help="print the table from --out/corpus.json, convert nothing")
     args = parser.parse_args()
@@ -72,17 +80,9 @@ def convert(name: str, entry: dict, target: str, args) -> dict:
     before = digest(model)
     cmd = [str(BIN / "edgekit"), "convert", str(model), "--target", target, "--out", str(out), "--force",
            "--runs", str(args.runs), "--warmup", str(args.warmup), "--quiet"]
-    if entry.get("data_shape"):
-        data = args.out / name / "data.npz"
-        data.parent.mkdir(parents=True, exist_ok=True)
-        shape = entry["data_shape"][1:]
-        rng = np.random.default_rng(0)
-        x = rng.integers(0, entry["data_ints"], (SAMPLES, *shape)).astype(np.int32) if entry.get("data_ints") \
-            else rng.random((SAMPLES, *shape), dtype=np.float32)
-        np.savez(data, x=x)
-        cmd += ["--data", str(data)]
-    elif target != "cpu" and not target.startswith("gpu"):
-        cmd += ["--calib", "random"]
+    cmd += input_flags(name, entry, target, args, out.parent)
+    if args.mixed:
+        cmd += ["--mixed", args.mixed]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
         error = None if (out / "report.json").is_file() else (proc.stderr.strip().splitlines() or ["no output"])[-1]
@@ -96,6 +96,27 @@ def convert(name: str, entry: dict, target: str, args) -> dict:
     report = json.loads((out / "report.json").read_text())
     return {**result, "artifacts": report["artifacts"], "warnings": report["warnings"],
             "inputs": report["model"]["inputs"]}
+
+
+def input_flags(name: str, entry: dict, target: str, args, folder: Path) -> list[str]:
+    """--data (and --calib for calibrated targets) for one model: real inputs written once per model."""
+    calibrated = target != "cpu" and not target.startswith("gpu")
+    folder.mkdir(parents=True, exist_ok=True)
+    if args.inputs == "real":
+        from corpus_inputs import real_inputs
+        data, calib = folder / "data.npz", folder / "calib.npz"
+        np.savez(data, x=real_inputs(name, "eval"))
+        np.savez(calib, x=real_inputs(name, "calib"))
+        return ["--data", str(data)] + (["--calib", str(calib)] if calibrated else [])
+    if entry.get("data_shape"):
+        data = folder / "data.npz"
+        shape = entry["data_shape"][1:]
+        rng = np.random.default_rng(0)
+        x = rng.integers(0, entry["data_ints"], (SAMPLES, *shape)).astype(np.int32) if entry.get("data_ints") \
+            else rng.random((SAMPLES, *shape), dtype=np.float32)
+        np.savez(data, x=x)
+        return ["--data", str(data)]
+    return ["--calib", "random"] if calibrated else []
 
 
 def digest(path: Path) -> str:
