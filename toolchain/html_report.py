@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from . import report
+from .errors import EdgekitError
 from .tune import recipe_text
 
 LABELS = [("measured on host", "run on the machine that ran edgekit; for a device target it is not the device's figure"),
@@ -20,16 +21,17 @@ td,th{border:1px solid #ccc;padding:4px 8px;font-size:13px;text-align:left}th{ba
 h2{margin-top:2em;border-bottom:1px solid #ddd}"""
 
 
-def write(dirs: list[Path], out: Path) -> None:
-    sections = []
+def write(dirs: list[Path], out: Path, force: bool = False) -> None:
+    read, sections = [], []
     for d in dirs:
         for path in sorted(Path(d).rglob("tune.json")):
-            sections.append(_tune(json.loads(path.read_text())))
+            read.append(path)
+            sections.append(_section(path, lambda result, _: _tune(result)))
         for path in sorted(Path(d).rglob("report.json")):
             if "trials" not in path.parts:
-                sections.append(_convert(json.loads(path.read_text()), path))
+                read.append(path)
+                sections.append(_section(path, _convert))
     if not sections:
-        from .errors import EdgekitError
         raise EdgekitError(f"no report.json or tune.json under {', '.join(map(str, dirs))}",
                            "point edgekit report at directories written by convert or tune")
     legend = _table(("label", "meaning"), LABELS)
@@ -37,7 +39,25 @@ def write(dirs: list[Path], out: Path) -> None:
             f"</head><body><h1>edgekit report</h1><h3>How each figure was obtained</h3>{legend}"
             + "".join(sections) + "</body></html>")
     from .output import write_file
-    write_file(out, page, inputs=dirs)  # beside itself, then renamed; never over an input
+    write_file(out, page, inputs=[*dirs, *read], force=force)  # beside itself, then renamed; never over an input
+
+
+MAX_RESULT_BYTES = 64 * 2 ** 20
+
+
+def _section(path: Path, render) -> str:
+    """One result file rendered, or a one-line error naming it (broken, truncated or foreign JSON)."""
+    try:
+        if path.stat().st_size > MAX_RESULT_BYTES:
+            raise ValueError(f"over {MAX_RESULT_BYTES // 2 ** 20} MiB")
+        result = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(result, dict):
+            raise TypeError(f"a JSON {type(result).__name__}, not an object")
+        return render(result, path)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, IndexError) as exc:
+        why = " ".join(str(exc).split())[:120] or type(exc).__name__
+        raise EdgekitError(f"{path} is not a result edgekit can read ({type(exc).__name__}: {why})",
+                           "re-run the command that wrote it, or leave that directory out") from None
 
 
 def _table(columns, rows) -> str:

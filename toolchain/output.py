@@ -72,6 +72,7 @@ def check(out: Path, inputs=(), force: bool = False, resume: str | None = None) 
                                "choose a new directory for --out, e.g. ./edgekit-out/NAME")
         if what == "the input" and place in real.parents:
             raise EdgekitError(f"--out {out} is inside the input {place}", "choose a directory outside the input")
+    writable(out)
     if not out.exists() or not any(out.iterdir()):
         return "new"
     if not owned(out):
@@ -108,15 +109,19 @@ def staging(out: Path):
     """A fresh directory beside `out`, removed on any exit that did not commit() it."""
     out = Path(out)
     created = [p for p in (out.parent, *out.parent.parents) if not p.exists()]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    sweep(out.parent)
     stage = out.parent / f".{out.name}.edgekit-partial-{_tag()}"
-    stage.mkdir()
-    claim(stage)
-    umask = os.umask(0)
-    os.umask(umask)
-    stage.chmod(0o777 & ~umask)
     try:
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            stage.mkdir()
+        except OSError as exc:
+            raise EdgekitError(f"cannot write --out {out}: {exc.strerror or exc}",
+                               "choose a location you can write to") from None
+        claim(stage)
+        sweep(out.parent)
+        umask = os.umask(0)
+        os.umask(umask)
+        stage.chmod(0o777 & ~umask)
         yield stage
     finally:
         shutil.rmtree(stage, ignore_errors=True)
@@ -143,8 +148,19 @@ def commit(stage: Path, out: Path, command: str) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def write_file(path: Path, text: str, inputs=()) -> None:
-    """One output file (--json, an HTML report), written beside itself and renamed; never over an input."""
+def writable(path: Path) -> None:
+    """Refuse, before any work, a destination whose nearest existing parent cannot be written."""
+    parent = Path(path).absolute().parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise EdgekitError(f"cannot write {path}: {parent} is not a writable directory",
+                           "choose a location you can write to")
+
+
+def write_file(path: Path, text: str, inputs=(), force: bool = False) -> None:
+    """One output file (an HTML report, tune.json), written beside itself and renamed. Never over an
+    input (`inputs`: files and directories read); an existing file is replaced only with `force`."""
     path = Path(path)
     if path.is_symlink() or path.is_dir():
         raise EdgekitError(f"{path} is a {'symbolic link' if path.is_symlink() else 'directory'}",
@@ -153,9 +169,15 @@ def write_file(path: Path, text: str, inputs=()) -> None:
     for place, what in _protected(inputs):
         if real == place:
             raise EdgekitError(f"{path} is {what}; edgekit will not write over it", "choose another file name")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    stage = path.with_name(f".{path.name}.edgekit-partial-{_tag()}")
-    stage.mkdir()
+    if path.exists() and not force:
+        raise EdgekitError(f"{path} already exists", "pass --force to replace it, or choose another file name")
+    writable(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        stage = path.with_name(f".{path.name}.edgekit-partial-{_tag()}")
+        stage.mkdir()
+    except OSError as exc:
+        raise EdgekitError(f"cannot write {path}: {exc.strerror or exc}", "choose a location you can write to")
     try:
         claim(stage)
         (stage / path.name).write_text(text, encoding="utf-8")

@@ -175,7 +175,7 @@ def _tune_into(out: Path, model: Path, target: str, profile, data: Path, final: 
         within = sorted((t for t in all_trials if t["ok"]), key=lambda t: t["drop_points"])[:3]
         result["closest"] = within
         result["blocking_layers"] = setup.candidates[:3]
-    output.write_file(out / "tune.json", json.dumps(result, indent=2, default=str) + "\n")
+    output.write_file(out / "tune.json", json.dumps(result, indent=2, default=str) + "\n", force=True)  # in our own out
     return result
 
 
