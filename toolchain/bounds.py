@@ -27,6 +27,7 @@ RANGES: dict[str, tuple[float, float, bool]] = {
     "device.op_overhead_us": (0, 1e6, True),
     "build.batch": (1, 4096, True),
     "build.input_shape": (1, 2 ** 24, True),
+    "build.max_accuracy_drop": (0, 100, True),
     "bench.threads": (1, 1024, True),
     "bench.warmup": (0, 100_000, True),
     "bench.runs": (1, 1_000_000, True),

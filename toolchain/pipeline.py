@@ -22,7 +22,8 @@ from typing import Callable
 
 import numpy as np
 
-from . import __version__, backends, bounds, data, isolate, measure, output, probes, report, runner, sources, targets, timing
+from . import (__version__, backends, bounds, data, isolate, measure, native, output, probes, recommend, report,
+               runner, sources, targets, timing)
 from .context import Context, cache_dir
 from .options import ConvertOptions
 from .errors import ConversionError, EdgekitError
@@ -52,6 +53,8 @@ def convert(model: str | Path | None = None, progress: Callable[[str], None] | N
         result = _report_header(ctx, model)
         result["artifacts"] = [a for fmt in _formats(ctx) for a in _build_format(ctx, fmt)]
         result["warnings"] += _slower_than_fp32(result["artifacts"])
+        result["recommended"] = recommend.choose(result["artifacts"], target.profile.build.max_accuracy_drop,
+                                                 _formats(ctx))
         if len(ctx.stages) > 1:
             stages = _stage_figures(ctx, result["artifacts"])
             for key in ("distillation", "pruning"):
@@ -132,7 +135,8 @@ def convert_targets(model: str | Path | None = None, progress: Callable[[str], N
             _keep_previous_unless_built([a for r in results for a in r["artifacts"]] or
                                         [{"format": r["target"]["name"], "precision": "", "status": "failed",
                                           "reason": r.get("error", "")} for r in results], out)
-        summary = {"schema": "edgekit.summary/1", "model": str(model), "targets": results}
+        summary = {"schema": "edgekit.summary/1", "model": str(model), "targets": results,
+                   "recommended": {r["target"]["name"]: r.get("recommended") for r in results}}
         report.write_summary(stage, summary)
         output.commit(stage, out, "convert")
     summary["out_dir"] = str(out)
@@ -460,12 +464,24 @@ def _build_format(ctx: Context, fmt: str) -> list[dict]:
     else:
         baseline = _artifact(ctx, backend, "fp32", ctx.stage / "fp32", "baseline")
         entries = [baseline, _artifact(ctx, backend, ctx.qconfig.precision, ctx.stage, "target", baseline)]
+    entries += _native(ctx, backend, entries[0])
     _time(ctx, backend, entries)
-    if len(entries) == 2 and all(e["status"] == "ok" for e in entries):
-        quantized, baseline = entries[1], entries[0]
-        quantized["vs_fp32"] = {"size": quantized["size"]["bytes"] / baseline["size"]["bytes"],
-                                **_latency_ratio(quantized, baseline)}
+    baseline = entries[0]
+    for other in entries[1:]:
+        if baseline["status"] == other["status"] == "ok":
+            other["vs_fp32"] = {"size": other["size"]["bytes"] / baseline["size"]["bytes"],
+                                **_latency_ratio(other, baseline)}
     return entries
+
+
+def _native(ctx: Context, backend, fp32: dict) -> list[dict]:
+    """Rows for the precisions this host runs natively (bf16 on AVX512-BF16/AMX CPUs), from the fp32 artifact;
+    the fp32 row says what it is pinned to, and why a precision the profile names got no row."""
+    profile = ctx.target.profile
+    build, notes = native.plan(backend.FORMAT, profile.build.native, profile.device, ctx.qconfig.precision)
+    if fp32["status"] == "ok":
+        fp32["notes"] += [n for n in [native.fp32_note(backend.FORMAT)] if n] + notes
+    return [_artifact(ctx, backend, p, ctx.stage / p, "native", fp32) for p in build]
 
 
 def _latency_ratio(artifact: dict, baseline: dict) -> dict:
@@ -518,8 +534,12 @@ def _artifact(ctx: Context, backend, precision: str, directory: Path, role: str,
         else:
             if baseline is None or baseline["status"] != "ok":
                 raise ConversionError(f"the fp32 {backend.FORMAT} baseline failed, so there is nothing to quantize")
-            entry.update(quantize.run(backend, ctx.source, ctx.stage / baseline["file"], path, ctx.qconfig, ctx.calib))
-            if _shift_requantizing_accelerator(ctx, backend):
+            if role == "native":
+                entry["notes"] = native.build(backend.FORMAT, precision, ctx.stage / baseline["file"], path)
+            else:
+                entry.update(quantize.run(backend, ctx.source, ctx.stage / baseline["file"], path, ctx.qconfig,
+                                          ctx.calib))
+            if role != "native" and _shift_requantizing_accelerator(ctx, backend):
                 from .passes import pow2
                 pow2.run(path, path)
                 entry["notes"].append("scales rounded up to powers of two, weights and biases requantized "

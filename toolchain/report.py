@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from . import probes
+from . import probes, recommend
 from .measure import TOLERANCE, kib
 
 COLUMNS = ("format", "precision", "size", "gzip", "median ms", "p90 ms", "CV", "× fp32 size/lat", "int ops",
@@ -21,7 +21,7 @@ def rows(result: dict) -> list[tuple[str, ...]]:
 
 
 def _row(a: dict) -> tuple[str, ...]:
-    precision = a["precision"] + (" base" if a.get("role") == "baseline" else "")
+    precision = a["precision"] + {"baseline": " base", "native": " native"}.get(a.get("role"), "")
     if a["status"] != "ok":
         return (a["format"], precision, *["-"] * (len(COLUMNS) - 3), "FAILED (see below)")
     lat, fid, acc = a["latency_ms"], a["fidelity"], a.get("accuracy")
@@ -78,7 +78,8 @@ def title(result: dict) -> str:
 
 def measurement_notes(result: dict) -> list[str]:
     first = next((a for a in result["artifacts"] if a["status"] == "ok" and "runs" in a["latency_ms"]), None)
-    notes = [f"WARNING: {w}" for w in result.get("warnings", [])]
+    notes = [recommend.line(result["recommended"])] if result.get("recommended") else []
+    notes += [f"WARNING: {w}" for w in result.get("warnings", [])]
     notes += [f"FAILED {a['format']} {a['precision']}: {a['reason']}" for a in result["artifacts"] if a["status"] != "ok"]
     notes.append(f"Data: {result['data']['origin']} ({result['data']['samples']} samples scored)"
                  + (f"; {result['data']['note']}." if result["data"].get("note") else "."))
@@ -110,6 +111,11 @@ def measurement_notes(result: dict) -> list[str]:
                  f"agreement ≥ {tolerance['min_top1_agreement']:.0%} and cosine ≥ {tolerance['min_cosine']} on "
                  f"class-score outputs, SNR ≥ {tolerance.get('min_snr_db', 0):g} dB on every other output "
                  "(boxes, masks, landmarks, embeddings: --outputs overrides the choice).")
+    for precision in dict.fromkeys(a["precision"] for a in result["artifacts"] if a.get("role") == "native"):
+        tol = TOLERANCE[precision]
+        notes.append(f"{precision} native: the fp32 graph run in {precision} by the runtime's own precision hint, on this "
+                     f"host's native instructions; verified at {precision}'s tolerance (top-1 ≥ "
+                     f"{tol['min_top1_agreement']:.0%}, cosine ≥ {tol['min_cosine']}, SNR ≥ {tol['min_snr_db']:g} dB).")
     return notes
 
 
@@ -169,12 +175,21 @@ def write_summary(out_dir: Path, summary: dict) -> None:
               "the profile's device model (docs/COSTMODEL.md). aarch64: the artifact ran on emulated aarch64 with "
               "the same answers as the host. fits board (MCU targets): TFLite Micro's measured arena + the profile's "
               "stated runtime RAM, and the compiled model array + stated runtime flash, against the board's budgets. Each target's full report is in its own directory.", ""]
+    lines += [f"- {line}" for line in recommended_lines(summary)] + [""]
     (out_dir / "summary.md").write_text("\n".join(lines))
+
+
+def recommended_lines(summary: dict) -> list[str]:
+    """One recommendation per target."""
+    return [f"{r['target']['name']}: {recommend.line(r['recommended'])}" for r in summary["targets"]
+            if r.get("recommended")]
 
 
 def print_summary(summary: dict, console) -> None:
     show_table(console, f"{Path(summary['model']).name} on {len(summary['targets'])} targets", SUMMARY_COLUMNS,
                summary_rows(summary))
+    for line in recommended_lines(summary):
+        show_note(console, line, "")
 
 
 def show_table(console, title: str, columns, rows) -> None:

@@ -78,6 +78,13 @@ class BuildSpec:
     batch: int = option(1, "Batch size that replaces a dynamic batch dimension.")
     input_shape: list[int] = option([], "Full input shape (batch first) replacing every dynamic dim; "
                                         "empty keeps the model's own. `--input-shape` overrides it.")
+    native: list[str] = option(["bf16"], "Native precisions to try besides the target's: each one this host's CPU "
+                               "runs natively gets a row of its own (OpenVINO: the fp32 IR with the run-time "
+                               "precision hint), measured and verified at its own tolerance; only on cpu targets "
+                               "of this host's architecture. [] for none.", choices=("bf16", "fp16"))
+    max_accuracy_drop: float = option(1.0, "Accuracy points an artifact may lose against the source (with labelled "
+                                            "data) and still be the report's `recommended` artifact; it must be "
+                                            "verified too.")
 
 
 @dataclass(frozen=True)

@@ -45,11 +45,12 @@ class Session:
         if device == "GPU" and "GPU" not in core.available_devices:
             raise EdgekitError("no GPU: OpenVINO sees no GPU device here", "install the GPU driver (OpenCL/Level Zero)")
         config = {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1}
-        if device == "CPU":
-            config["INFERENCE_NUM_THREADS"] = threads
-            config["INFERENCE_PRECISION_HINT"] = "f32"  # never silently run bf16/fp16 on a float32 artifact
         try:
-            self.compiled = core.compile_model(str(path), device, config)
+            model = core.read_model(str(path))
+            if device == "CPU":
+                config["INFERENCE_NUM_THREADS"] = threads
+                config["INFERENCE_PRECISION_HINT"] = precision_hint(model)
+            self.compiled = core.compile_model(model, device, config)
         except RuntimeError as exc:
             raise EdgekitError(f"{Path(path).name}: OpenVINO cannot load it ({_reason(exc)[:200]})",
                                "check that the .xml and its .bin are complete and belong together") from None
@@ -78,6 +79,15 @@ class Session:
 
     def invoke(self) -> None:
         self.request.infer()
+
+
+HINT_PATH = ["runtime_options", "INFERENCE_PRECISION_HINT"]  # where a native-precision IR carries its hint
+
+
+def precision_hint(model) -> str:
+    """The CPU inference precision an IR asks for in its rt_info (edgekit's native bf16/fp16 artifacts), else
+    f32: a float32 artifact never silently runs in bf16/fp16 (OpenVINO's own default on bf16/AMX CPUs)."""
+    return model.get_rt_info(HINT_PATH).astype(str) if model.has_rt_info(HINT_PATH) else "f32"
 
 
 _LOCATION = re.compile(r"(Check '.*' failed at |Exception from |FrontEnd API failed with |Summary:$|\S+\.(cpp|hpp):\d+)")
