@@ -15,24 +15,20 @@ import pytest
 
 from clihelp import assert_user_error, run_cli
 from edgekit import targets
+from edgekit.errors import EdgekitError
 from edgekit.probes import npu
 from edgekit.probes.npu import vela
+from edgekit.tune.trial import cost, npu_figures
 
 
 def int8_tflite(path: Path, body, shape=(16, 16, 3)) -> Path:
     """A small full-integer (int8 I/O) TFLite model of `body` applied to an image input."""
     import keras
-    import tensorflow as tf
+    from edgekit import zoo
     keras.utils.set_random_seed(0)
-    inputs = keras.Input(shape, batch_size=1)
-    converter = tf.lite.TFLiteConverter.from_keras_model(keras.Model(inputs, body(inputs)))
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    rng = np.random.default_rng(0)
-    converter.representative_dataset = lambda: ([rng.random((1, *shape), dtype=np.float32)] for _ in range(4))
-    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    converter.inference_input_type = converter.inference_output_type = tf.int8
-    path.write_bytes(converter.convert())
-    return path
+    inputs = keras.Input(shape)
+    data = np.random.default_rng(0).random((4, *shape), dtype=np.float32)
+    return zoo.full_integer_tflite(keras.Model(inputs, body(inputs)), data, path)
 
 
 def conv(x):
@@ -97,6 +93,9 @@ def test_an_op_vela_cannot_place_is_named_with_its_reason(tmp_path):
     assert "1 of 2 operators on the NPU, 1 on the CPU; CPU fallback: GATHER" in text and "(Unsupported opType)" in text
     # the cycle model leaves the fallback op out, as Vela does
     assert fig["edgekit_estimate"]["layers"] == 1
+    # tune: each fallback op adds the objective's figure once more
+    figures = {"latency_ms": 2.0, "bytes": 100, "memory_mib": 1.0, **npu_figures({"npu": fig})}
+    assert figures["npu_cpu_ops"] == 1 and cost(figures, "latency") == 4.0 and cost(figures, "size") == 200
 
 
 def test_a_model_over_the_profiles_sram_does_not_fit_with_the_bytes(tmp_path):
@@ -116,6 +115,8 @@ def test_a_model_over_the_profiles_sram_does_not_fit_with_the_bytes(tmp_path):
     assert ram["needed_bytes"] == total
     assert f"SRAM: {sram:,} B allocated by Vela" in ram["text"] and f"{total - 64 * 1024:,} B over" in ram["text"]
     assert fig["verdict"]["summary"].startswith("DOES NOT FIT")
+    with pytest.raises(EdgekitError, match="^NPU: DOES NOT FIT"):  # tune: a failed trial, never chosen
+        npu_figures({"npu": fig})
 
 
 STANDIN = """

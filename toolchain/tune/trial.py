@@ -159,6 +159,7 @@ def _convert_trial(setup: TuneSetup, recipe: dict) -> None:
                    "latency_how": f"{artifact['latency_ms']['how']} on {socket.gethostname()}",
                    "file": str(Path(report["out_dir"]).relative_to(setup.out) / artifact["file"])}  # moves with out
         figures["sha256"] = artifact_hash(setup.out / figures["file"])
+        figures.update(npu_figures(artifact))
         if setup.devices:
             figures.update(_pool_figures(setup, setup.out / figures["file"], artifact["latency_ms"]))
     except EdgekitError as exc:
@@ -179,8 +180,24 @@ def _pool_figures(setup: TuneSetup, artifact: Path, host_latency: dict) -> dict:
             "timed_at": result["timed_at"], "device_lock": result["device_lock"]}
 
 
+def npu_figures(artifact: dict) -> dict:
+    """An Ethos-U target's trial: one Vela could not compile, or whose SRAM/flash does not fit the board,
+    is a failed trial (never chosen); its CPU-fallback ops are kept for `cost`."""
+    npu = artifact.get("npu")
+    if not npu:
+        return {}
+    if "error" in npu:
+        raise EdgekitError(f"NPU: {npu['error']}")
+    if npu["verdict"]["fits"] is False:
+        raise EdgekitError(f"NPU: {npu['verdict']['summary']}")
+    return {"npu_cpu_ops": npu["ops"]["cpu"], "npu_estimated_ms": npu["inference_ms"]}
+
+
 def cost(figures: dict, objective: str) -> float:
-    return {"latency": figures["latency_ms"], "size": figures["bytes"], "memory": figures["memory_mib"]}[objective]
+    """The objective's figure; on an Ethos-U target each op Vela leaves on the CPU adds the figure once
+    more (an op off the NPU costs a hand-over to the Cortex-M and back), so fewer fallbacks win ties."""
+    value = {"latency": figures["latency_ms"], "size": figures["bytes"], "memory": figures["memory_mib"]}[objective]
+    return value * (1 + figures.get("npu_cpu_ops", 0))
 
 
 

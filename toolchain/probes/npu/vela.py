@@ -218,18 +218,22 @@ def accel_spec(device, base, figures: dict):
                                dram_gbps=(gib_s or 1.0) * 2 ** 30 / 1e9, onchip_kib=max(1, onchip // 1024))
 
 
-def edgekit_estimate(model: Path, figures: dict, spec) -> dict:
-    """edgekit's MAC-array cycle model (accel/cycles.py) on the ops Vela put on the NPU, and its
-    ratio to Vela's total cycles."""
+def placed_cycles(model: Path, spec, cpu: set[int]) -> dict:
+    """edgekit's MAC-array cycle model (accel/cycles.py) with Vela's placement: the ops whose index is
+    in `cpu` fall back, every other op runs on the array."""
     from ...accel.cycles import cycles
     from ...accel.emulator import Emulator
-    cpu = {f["index"] for f in figures["fallback"]}
 
     class Placed(Emulator):
         def placement(self):
             return [(op, "cpu" if op.index in cpu else "accelerator") for op in self.ops]
 
-    est = cycles(Placed(model, spec), spec)
+    return cycles(Placed(model, spec), spec)
+
+
+def edgekit_estimate(model: Path, figures: dict, spec) -> dict:
+    """edgekit's cycle model on the ops Vela put on the NPU, and its ratio to Vela's total cycles."""
+    est = placed_cycles(model, spec, {f["index"] for f in figures["fallback"]})
     return {"cycles": est["cycles"], "latency_ms": est["latency_ms"], "mac_utilisation": est["mac_utilisation"],
             "dram_bytes": est["dram_bytes"], "layers": len(est["layers"]), "how": est["how"],
             "config": {"mac_rows": spec.mac_rows, "mac_cols": spec.mac_cols, "clock_mhz": spec.clock_mhz,
