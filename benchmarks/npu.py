@@ -4,7 +4,7 @@ prints figures; not a test). Used to calibrate the cycle model's efficiency fact
 (docs/ACCELERATOR.md, "Calibration against Vela").
 
     python benchmarks/npu.py [--models a,b] [--configs ethos-u55-128,ethos-u65-256] [--out DIR]
-                             [--table-only] [--fit]
+                             [--table-only] [--fit] [--retry]
 
 1. build: an int8 (int8 I/O) .tflite per model. Zoo models (models/: digits CNN trained, the MLPerf
    Tiny architectures with random weights) through `zoo.full_integer_tflite` with random calibration;
@@ -14,6 +14,8 @@ prints figures; not a test). Used to calibrate the cycle model's efficiency fact
 2. compile: each .tflite through Vela for each configuration (the built-in profiles of that name),
    and edgekit's cycle model on Vela's placement, per layer at ideal efficiency (compute and memory
    cycles kept apart, so factors can be fitted without recompiling).
+   A rerun with the same --out reuses the built models (and the recorded build failures: --retry)
+   and compiles them again.
 3. table: coverage, CPU-fallback ops, Vela's cycles, edgekit's cycles with the profile's factors and
    the ratio; --fit searches the factors per accelerator family that put most models within 1.5x.
 Figures are Vela's estimate and edgekit's estimate; nothing here runs on an NPU. Random weights say
@@ -45,6 +47,7 @@ def main() -> None:
     parser.add_argument("--timeout", type=int, default=1800, help="seconds per corpus conversion")
     parser.add_argument("--table-only", action="store_true", help="print from --out/npu.json, build nothing")
     parser.add_argument("--fit", action="store_true", help="search the efficiency factors per family")
+    parser.add_argument("--retry", action="store_true", help="try again to build the models that failed before")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     results_path = args.out / "npu.json"
@@ -52,9 +55,11 @@ def main() -> None:
     configs = args.configs.split(",")
     names = [n for n in args.models.split(",") if n] or [*ZOO, *sorted(corpus_manifest())]
     for name in names if not args.table_only else []:
-        print(f"{name}: building the int8 model", file=sys.stderr, flush=True)
         entry = results.setdefault(name, {})
-        entry.update(build(name, args))
+        if "error" not in entry or args.retry:  # a model that could not be built is not tried again
+            print(f"{name}: building the int8 model", file=sys.stderr, flush=True)
+            entry.pop("error", None)
+            entry.update(build(name, args))
         for config in configs if "tflite" in entry else []:
             print(f"{name}: Vela for {config}", file=sys.stderr, flush=True)
             entry[config] = compile_one(Path(entry["tflite"]), config, args.out / name / config)
@@ -120,13 +125,19 @@ def compile_one(model: Path, config: str, out: Path) -> dict:
     return {"ops": fig["ops"], "fallback": [f"{f['op']} ({f['reason']})" for f in fig["fallback"]],
             "vela_cycles": fig["cycles"]["total"], "vela_ms": fig["inference_ms"], "vela_npu_cycles": fig["cycles"]["npu"],
             "macs": fig["macs"], "sram_bytes": fig["memory_used_bytes"].get("SRAM", 0),
-            "layers": [[layer["compute_cycles"], layer["memory_cycles"]] for layer in est["layers"]],
+            "layers": [[layer["compute_cycles"], layer["weight_traffic_bytes"], layer["activation_bytes"]]
+                       for layer in est["layers"]],
+            "bytes_per_cycle": ideal.dram_gbps * 1e3 / ideal.clock_mhz, "activations_offchip": ideal.activations_offchip,
             "spec": dataclasses.asdict(ideal) | {"ops": []}}
 
 
-def model_cycles(layers: list, factors: tuple[float, float, float]) -> float:
+def model_cycles(x: dict, factors: tuple[float, float, float]) -> float:
+    """edgekit's total cycles for one compiled model with these factors (the sum cycles() makes, without
+    its rounding up per layer)."""
     ce, de, overhead = factors
-    return sum(max(c / ce, m / de) + overhead for c, m in layers)
+    per_cycle = x["bytes_per_cycle"] * de
+    return sum(max(c / ce, (w + (a if x["activations_offchip"] else 0)) / per_cycle) + overhead
+               for c, w, a in x["layers"])
 
 
 def profile_factors(config: str) -> tuple[float, float, float]:
@@ -142,10 +153,10 @@ def fit(results: dict, configs: list[str]) -> dict[str, tuple[float, float, floa
     for config in configs:
         rows = [r[config] for r in results.values() if "error" not in r.get(config, {"error": 1})]
         best = None
-        for ce in np.linspace(0.1, 1.0, 19):
-            for de in np.linspace(0.1, 1.0, 19):
-                for overhead in (0, 100, 200, 300, 400, 600, 800, 1000, 1500, 2000):
-                    logs = [abs(math.log(model_cycles(r["layers"], (ce, de, overhead)) / r["vela_cycles"]))
+        for ce in np.linspace(0.05, 1.0, 20):
+            for de in np.linspace(0.05, 1.0, 20):
+                for overhead in (0, 250, 500, 750, 1000, 1500, 2000, 3000, 4000, 6000, 8000):
+                    logs = [abs(math.log(model_cycles(r, (ce, de, overhead)) / r["vela_cycles"]))
                             for r in rows if r["vela_cycles"]]
                     score = (sum(v <= math.log(WITHIN) for v in logs), -float(np.mean(logs)))
                     if best is None or score > best[0]:
@@ -177,7 +188,7 @@ def print_table(results: dict, names: list[str], configs: list[str], fitted: dic
                 cells += [f"not compiled: {x['error'][:80]}", "", "", "", "", ""]
                 continue
             factors = fitted.get(c) or profile_factors(c)
-            ideal, calibrated = model_cycles(x["layers"], (1, 1, 0)), model_cycles(x["layers"], factors)
+            ideal, calibrated = model_cycles(x, (1, 1, 0)), model_cycles(x, factors)
             ratio = calibrated / x["vela_cycles"]
             inside[c][0] += 1
             inside[c][1] += 1 / WITHIN <= ratio <= WITHIN

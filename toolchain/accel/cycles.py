@@ -25,13 +25,13 @@ def cycles(emu, spec: AcceleratorSpec) -> dict:
         acts = sum(int(np.prod(emu.t(i).shape)) for i in op.inputs[:1] if i >= 0) + int(np.prod(out.shape))
         fits = weights + acts <= onchip
         tiles = 1 if fits else math.ceil(acts / max(onchip - weights, onchip // 2))
-        traffic = weights * tiles + (0 if fits else acts)
+        traffic = weights * tiles + (acts if spec.activations_offchip or not fits else 0)
         memory = math.ceil(traffic / bytes_per_cycle)
         layer_cycles = max(compute, memory) + spec.layer_overhead_cycles
         layers.append({"op": op.kind, "output": out.name, "macs": macs, "compute_cycles": compute,
                        "memory_cycles": memory, "cycles": layer_cycles,
                        "bound": "compute" if compute >= memory else "memory", "fits_onchip": fits,
-                       "dram_bytes": traffic})
+                       "dram_bytes": traffic, "weight_traffic_bytes": weights * tiles, "activation_bytes": acts})
         total += layer_cycles
         macs_on += macs
         dram += traffic

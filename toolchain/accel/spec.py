@@ -27,6 +27,9 @@ class AcceleratorSpec:
                                             "divides its compute cycles by it); 1 = the ideal array. Calibrated "
                                             "for Ethos-U against Vela (docs/ACCELERATOR.md).")
     dram_efficiency: float = option(1.0, "Fraction of `dram_gbps` a layer's transfers reach; 1 = the full bandwidth.")
+    activations_offchip: bool = option(False, "Feature maps live off chip (Vela's Dedicated_Sram modes keep the "
+                                              "tensor arena in DRAM): every layer's input and output cross the DRAM "
+                                              "bus, not only what does not fit on chip.")
     layer_overhead_cycles: int = option(0, "Fixed cycles per layer on the accelerator (command setup, pipeline fill "
                                            "and drain), added to each layer's compute- or memory-bound cycles.")
     ops: list[str] = option(["CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "ADD", "MAX_POOL_2D",
