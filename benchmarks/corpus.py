@@ -158,7 +158,8 @@ def table_rows(results: dict, manifest: dict, names: list[str], targets: list[st
                                fidelity=fidelity_figure(a["fidelity"]), size_kib=a["size"]["bytes"] / 1024,
                                median_ms=a["latency_ms"].get("median"),
                                # a delivered-but-differing onnx2tf result: the other recipes' reasons name nodes
-                               why=" | ".join(n for n in a.get("notes", []) if n.startswith("recipe ")))
+                               why=" | ".join([*([a["reason"]] if a.get("reason") else []),  # the op that diverges
+                                               *(n for n in a.get("notes", []) if n.startswith("recipe "))]))
                 rows.append(row)
     return rows
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from clihelp import assert_user_error, run_cli
 from edgekit import divergence
 from edgekit.targets import get_target
 
@@ -45,8 +46,10 @@ def broken(tmp_path_factory):
     x = np.random.default_rng(1).normal(0, 1, (40, 16)).astype(np.float32)
     np.savez(root / "data.npz", x=x)
     common = dict(data=str(root / "data.npz"), calib_samples=16, runs=1, warmup=0, processes=1)
-    for target in ("cpu-int8", "fpga-int8"):
-        convert(model, target=target, out=str(root / target), **common)
+    with pytest.MonkeyPatch.context() as env:  # this session's cache and timing lock, as `isolated` sets them
+        env.setenv("EDGEKIT_CACHE", str(tmp_path_factory.getbasetemp() / "edgekit-cache"))
+        for target in ("cpu-int8", "fpga-int8"):
+            convert(model, target=target, out=str(root / target), **common)
     return root
 
 
@@ -69,3 +72,57 @@ def test_layer_divergence_names_the_broken_layer_first(broken, fmt):
     assert {r.layer for r in before} >= {"d1", "d2"}
     assert divergence.worst(rows, 5)[0].snr_db == min(r.snr_db for r in rows if r.snr_db is not None)
     json.dumps([r.as_dict() for r in rows])
+
+
+def test_convert_names_the_op_in_mismatch_rows(broken):
+    for target, formats in (("cpu-int8", ("tflite", "onnx", "openvino")), ("fpga-int8", ("tflite",))):
+        report = json.loads((broken / target / "report.json").read_text())
+        quantized = [a for a in report["artifacts"] if a["role"] == "target"]
+        assert sorted(a["format"] for a in quantized) == sorted(formats)
+        markdown = (broken / target / "report.md").read_text()
+        for a in quantized:
+            assert a["status"] == "ok" and not a["fidelity"]["verified"]
+            assert a["reason"].startswith("first op below 15 dB: ") and "(layer bad)" in a["reason"], a["reason"]
+            assert a["divergence"]["first_divergent"]["layer"] == "bad"
+            assert f"MISMATCH {a['format']} {a['precision']}: {a['reason']}" in markdown
+        fp32 = [a for a in report["artifacts"] if a["role"] == "baseline"]
+        assert all(a["fidelity"]["verified"] and "reason" not in a for a in fp32)
+
+
+def test_explain_cli_on_an_output_directory(broken, capsys):
+    result = run_cli(capsys, "explain", broken / "cpu-int8", "--samples", "3")
+    assert result.code == 0, result.err
+    blocks = [b for b in result.out.split("\n\n") if b.strip()]
+    assert [b.split()[0] for b in blocks] == ["tflite", "onnx", "openvino"]
+    for block in blocks:
+        first = next(ln for ln in block.splitlines() if "first op below 15 dB" in ln)
+        assert "(layer bad)" in first and "SNR 0.0 dB" in first and "input scale" in first and "output scale" in first
+        assert block.count("\n    #") == 5  # the 5 worst
+        assert "3 samples of" in block and "(the data convert scored on)" in block
+    result = run_cli(capsys, "explain", broken / "cpu-int8" / "model.onnx", "--json", "--data", broken / "data.npz")
+    assert result.code == 0, result.err
+    entry, = json.loads(result.out)["artifacts"]
+    assert entry["first_divergent"]["layer"] == "bad" and entry["first_divergent"]["op_type"] == "Gemm"
+    assert entry["samples"] == 8 and len(entry["worst"]) == 5 and entry["gate_db"] == 15.0
+    assert [r["index"] for r in entry["ops"]] == list(range(len(entry["ops"])))
+
+
+def test_explain_cli_fpga_artifact_alone(broken, capsys, tmp_path):
+    result = run_cli(capsys, "explain", broken / "fpga-int8" / "model.tflite", "--target", "fpga-int8", "--json",
+                     "--samples", "2", "--data", broken / "data.npz")
+    assert result.code == 0, result.err
+    entry, = json.loads(result.out)["artifacts"]
+    assert entry["format"] == "fpga" and entry["how"].startswith("emulated") and entry["precision"] == "int8-io"
+    assert entry["first_divergent"]["layer"] == "bad"
+
+
+def test_explain_user_errors(broken, capsys, tmp_path):
+    assert_user_error(run_cli(capsys, "explain", tmp_path / "nothing"), "not found")
+    (tmp_path / "empty").mkdir()
+    assert_user_error(run_cli(capsys, "explain", tmp_path / "empty"), "not an edgekit convert output")
+    lone = tmp_path / "lone.tflite"
+    lone.write_bytes((broken / "cpu-int8" / "model.tflite").read_bytes())
+    assert_user_error(run_cli(capsys, "explain", lone), "no float model", "--reference")
+    assert_user_error(run_cli(capsys, "explain", lone, "--reference", broken / "cpu-int8" / "fp32" / "model.onnx"),
+                      "not a tflite model")
+    assert_user_error(run_cli(capsys, "explain", broken / "cpu-int8" / "fp32"), "not an edgekit convert output")

@@ -22,8 +22,8 @@ from typing import Callable
 
 import numpy as np
 
-from . import (__version__, backends, bounds, data, isolate, measure, native, output, probes, recommend, report,
-               runner, sources, targets, timing)
+from . import (__version__, backends, bounds, data, explain, isolate, measure, native, output, probes, recommend,
+               report, runner, sources, targets, timing)
 from .context import Context, cache_dir
 from .options import ConvertOptions
 from .errors import ConversionError, EdgekitError
@@ -547,6 +547,8 @@ def _artifact(ctx: Context, backend, precision: str, directory: Path, role: str,
         entry["convert_seconds"] = round(time.perf_counter() - started, 2)
         ctx.progress(f"{backend.FORMAT} {precision}: verifying and benchmarking")
         entry.update(_measure(ctx, backend, path, precision))
+        if precision != "fp32" and not entry["fidelity"]["verified"]:
+            entry.update(explain.mismatch(ctx, backend.FORMAT, path, ctx.stage / baseline["file"], precision))
     except (ConversionError, EdgekitError) as exc:
         _fail(entry, backend, path, str(exc), ctx)
     except RuntimeError as exc:  # a native library (LiteRT, onnxruntime, OpenVINO, TF) refused this artifact only

@@ -81,6 +81,8 @@ def measurement_notes(result: dict) -> list[str]:
     notes = [recommend.line(result["recommended"])] if result.get("recommended") else []
     notes += [f"WARNING: {w}" for w in result.get("warnings", [])]
     notes += [f"FAILED {a['format']} {a['precision']}: {a['reason']}" for a in result["artifacts"] if a["status"] != "ok"]
+    notes += [f"MISMATCH {a['format']} {a['precision']}: {a['reason']} (edgekit explain for more)"
+              for a in result["artifacts"] if a["status"] == "ok" and a.get("reason")]
     notes.append(f"Data: {result['data']['origin']} ({result['data']['samples']} samples scored)"
                  + (f"; {result['data']['note']}." if result["data"].get("note") else "."))
     if result.get("calibration"):

@@ -9,7 +9,7 @@ import click
 
 from .. import __version__
 from ..errors import EdgekitError
-from . import analyze, bench, convert, report, targets, tune
+from . import analyze, bench, convert, explain, report, targets, tune
 from .logs import silence_native_logs
 
 
@@ -19,7 +19,7 @@ from .logs import silence_native_logs
 def cli(verbose):
     """Convert trained models to TFLite, ONNX and OpenVINO for an edge target, and measure them."""
 
-for _command in (convert.convert, analyze.analyze, tune.tune, report.report_cmd, targets.targets, bench.bench):
+for _command in (convert.convert, analyze.analyze, explain.explain, tune.tune, report.report_cmd, targets.targets, bench.bench):
     cli.add_command(_command)
 
 

@@ -20,6 +20,9 @@ API (used by `edgekit explain` and by automatic mixed precision):
     first_divergent(rows, gate_db) -> LayerDivergence | None   the first row below the gate
     worst(rows, n=5) -> list[LayerDivergence]                    lowest SNR first
     gate_db(precision) -> float                                  measure.TOLERANCE[precision]["min_snr_db"]
+    summary(artifact, fmt, reference, samples, precision, spec=None) -> dict   the JSON `edgekit explain`
+        prints and convert's report keeps for a MISMATCH (first, worst, every op, how many were mapped)
+    reason(summary) -> str                                       its one line
 """
 from __future__ import annotations
 
@@ -63,6 +66,40 @@ def first_divergent(rows: list[LayerDivergence], gate: float) -> LayerDivergence
 
 def worst(rows: list[LayerDivergence], n: int = 5) -> list[LayerDivergence]:
     return sorted((r for r in rows if r.snr_db is not None), key=lambda r: (r.snr_db, r.index))[:n]
+
+
+def summary(artifact: Path, fmt: str, reference: Path, samples, precision: str, spec=None, top: int = 5) -> dict:
+    rows = layer_divergence(artifact, fmt, reference, samples, spec)
+    gate = gate_db(precision)
+    first = first_divergent(rows, gate)
+    mapped: dict[str, int] = {}
+    for r in rows:
+        how = (r.matched_by or "unmatched").split(" (")[0]
+        mapped[how] = mapped.get(how, 0) + 1
+    return {"format": fmt, "gate_db": gate, "precision": precision, "samples": rows[0].samples if rows else 0,
+            "first_divergent": first.as_dict() if first else None, "worst": [r.as_dict() for r in worst(rows, top)],
+            "ops": [r.as_dict() for r in rows], "mapped": mapped, "how": measure.how(
+                measure.EMULATED if fmt == "fpga" else measure.MEASURED,
+                "accelerator emulator vs LiteRT" if fmt == "fpga" else f"{fmt} runtime, every tensor")}
+
+
+def reason(result: dict) -> str:
+    """One line: the first op below the gate, or that none is."""
+    first = result["first_divergent"]
+    if first is None:
+        lowest = result["worst"][0] if result["worst"] else None
+        return f"no op falls below {result['gate_db']:g} dB on {result['samples']} sample(s)" + (
+            f" (lowest: {describe(lowest)})" if lowest else "")
+    return f"first op below {result['gate_db']:g} dB: {describe(first)}"
+
+
+def describe(row: dict) -> str:
+    scales = ", ".join("float" if s is None else f"{s:.3g}" for s in row["input_scales"]) or "-"
+    out = "float" if row["output_scale"] is None else f"{row['output_scale']:.3g}"
+    layer = f" (layer {row['layer']})" if row["layer"] and row["layer"] != row["op"] else ""
+    name = row["op"].split(";")[0] + (";..." if ";" in row["op"] else "")
+    return (f"{row['op_type']} '{name}'{layer}, SNR {row['snr_db']:.1f} dB, "
+            f"input scale {scales}, output scale {out}")
 
 
 def layer_divergence(artifact: Path, fmt: str, reference: Path, samples, spec=None) -> list[LayerDivergence]:
