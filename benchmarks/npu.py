@@ -9,8 +9,8 @@ prints figures; not a test). Used to calibrate the cycle model's efficiency fact
 1. build: an int8 (int8 I/O) .tflite per model. Zoo models (models/: digits CNN trained, the MLPerf
    Tiny architectures with random weights) through `zoo.full_integer_tflite` with random calibration;
    corpus models (~/.cache/edgekit/corpus, `make setup`) through `edgekit convert --target
-   ethos-u55-128` in a child (benchmarks/corpus.py's convert: random calibration unless the manifest
-   gives a data shape), whose int8 model.tflite is kept.
+   ethos-u55-128` in a child (benchmarks/corpus.py's convert, with its real inputs for data and
+   calibration), whose int8 model.tflite is kept.
 2. compile: each .tflite through Vela for each configuration (the built-in profiles of that name),
    and edgekit's cycle model on Vela's placement, per layer at ideal efficiency (compute and memory
    cycles kept apart, so factors can be fitted without recompiling).
@@ -85,7 +85,8 @@ def build(name: str, args) -> dict:
         return {"tflite": str(zoo_tflite(name, path)), "source": "zoo"}
     import corpus
     manifest = corpus_manifest()
-    ns = SimpleNamespace(dir=corpus.CORPUS, out=args.out / "convert", runs=1, warmup=0, timeout=args.timeout)
+    ns = SimpleNamespace(dir=corpus.CORPUS, out=args.out / "convert", runs=1, warmup=0, timeout=args.timeout,
+                         inputs="real", mixed="")
     result = corpus.convert(name, manifest[name], "ethos-u55-128", ns)
     built = args.out / "convert" / name / "ethos-u55-128" / "model.tflite"
     if "error" in result or not built.is_file():
@@ -128,6 +129,7 @@ def compile_one(model: Path, config: str, out: Path) -> dict:
             "layers": [[layer["compute_cycles"], layer["weight_traffic_bytes"], layer["activation_bytes"]]
                        for layer in est["layers"]],
             "bytes_per_cycle": ideal.dram_gbps * 1e3 / ideal.clock_mhz, "activations_offchip": ideal.activations_offchip,
+            "onchip_bytes_per_cycle": ideal.onchip_gbps * 1e3 / ideal.clock_mhz,
             "spec": dataclasses.asdict(ideal) | {"ops": []}}
 
 
@@ -135,8 +137,8 @@ def model_cycles(x: dict, factors: tuple[float, float, float]) -> float:
     """edgekit's total cycles for one compiled model with these factors (the sum cycles() makes, without
     its rounding up per layer)."""
     ce, de, overhead = factors
-    per_cycle = x["bytes_per_cycle"] * de
-    return sum(max(c / ce, (w + (a if x["activations_offchip"] else 0)) / per_cycle) + overhead
+    dram, local, offchip = x["bytes_per_cycle"] * de, x.get("onchip_bytes_per_cycle", 0) * de, x["activations_offchip"]
+    return sum(max(c / ce, (w + (a if offchip else 0)) / dram, 0 if offchip or not local else a / local) + overhead
                for c, w, a in x["layers"])
 
 

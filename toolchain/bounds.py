@@ -54,6 +54,7 @@ RANGES: dict[str, tuple[float, float, bool]] = {
     "accelerator.dram_gbps": (0, 1e5, False),
     "accelerator.compute_efficiency": (0, 1, False),
     "accelerator.dram_efficiency": (0, 1, False),
+    "accelerator.onchip_gbps": (0, 1e5, True),
     "accelerator.layer_overhead_cycles": (0, 1e6, True),
 }
 DEFAULT_RANGE = (0, 2 ** 53, True)

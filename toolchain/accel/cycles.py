@@ -14,6 +14,7 @@ HOW = "estimated (MAC-array cycle model, docs/ACCELERATOR.md)"
 def cycles(emu, spec: AcceleratorSpec) -> dict:
     bytes_per_cycle = spec.dram_gbps * 1e9 / (spec.clock_mhz * 1e6) * spec.dram_efficiency
     onchip = spec.onchip_kib * 1024
+    onchip_per_cycle = spec.onchip_gbps * 1e9 / (spec.clock_mhz * 1e6) * spec.dram_efficiency
     layers, total, macs_on, dram = [], 0, 0, 0
     for op, where in emu.placement():
         if where != "accelerator" or op.kind in ("RESHAPE",):
@@ -27,6 +28,8 @@ def cycles(emu, spec: AcceleratorSpec) -> dict:
         tiles = 1 if fits else math.ceil(acts / max(onchip - weights, onchip // 2))
         traffic = weights * tiles + (acts if spec.activations_offchip or not fits else 0)
         memory = math.ceil(traffic / bytes_per_cycle)
+        local = 0 if spec.activations_offchip or not onchip_per_cycle else math.ceil(acts / onchip_per_cycle)
+        memory = max(memory, local)
         layer_cycles = max(compute, memory) + spec.layer_overhead_cycles
         layers.append({"op": op.kind, "output": out.name, "macs": macs, "compute_cycles": compute,
                        "memory_cycles": memory, "cycles": layer_cycles,
@@ -45,14 +48,19 @@ def layer_compute(emu, op, spec: AcceleratorSpec) -> tuple[int, int]:
     out = emu.t(op.outputs[0]).shape
     if op.kind in MAC_OPS:
         w = emu.t(op.inputs[1]).shape
+        taps = 1  # kernel taps taken one per cycle ("channels" reduction); "flattened" folds them into the lanes
         if op.kind == "FULLY_CONNECTED":
             pixels, out_channels, reduction = 1, w[0], w[1]
         elif op.kind == "CONV_2D":
             pixels, out_channels, reduction = out[1] * out[2], w[0], w[1] * w[2] * w[3]
+            if spec.reduction == "channels":
+                taps, reduction = w[1] * w[2], w[3]
         else:  # depthwise: each output channel reduces over its own kernel window only
             pixels, out_channels, reduction = out[1] * out[2], w[3], w[1] * w[2]
-        return (int(pixels * math.ceil(out_channels / spec.mac_rows) * math.ceil(reduction / spec.mac_cols)),
-                int(pixels * out_channels * reduction))
+            if spec.reduction == "channels":
+                taps, reduction = w[1] * w[2], 1
+        return (int(pixels * math.ceil(out_channels / spec.mac_rows) * taps * math.ceil(reduction / spec.mac_cols)),
+                int(pixels * out_channels * taps * reduction))
     elements = int(np.prod(out))  # elementwise and pooling ops stream through the lanes
     window = 1
     if op.kind in ("MAX_POOL_2D", "AVERAGE_POOL_2D"):

@@ -23,10 +23,17 @@ class AcceleratorSpec:
                          choices=("per-channel", "per-tensor"))
     onchip_kib: int = option(256, "On-chip buffer for weights and activations.")
     dram_gbps: float = option(1.0, "DRAM bandwidth for what does not fit on chip.")
+    reduction: str = option("flattened", "What the array's columns reduce over: `flattened` (kernel window x input "
+                                         "channels, im2col style) or `channels` (input channels only, one kernel tap "
+                                         "per cycle, as Ethos-U does: a depthwise conv then uses one column).",
+                            choices=("flattened", "channels"))
     compute_efficiency: float = option(1.0, "Fraction of the array's peak MAC rate a layer reaches (the cycle model "
                                             "divides its compute cycles by it); 1 = the ideal array. Calibrated "
                                             "for Ethos-U against Vela (docs/ACCELERATOR.md).")
-    dram_efficiency: float = option(1.0, "Fraction of `dram_gbps` a layer's transfers reach; 1 = the full bandwidth.")
+    dram_efficiency: float = option(1.0, "Fraction of `dram_gbps` (and of `onchip_gbps`) a layer's transfers reach; "
+                                         "1 = the full bandwidth.")
+    onchip_gbps: float = option(0.0, "Bandwidth of the on-chip buffer: a layer's activations held on chip take at "
+                                     "least their bytes over it; 0 = not a limit (only DRAM traffic counts).")
     activations_offchip: bool = option(False, "Feature maps live off chip (Vela's Dedicated_Sram modes keep the "
                                               "tensor arena in DRAM): every layer's input and output cross the DRAM "
                                               "bus, not only what does not fit on chip.")

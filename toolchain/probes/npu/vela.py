@@ -208,16 +208,17 @@ def array_shape(macs: int) -> tuple[int, int]:
 def accel_spec(device, base, figures: dict):
     """edgekit's AcceleratorSpec for the profile's Ethos-U configuration: the MACs per cycle of the
     configuration, Vela's clock, the bandwidth of the memory Vela put the weights in, the SRAM that
-    holds feature maps, and whether Vela put the feature maps off chip; the efficiency factors come
-    from the profile's [accelerator] table."""
+    holds feature maps and its bandwidth, and whether Vela put the feature maps off chip; the
+    efficiency factors come from the profile's [accelerator] table."""
     import dataclasses
     rows, cols = array_shape(macs_per_cycle(device.npu))
-    weights = figures["weights_area"].lower()
-    gib_s = next((v for k, v in figures["bandwidth_gib_s"].items() if k.lower() == weights), None)
+    gib_s = {k.lower(): v for k, v in figures["bandwidth_gib_s"].items()}
+    offchip = figures["feature_map_area"].lower() != "sram"
     onchip = figures["arena_cache_bytes"] if device.npu_memory_mode.startswith("Dedicated") else device.ram_kib * 1024
     return dataclasses.replace(base, mac_rows=rows, mac_cols=cols, clock_mhz=figures["clock_mhz"],
-                               dram_gbps=(gib_s or 1.0) * 2 ** 30 / 1e9, onchip_kib=max(1, onchip // 1024),
-                               activations_offchip=figures["feature_map_area"].lower() != "sram")
+                               dram_gbps=gib_s.get(figures["weights_area"].lower(), 1.0) * 2 ** 30 / 1e9,
+                               onchip_kib=max(1, onchip // 1024), onchip_gbps=gib_s.get("sram", 0.0) * 2 ** 30 / 1e9,
+                               activations_offchip=offchip, reduction="channels")  # Ethos-U: taps in sequence
 
 
 def placed_cycles(model: Path, spec, cpu: set[int]) -> dict:
@@ -240,6 +241,7 @@ def edgekit_estimate(model: Path, figures: dict, spec) -> dict:
             "dram_bytes": est["dram_bytes"], "layers": len(est["layers"]), "how": est["how"],
             "config": {"mac_rows": spec.mac_rows, "mac_cols": spec.mac_cols, "clock_mhz": spec.clock_mhz,
                        "dram_gbps": round(spec.dram_gbps, 4), "onchip_kib": spec.onchip_kib,
+                       "onchip_gbps": round(spec.onchip_gbps, 4),
                        "activations_offchip": spec.activations_offchip,
                        "compute_efficiency": spec.compute_efficiency, "dram_efficiency": spec.dram_efficiency,
                        "layer_overhead_cycles": spec.layer_overhead_cycles},
