@@ -82,7 +82,7 @@ def main() -> None:
                 path = Path(tmp) / f"{name}-{target}.tflite"
                 int8_tflite(model, path, args.size, per_channel)
                 if target == "fpga-int8-pot":
-                    pow2.run(path, path)
+                    pow2.rewrite(path, path)
                 print(row(name, target, path, samples, args.samples), flush=True)
 
 

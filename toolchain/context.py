@@ -13,16 +13,17 @@ if TYPE_CHECKING:
     import numpy as np
 
     from . import data, sources, targets
-    from .passes import quantize
     from .options import ConvertOptions
+    from .passes import quantize
+    from .recipe import Recipe
 
 
 @dataclass
 class Context:
-    source: sources.Source
+    source: sources.Source  # the model the artifacts are built from: the last stage of the source passes
     target: targets.Target
     options: ConvertOptions
-    qconfig: quantize.QuantizeConfig
+    recipe: Recipe  # every pass's settings, resolved once (recipe.py)
     stage: Path | None
     workdir: Path
     evalset: data.EvalSet
@@ -30,10 +31,16 @@ class Context:
     reference: list[list[np.ndarray]]
     progress: Callable[[str], None] = field(default=lambda msg: None)
     stages: list[tuple[str, sources.Source]] = field(default_factory=list)  # original/teacher, student, pruned, ...
-    pruning: dict | None = None
-    distillation: dict | None = None
+    passes: dict[str, dict] = field(default_factory=dict)  # what each source pass that ran reported (by NAME)
+    load_opts: sources.LoadOptions | None = None  # how a pass loads a model it saved (prune.as_source)
+    train: tuple | None = None  # (samples, labels or None, origin) when a source pass needs training data
     source_accuracy: float | None = None  # of the original model, before any pass
     load_notes: list[str] = field(default_factory=list)  # e.g. dynamic dims fixed from the data's shape
+
+    @property
+    def qconfig(self) -> quantize.QuantizeConfig:
+        """The quantization settings of the recipe (what probes read)."""
+        return self.recipe["quantize"]
 
     def bench_settings(self) -> tuple[int, int, int]:
         """(threads, warmup, runs): the profile's, unless overridden by options."""

@@ -62,5 +62,7 @@ class ConvertOptions:
     outputs: str = option("auto", "How outputs are judged: classes (top-1 agreement + cosine), values (SNR in dB: "
                                   "boxes, masks, landmarks, embeddings) or auto (probability vectors are classes).",
                           choices=OUTPUT_KINDS)
+    recipe: Path | dict | None = option(None, "Replay a recipe (recipe.json of a convert run, or of a tune trial) "
+                                              "instead of the profile's pass settings and the pass flags.")
     emulate: bool | None = option(None, "Also run TFLite/ONNX artifacts on emulated aarch64 (QEMU) and compare with "
                                         "the host; default: on for aarch64 targets when QEMU is installed.")

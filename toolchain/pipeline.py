@@ -1,6 +1,6 @@
 """convert(): load the input, build every artifact of the target, verify and measure each.
 
-    source = sources.load()  ->  for each format: backend.export() [-> passes.quantize.run()]
+    source = sources.load()  ->  for each format: backend.export() [-> artifact passes: quantize, pow2]
            -> runner (subprocess) -> measure.fidelity/accuracy/size  ->  report.json / report.md
 
 For a quantized precision each format also gets its fp32 baseline (in `fp32/`), so the
@@ -27,7 +27,9 @@ from . import (__version__, backends, bounds, data, explain, isolate, measure, n
 from .context import Context, cache_dir
 from .options import ConvertOptions
 from .errors import ConversionError, EdgekitError
-from .passes import distill, prune, quantize
+from . import passes
+from .passes import quantize
+from .recipe import Recipe
 
 REPORT_SCHEMA = "edgekit.report/1"
 
@@ -57,15 +59,15 @@ def convert(model: str | Path | None = None, progress: Callable[[str], None] | N
                                                  _formats(ctx))
         if len(ctx.stages) > 1:
             stages = _stage_figures(ctx, result["artifacts"])
-            for key in ("distillation", "pruning"):
-                if getattr(ctx, key):
-                    result[key] = {**getattr(ctx, key), "stages": stages}
+            for name, info in ctx.passes.items():
+                result[passes.report_key(name)] = {**info, "stages": stages}
         result["estimate"] = _estimate(ctx, result["artifacts"])
         if options.sensitivity:
             result["sensitivity"] = layer_sensitivity(ctx)
         if replacing:
             _keep_previous_unless_built(result["artifacts"], out)
         report.write(stage, result)
+        (stage / "recipe.json").write_text(json.dumps(result["recipe"], indent=2) + "\n")
         output.commit(stage, out, "convert")
     result["out_dir"] = str(out)
     return result
@@ -145,7 +147,7 @@ def convert_targets(model: str | Path | None = None, progress: Callable[[str], N
 
 def _calibrates(target: str, options: ConvertOptions) -> bool:
     profile = targets.get_target(target, tuple(options.targets_dirs)).profile
-    return quantize_config(profile.quantize, options).precision in quantize.CALIBRATED
+    return resolve_recipe(profile, options)["quantize"].precision in quantize.CALIBRATED
 
 
 def _failed_target_report(directory: Path, target: str, error: str) -> None:
@@ -207,23 +209,24 @@ def _resolve_model(model, options: ConvertOptions, progress) -> tuple[Path, str]
     return model, model.stem
 
 
-def quantize_config(profile_config: quantize.QuantizeConfig, options: ConvertOptions) -> quantize.QuantizeConfig:
-    overrides = {"precision": options.precision, "calib_samples": options.calib_samples,
-                 "calib_method": options.calib_method, "per_channel": False if options.per_tensor else None}
-    config = dataclasses.replace(profile_config, **{k: v for k, v in overrides.items() if v is not None})
-    if options.keep_float:
-        config = dataclasses.replace(config, keep_float=[*config.keep_float, *options.keep_float])
-    if config.calib_samples < 1:
-        raise EdgekitError("--calib-samples must be at least 1", "give a positive count")
-    return config
+def resolve_recipe(profile, options: ConvertOptions) -> Recipe:
+    """Every pass's settings, once: a --recipe file as written, else the profile with the flags on top."""
+    if options.recipe is None:
+        return Recipe.resolve(profile, options)
+    given = [passes.base.flag_name(f) for p in passes.all_passes() for f in passes.given(passes.flags_from(p, options))]
+    if given:
+        raise EdgekitError(f"--recipe replays every pass's settings, and {given[0]} was given too",
+                           "drop the pass flags, or edit the recipe")
+    if isinstance(options.recipe, dict):
+        return Recipe.from_json(options.recipe)
+    return Recipe.load(Path(options.recipe))
 
 
 def prepare(model: Path, name: str, target, options: ConvertOptions, work: Path, progress) -> Context:
-    """Load the source, the evaluation data and the calibration set; run the source for reference outputs."""
+    """Load the source, the evaluation data and the calibration set; run the source passes; run the last
+    model for reference outputs."""
     profile = target.profile
-    qconfig = quantize.resolve(quantize_config(profile.quantize, options), profile.device.arch)
-    if profile.device.kind == "fpga":  # the accelerator's scale granularity decides
-        qconfig = dataclasses.replace(qconfig, per_channel=profile.accelerator.scales == "per-channel")
+    recipe = resolve_recipe(profile, options)
     opts = sources.LoadOptions(workdir=work, batch=profile.build.batch, trust_model=options.trust_model,
                                input_shapes=parse_input_shapes(options.input_shape, profile.build.input_shape),
                                data_shapes=data.sample_shapes(options.data) or data.sample_shapes(options.calib),
@@ -232,42 +235,28 @@ def prepare(model: Path, name: str, target, options: ConvertOptions, work: Path,
     source = sources.load(model, opts)
     source.name = name
     evalset = data.load_evalset(options.data, source.inputs, options.seed)
-    evalset, calib = _calibration(evalset, source, profile, options, qconfig)
-    prune_config = prune.with_overrides(profile.prune, options.prune, options.prune_scope, options.prune_skip,
-                                        options.finetune_epochs)
-    distill_config = distill.with_overrides(
-        profile.distill, options.distill, temperature=options.distill_temperature, alpha=options.distill_alpha,
-        epochs=options.distill_epochs, init=options.distill_init, features=options.distill_features)
-    if distill_config.student:
-        distill.precheck(source, distill_config)
-    finetune = prune_config.method != "none" and prune_config.finetune_epochs
+    evalset, calib = _calibration(evalset, source, profile, options, recipe["quantize"])
+    source_passes = recipe.applied("source", source)
+    needs = {p.needs_training(config) for p, config in source_passes if p.needs_training} - {None}
     train = None
-    if finetune or distill_config.student:
-        evalset, train = _training_data(options, evalset, source, need_labels=bool(finetune))
+    if needs:
+        evalset, train = _training_data(options, evalset, source, need_labels="labelled" in needs)
     evalset = data.take(evalset, profile.bench.eval_samples)
-    stages, pruning, distilled = [("original", source)], None, None
-    if distill_config.student:
-        stages = [("teacher", source)]
-        progress(f"distilling into a student ({distill_config.student})")
-        students, distilled = distill.apply(source, distill_config, opts, train, progress)
-        stages += students
-    if prune_config.method != "none":
-        progress(f"pruning ({prune_config.method}:{prune_config.amount:g})")
-        unlabelled = np.concatenate([s[0] for s in calib.samples]) if calib and len(source.inputs) == 1 else None
-        x = (np.concatenate([s[0] for s in train[0]]), train[1], train[2]) if train is not None else None
-        pruned, pruning = prune.apply(stages[-1][1], prune_config, opts, x, unlabelled)
-        stages += pruned
-        if train is not None and prune_config.finetune_epochs:
-            pruning["finetune"]["data"] = train[2]
+    ctx = Context(source, target, options, recipe, None, work, evalset, calib, [], progress,
+                  stages=[("original", source)], load_opts=opts, train=train)
+    for module, config in source_passes:
+        stages, ctx.passes[module.NAME] = module.run(ctx, config, ctx.stages[-1][1])
+        if stages and stages[0][1] is ctx.stages[-1][1]:  # the pass names the model it started from
+            ctx.stages[-1] = stages.pop(0)
+        ctx.stages += stages
+    ctx.source = ctx.stages[-1][1]
     progress(f"running the source model on {len(evalset.samples)} samples")
-    reference = stages[-1][1].predict(evalset.samples)
-    _check_finite(reference, "the source model's outputs")
-    data.check_classes(evalset.labels, _classes(reference), evalset.origin)
-    ctx = Context(stages[-1][1], target, options, qconfig, None, work, evalset, calib, reference, progress)
-    ctx.stages, ctx.pruning, ctx.distillation = stages, pruning, distilled
+    ctx.reference = ctx.source.predict(evalset.samples)
+    _check_finite(ctx.reference, "the source model's outputs")
+    data.check_classes(evalset.labels, _classes(ctx.reference), evalset.origin)
     ctx.load_notes = opts.notes
     if evalset.labels is not None:
-        original = source.predict(evalset.samples) if len(stages) > 1 else reference
+        original = source.predict(evalset.samples) if len(ctx.stages) > 1 else ctx.reference
         ctx.source_accuracy = measure.accuracy(original, evalset.labels)
     return ctx
 
@@ -366,6 +355,9 @@ def _report_header(ctx: Context, model: Path) -> dict:
         "calibration": None if ctx.calib is None else {"origin": ctx.calib.origin, "samples": len(ctx.calib.samples),
                                                        "uncalibrated": ctx.calib.uncalibrated},
         "warnings": _warnings(ctx),
+        "recipe": ctx.recipe.to_json(),
+        "passes": [{"name": p.NAME, "stage": p.STAGE, "description": p.DESCRIPTION, "applies": p.NAME in ctx.passes or
+                    (p.STAGE == "artifact" and p.applies(ctx.recipe, ctx.source))} for p in passes.all_passes()],
     }
     header["source_accuracy"] = ctx.source_accuracy
     return header
@@ -531,19 +523,12 @@ def _artifact(ctx: Context, backend, precision: str, directory: Path, role: str,
         started = time.perf_counter()
         if precision == "fp32":
             entry["notes"] = backend.export(ctx.source, path, ctx)
-        else:
+        elif role == "native":
             if baseline is None or baseline["status"] != "ok":
-                raise ConversionError(f"the fp32 {backend.FORMAT} baseline failed, so there is nothing to quantize")
-            if role == "native":
-                entry["notes"] = native.build(backend.FORMAT, precision, ctx.stage / baseline["file"], path)
-            else:
-                entry.update(quantize.run(backend, ctx.source, ctx.stage / baseline["file"], path, ctx.qconfig,
-                                          ctx.calib))
-            if role != "native" and _shift_requantizing_accelerator(ctx, backend):
-                from .passes import pow2
-                pow2.run(path, path)
-                entry["notes"].append("scales rounded up to powers of two, weights and biases requantized "
-                                      "(the accelerator requantizes by shifts only)")
+                raise ConversionError(f"the fp32 {backend.FORMAT} baseline failed, so there is nothing to build from")
+            entry["notes"] = native.build(backend.FORMAT, precision, ctx.stage / baseline["file"], path)
+        if role == "target":
+            _artifact_passes(ctx, backend, entry, path, baseline)
         entry["convert_seconds"] = round(time.perf_counter() - started, 2)
         ctx.progress(f"{backend.FORMAT} {precision}: verifying and benchmarking")
         entry.update(_measure(ctx, backend, path, precision))
@@ -556,9 +541,17 @@ def _artifact(ctx: Context, backend, precision: str, directory: Path, role: str,
     return entry
 
 
-def _shift_requantizing_accelerator(ctx: Context, backend) -> bool:
-    profile = ctx.target.profile
-    return profile.device.kind == "fpga" and backend.FORMAT == "tflite" and profile.accelerator.requant == "shift"
+def _artifact_passes(ctx: Context, backend, entry: dict, path: Path, baseline: dict | None) -> None:
+    """Every artifact pass of the recipe that works on this format, in order, on the target artifact."""
+    if baseline is not None and baseline["status"] != "ok":
+        raise ConversionError(f"the fp32 {backend.FORMAT} baseline failed, so there is nothing to quantize")
+    before = ctx.stage / baseline["file"] if baseline is not None else None
+    for module, config in ctx.recipe.applied("artifact", ctx.source):
+        if not module.FORMATS or backend.FORMAT in module.FORMATS:
+            figures = dict(module.run(ctx, config, backend, before, path))
+            notes = figures.pop("notes", [])
+            entry.update(figures)
+            entry["notes"] += notes
 
 
 def _measure(ctx: Context, backend, artifact: Path, precision: str) -> dict:

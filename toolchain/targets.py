@@ -7,22 +7,22 @@ A user profile with the same name as a built-in one overrides it.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import re
 import tomllib
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from . import backends
 from .accel import AcceleratorSpec
 from .data import Preprocess
 from . import bounds
 from .errors import EdgekitError
-from .passes.distill import DistillConfig
+from . import passes
 from .passes.distill import validate as validate_distill
-from .passes.prune import PruneConfig
-from .passes.quantize import QuantizeConfig
 from .schema import SchemaError, from_dict, option
 
 ENV_VAR = "EDGEKIT_TARGETS_PATH"
@@ -97,27 +97,46 @@ class BenchSpec:
     eval_samples: int = option(200, "Most samples used for fidelity and accuracy.")
 
 
-@dataclass(frozen=True)
-class Profile:
-    name: str = option(help="Profile name, used as `--target NAME`; must match the file name.")
-    description: str = option("", "One line shown by `edgekit targets`.")
-    device: DeviceSpec = option(DeviceSpec, help="[device] table.")
-    build: BuildSpec = option(BuildSpec, help="[build] table.")
-    distill: DistillConfig = option(DistillConfig, help="[distill] table: knowledge distillation into a smaller "
-                                                          "student, before pruning and quantization.")
-    prune: PruneConfig = option(PruneConfig, help="[prune] table: pruning before quantization.")
-    quantize: QuantizeConfig = option(QuantizeConfig, help="[quantize] table: the precision recipe.")
-    preprocess: Preprocess = option(Preprocess, help="[preprocess] table: image folders given to --calib.")
-    accelerator: AcceleratorSpec = option(AcceleratorSpec, help="[accelerator] table: the int8 accelerator an "
-                                          "fpga profile emulates (used when device.kind is fpga). In an npu profile "
-                                          "only its efficiency fields count: edgekit's cycle model takes the array, "
-                                          "clock and bandwidth from the Vela configuration.")
-    bench: BenchSpec = option(BenchSpec, help="[bench] table.")
+HEAD = {  # sections before the passes' (name: (type, option)), in the order targets/README.md shows them
+    "name": (str, option(help="Profile name, used as `--target NAME`; must match the file name.")),
+    "description": (str, option("", "One line shown by `edgekit targets`.")),
+    "device": (DeviceSpec, option(DeviceSpec, help="[device] table.")),
+    "build": (BuildSpec, option(BuildSpec, help="[build] table.")),
+}
+TAIL = {  # after them
+    "preprocess": (Preprocess, option(Preprocess, help="[preprocess] table: image folders given to --calib.")),
+    "accelerator": (AcceleratorSpec, option(AcceleratorSpec, help="[accelerator] table: the int8 accelerator an "
+                                            "fpga profile emulates (used when device.kind is fpga). In an npu profile "
+                                            "only its efficiency fields count: edgekit's cycle model takes the array, "
+                                            "clock and bandwidth from the Vela configuration.")),
+    "bench": (BenchSpec, option(BenchSpec, help="[bench] table.")),
+}
+
+
+def profile_class() -> type:
+    """The profile record: fixed sections, and one section `[NAME]` per pass (plug-ins included), typed by
+    the pass's Config."""
+    return _profile_class(tuple(passes.all_passes()))
+
+
+@functools.lru_cache(maxsize=None)
+def _profile_class(modules: tuple) -> type:
+    sections = {p.NAME: (p.Config, option(p.Config, help=f"[{p.NAME}] table: {p.DESCRIPTION}.")) for p in modules}
+    clash = sorted(set(sections) & {*HEAD, *TAIL})
+    if clash:
+        raise EdgekitError(f"pass {clash[0]!r} has the name of a fixed profile section", "rename the pass")
+    fields = [(name, kind, f) for name, (kind, f) in {**HEAD, **sections, **TAIL}.items()]
+    cls = dataclasses.make_dataclass("Profile", fields, frozen=True)
+    cls.__module__ = __name__
+    return cls
+
+
+Profile = _profile_class(tuple(passes.builtin_passes()))  # built-in passes only: the schema targets/README.md shows
 
 
 @dataclass(frozen=True)
 class Target:
-    profile: Profile
+    profile: Any  # a profile_class() record
     path: Path
 
     @property
@@ -148,7 +167,7 @@ def load_profile(path: Path) -> Target:
     except (tomllib.TOMLDecodeError, RecursionError, ValueError) as exc:
         raise EdgekitError(f"{path}: invalid TOML ({str(exc)[:200]})", "fix the syntax; see targets/README.md") from None
     try:
-        profile = from_dict(Profile, data)
+        profile = from_dict(profile_class(), data)
     except SchemaError as exc:
         raise EdgekitError(f"{path}: field '{exc.where}': {exc.problem}", "see targets/README.md for the schema") from None
     if profile.name != path.stem:

@@ -38,6 +38,7 @@ from .common import Number, _console, _help, _stdout, choice, json_option, print
 @click.option("--emulate/--no-emulate", default=None, help=_help("emulate"))
 @click.option("--tflm-compress", is_flag=True, help=_help("tflm_compress"))
 @click.option("--device", "devices", multiple=True, metavar="ssh://USER@HOST[:PORT]", help=_help("devices"))
+@click.option("--recipe", type=click.Path(path_type=Path, dir_okay=False), help=_help("recipe"))
 @click.option("--prune", metavar="METHOD:AMOUNT", help=_help("prune"))
 @click.option("--prune-scope", type=choice("prune_scope"), help=_help("prune_scope"))
 @click.option("--prune-skip", multiple=True, metavar="LAYER", help=_help("prune_skip"))

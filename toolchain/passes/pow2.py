@@ -7,6 +7,7 @@ schema, no TensorFlow.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,13 +17,41 @@ from ..schema import option
 
 INT_TYPES = {9: np.int8, 2: np.int32}  # TensorType INT8, INT32
 
+NAME, STAGE, ORDER, FORMATS = "pow2", "artifact", 20, ("tflite",)
+DESCRIPTION = "power-of-two quantization scales for accelerators that requantize by shifts only"
+Flags = None
+search_space = None
+needs_training = None
+
 
 @dataclass(frozen=True)
 class Pow2Config:
+    enabled: bool = option(False, "Round every scale of the quantized TFLite artifact to a power of two. On by "
+                                  "itself for fpga profiles whose accelerator requantizes by shifts "
+                                  "(accelerator.requant = \"shift\").")
     rounding: str = option("up", "How a scale becomes a power of two: up keeps every value's range.", choices=("up",))
 
 
-def run(source: Path, out_path: Path, config: Pow2Config = Pow2Config()) -> int:
+Config = Pow2Config
+
+
+def configure(profile, flags: None) -> Pow2Config:
+    config = profile.pow2
+    shift_only = profile.device.kind == "fpga" and profile.accelerator.requant == "shift"
+    return dataclasses.replace(config, enabled=True) if shift_only else config
+
+
+def applies(recipe, source) -> bool:
+    return recipe[NAME].enabled and recipe["quantize"].precision != "fp32"
+
+
+def run(ctx, config: Pow2Config, backend, baseline, path) -> dict:
+    rewrite(path, path, config)
+    return {"notes": ["scales rounded up to powers of two, weights and biases requantized "
+                      "(the accelerator requantizes by shifts only)"]}
+
+
+def rewrite(source: Path, out_path: Path, config: Pow2Config = Pow2Config()) -> int:
     """Write the rewritten model to `out_path` (may be `source`); returns how many tensors changed."""
     from ..accel.graph import read_model, write_model
     model = read_model(source)

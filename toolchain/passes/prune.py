@@ -15,10 +15,64 @@ from __future__ import annotations
 
 import dataclasses
 
+from dataclasses import dataclass
+
 from ..errors import EdgekitError
+from ..schema import option
 from .prune_plan import (  # noqa: F401  (re-exported: the pass's public names)
     METHODS, ChannelNode, ChannelPlan, PruneConfig, flatten_rows, magnitude_masks, parse, plan_channels, skipped,
     sparsity_row, validate)
+
+NAME, STAGE, ORDER, FORMATS = "prune", "source", 20, ()
+REPORT_KEY = "pruning"  # the report's key for what it did (older than the pass contract)
+DESCRIPTION = "magnitude or channel pruning of the float model (then optional fine-tuning), before export"
+Config = PruneConfig
+TUNE_CHOICES = ("none", "magnitude:0.5", "channels:0.25", "channels:0.5")
+
+
+@dataclass
+class Flags:
+    prune: str | None = option(None, "Pruning before quantization: magnitude:S (unstructured, sparsity S) or "
+                                     "channels:R (structured, remove fraction R of channels).")
+    prune_scope: str | None = option(None, "magnitude: per-layer or global ranking.", choices=("per-layer", "global"))
+    prune_skip: list[str] = option([], "Layer names or types never pruned (adds to the profile's).")
+    finetune_epochs: int | None = option(None, "Fine-tune a pruned Keras model for N epochs (needs labels).")
+
+
+def configure(profile, flags: Flags | None) -> PruneConfig:
+    flags = flags or Flags()
+    return with_overrides(profile.prune, flags.prune, flags.prune_scope, flags.prune_skip, flags.finetune_epochs)
+
+
+def applies(recipe, source) -> bool:
+    return recipe[NAME].method != "none"
+
+
+def run(ctx, config: PruneConfig, source):
+    """Prune the model the earlier passes left; fine-tuning uses ctx.train, BatchNorm statistics the
+    calibration inputs when there is no training data."""
+    ctx.progress(f"pruning ({config.method}:{config.amount:g})")
+    np = __import__("numpy")
+    calib, train = ctx.calib, ctx.train
+    unlabelled = np.concatenate([s[0] for s in calib.samples]) if calib and len(source.inputs) == 1 else None
+    x = (np.concatenate([s[0] for s in train[0]]), train[1], train[2]) if train is not None else None
+    stages, info = apply(source, config, ctx.load_opts, x, unlabelled)
+    if train is not None and config.finetune_epochs:
+        info["finetune"]["data"] = train[2]
+    return stages, info
+
+
+def needs_training(config: PruneConfig) -> str | None:
+    return "labelled" if config.finetune_epochs else None
+
+
+def search_space(trial, setup) -> dict:
+    """Keras models: every method and fine-tuning; ONNX models: magnitude only (no fine-tuning)."""
+    spec = trial.suggest_categorical("prune", TUNE_CHOICES if setup.keras else ("none", "magnitude:0.5"))
+    if spec == "none":
+        return {}
+    epochs = trial.suggest_categorical("finetune_epochs", [0, 2]) if setup.keras else 0
+    return {"prune": spec, "finetune_epochs": epochs or None}
 
 
 def with_overrides(config: PruneConfig, spec: str | None, scope: str | None, skip: list[str],

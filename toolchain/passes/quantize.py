@@ -15,8 +15,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import ConversionError
+from ..errors import ConversionError, EdgekitError
 from ..schema import option
+
+NAME, STAGE, ORDER, FORMATS = "quantize", "artifact", 10, ()
+DESCRIPTION = "post-training quantization of each format's fp32 artifact by its backend's hook"
 
 PRECISIONS = ("fp32", "fp16", "dynamic", "int8", "int8-io", "int16x8")
 CALIBRATED = ("int8", "int8-io", "int16x8")  # precisions that need activation ranges
@@ -39,10 +42,64 @@ class QuantizeConfig:
 
 
 @dataclass
+class Flags:
+    precision: str | None = option(None, "Precision instead of the profile's.", choices=PRECISIONS)
+    calib_samples: int | None = option(None, "Calibration samples, instead of the profile's.")
+    calib_method: str | None = option(None, "minmax, percentile or entropy, instead of the profile's.",
+                                      choices=CALIB_METHODS)
+    per_tensor: bool = option(False, "One weight scale per tensor instead of per channel.")
+    keep_float: list[str] = option([], "Layers to leave in float on every backend (adds to the profile's).")
+
+
+Config = QuantizeConfig
+
+
+@dataclass
 class Calibration:
     samples: list[list[np.ndarray]]
     origin: str
     uncalibrated: bool = False  # random inputs chosen explicitly with --calib random
+
+
+def configure(profile, flags: Flags | None) -> QuantizeConfig:
+    """The profile's [quantize] with the flags on top; 'auto' settled for the target's architecture, and an
+    fpga target's scale granularity set by its accelerator."""
+    flags = flags or Flags()
+    overrides = {"precision": flags.precision, "calib_samples": flags.calib_samples,
+                 "calib_method": flags.calib_method, "per_channel": False if flags.per_tensor else None}
+    config = dataclasses.replace(profile.quantize, **{k: v for k, v in overrides.items() if v is not None})
+    if flags.keep_float:
+        config = dataclasses.replace(config, keep_float=[*config.keep_float, *flags.keep_float])
+    if config.calib_samples < 1:
+        raise EdgekitError("--calib-samples must be at least 1", "give a positive count")
+    config = resolve(config, profile.device.arch)
+    if profile.device.kind == "fpga":  # the accelerator's scale granularity decides
+        config = dataclasses.replace(config, per_channel=profile.accelerator.scales == "per-channel")
+    return config
+
+
+def applies(recipe, source) -> bool:
+    return recipe[NAME].precision != "fp32"
+
+
+def run(ctx, config: QuantizeConfig, backend, baseline, path) -> dict:
+    if baseline is None:
+        raise ConversionError(f"the fp32 {backend.FORMAT} baseline failed, so there is nothing to quantize")
+    return quantize_with(backend, ctx.source, baseline, path, config, ctx.calib)
+
+
+def search_space(trial, setup) -> dict:
+    """int8 with its calibration choices and up to two of the most sensitive layers kept in float, or a
+    mode without calibration."""
+    precision = trial.suggest_categorical("precision", ["int8", "dynamic", "fp16"])
+    if precision != "int8":
+        return {"precision": precision}
+    return {"precision": precision, "per_tensor": not trial.suggest_categorical("per_channel", [True, False]),
+            "calib_method": trial.suggest_categorical("calib_method", list(CALIB_METHODS)),
+            "calib_samples": trial.suggest_categorical("calib_samples", [32, 100]),
+            "keep_float": setup.candidates[:trial.suggest_int("keep_float", 0, min(2, len(setup.candidates)))]}
+
+needs_training = None
 
 
 def resolve(config: QuantizeConfig, arch: str) -> QuantizeConfig:
@@ -53,7 +110,7 @@ def resolve(config: QuantizeConfig, arch: str) -> QuantizeConfig:
     return dataclasses.replace(config, activations=fast)
 
 
-def run(backend, source, float_artifact, out_path, config: QuantizeConfig, calib: Calibration | None) -> dict:
+def quantize_with(backend, source, float_artifact, out_path, config: QuantizeConfig, calib: Calibration | None) -> dict:
     """Quantize `float_artifact` into `out_path` with the backend's hook; returns the report entries."""
     if config.precision not in backend.PRECISIONS:
         raise ConversionError(f"{backend.FORMAT} has no {config.precision} mode "
