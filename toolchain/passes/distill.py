@@ -29,7 +29,6 @@ from ..errors import EdgekitError
 from ..schema import option
 from .distill_train import as_logits, fit, is_probability, kd_loss, teacher_targets  # noqa: F401
 from .prune import as_source
-from .prune_keras import recalibrate_batchnorm
 from .prune_plan import PruneConfig
 
 INITS = ("inherit", "fresh")

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..errors import EdgekitError
+from .prune_keras import recalibrate_batchnorm
 
 if TYPE_CHECKING:
     from .distill import DistillConfig
