@@ -26,7 +26,10 @@ def test_finds_a_cheaper_artifact_within_budget_checked_on_held_out_data(tuned):
     result, out, _ = tuned
     best = result["best"]
     assert best and best["drop_points"] <= 5.0 and best["holdout_drop_points"] <= 5.0
-    assert best["bytes"] < result["fp32"]["bytes"]  # latency is not asserted: a loaded machine decides it
+    # latency is not asserted: a loaded machine decides it. By the recommendation rule a quantized trial is
+    # chosen only when stably faster than fp32 in the quiet phase; otherwise fp32 itself is.
+    assert best["bytes"] < result["fp32"]["bytes"] or (
+        best["key"] == result["fp32"]["key"] and any("recommendation rule" in t["why"] for t in result["trials"]))
     assert Path(result["best_artifact"]).is_file()
     assert len(result["trials"]) + result["trials_pruned"] >= 4 and result["pareto"]
     assert "tuning split" in result["how"] and "held-out split" in result["how"]
@@ -43,9 +46,10 @@ def test_quiet_phase_and_why_each_trial_was_not_chosen(tuned):
     ratio = best["vs_fp32_latency"]
     assert ratio["value"] == pytest.approx(best["latency_ms"] / fp32["latency_ms"])
     whys = [t["why"] for t in result["trials"]]
-    assert all(whys) and whys.count("chosen") >= 1
+    assert all(whys) and (whys.count("chosen") >= 1 or best["key"] == fp32["key"])
     assert all(w == "chosen" or w.startswith(("over budget on the tuning split", "over budget on the held-out",
-                                              "dominated by", "within budget, but", "failed:", "held-out check"))
+                                              "dominated by", "within budget, but", "failed:", "held-out check",
+                                              "not stably faster than fp32"))
                for w in whys)
 
 

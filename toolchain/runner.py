@@ -142,7 +142,8 @@ def save_stacked(path: Path, prefix: str, samples: list[list[np.ndarray]]) -> No
 
 
 def command(model, result_json, *, python: tuple[str, ...] = (sys.executable,), threads: int = 1, warmup: int = 10,
-            runs: int = 100, inputs=None, outputs=None, device: str = "cpu", timings: bool = False) -> list[str]:
+            runs: int = 100, inputs=None, outputs=None, device: str = "cpu", timings: bool = False,
+            ops: bool = False) -> list[str]:
     """The argv that runs this runner on `model` (paths may be local or on a device)."""
     argv = [*python, "-m", "edgekit.runner", str(model), "--threads", str(threads), "--warmup", str(warmup),
             "--runs", str(runs), "--json", str(result_json), "--device", device]
@@ -152,6 +153,8 @@ def command(model, result_json, *, python: tuple[str, ...] = (sys.executable,), 
         argv += ["--outputs", str(outputs)]
     if timings:
         argv.append("--timings")
+    if ops:
+        argv.append("--ops")
     return argv
 
 
@@ -210,7 +213,8 @@ def dequantize_outputs(session, outputs: list[np.ndarray]) -> list[np.ndarray]:
 
 
 def bench(model: Path, threads: int = 1, warmup: int = 10, runs: int = 100,
-          inputs: Path | None = None, outputs: Path | None = None, device: str = "cpu", keep_timings: bool = False) -> dict:
+          inputs: Path | None = None, outputs: Path | None = None, device: str = "cpu", keep_timings: bool = False,
+          ops: bool = False) -> dict:
     from .backends import for_artifact
 
     backend = for_artifact(model)
@@ -247,6 +251,10 @@ def bench(model: Path, threads: int = 1, warmup: int = 10, runs: int = 100,
     }
     if keep_timings:
         result["timings_ms"] = timings
+    if ops:
+        from . import opprofile
+        del session  # one runtime instance at a time
+        result["op_profile"] = opprofile.profile(model, threads, samples[0], runs)
     return result
 
 
@@ -261,11 +269,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path)
     parser.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
     parser.add_argument("--timings", action="store_true", help="Also write every timed run (timings_ms).")
+    parser.add_argument("--ops", action="store_true", help="Also time every op with the runtime's own profiler "
+                                                          "(op_profile; edgekit.opprofile).")
     args = parser.parse_args(argv)
     from .errors import EdgekitError
     try:
         result = bench(args.model, args.threads, args.warmup, args.runs, args.inputs, args.outputs, args.device,
-                       args.timings)
+                       args.timings, args.ops)
     except EdgekitError as exc:
         print(f"error: {exc.one_line()}", file=sys.stderr)
         return exc.exit_code

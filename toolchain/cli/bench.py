@@ -27,7 +27,9 @@ from .common import _stdout, json_option, print_json, working
               help="Run on these devices over SSH instead of here (repeatable, in parallel, one job per device at "
                    "a time); results are compared.")
 @click.option("--timeout", default=600, show_default=True, type=click.IntRange(1, 86_400), help="Seconds per remote step.")
-def bench(artifact, threads, threads_unbounded, runs, warmup, processes, inputs, as_json, devices, timeout):
+@click.option("--ops", is_flag=True, help="Time every op with the runtime's own profiler: op type x count x time x "
+                                          "share, and the 10 slowest ops.")
+def bench(artifact, threads, threads_unbounded, runs, warmup, processes, inputs, as_json, devices, timeout, ops):
     """Time one artifact (.tflite, .onnx or OpenVINO .xml) in runner processes here, or on devices over SSH."""
     from .. import timing
     from ..bounds import check_threads
@@ -36,6 +38,8 @@ def bench(artifact, threads, threads_unbounded, runs, warmup, processes, inputs,
     if devices:
         return _remote_bench(artifact, threads, runs, warmup, inputs, as_json, devices, timeout)
     check_threads(threads, threads_unbounded)  # here; a device's cores are its own business
+    if ops:
+        return _ops(artifact, threads, warmup, runs, inputs, as_json)
     stack, status = working("timing")
     with stack:
         result = timing.measure([artifact], inputs, threads=threads, warmup=warmup, runs=runs, processes=processes,
@@ -51,6 +55,21 @@ def bench(artifact, threads, threads_unbounded, runs, warmup, processes, inputs,
                f"p99 {lat['p99']:.4g}, CV {lat['cv']:.1%}{' UNSTABLE' if lat['unstable'] else ''}; peak RSS "
                f"{memory['peak_rss_mib']:.0f} MiB ({memory['source'].split(' ')[0]}; measured on "
                f"{result['host']['hostname']})")
+
+
+def _ops(artifact: Path, threads: int, warmup: int, runs: int, inputs: Path | None, as_json: bool) -> None:
+    from .. import opreport
+    from ..errors import RunnerError
+    stack, status = working("profiling")
+    with stack:
+        try:
+            result = opreport.bench_ops(artifact, threads, warmup, runs, inputs, status.update)
+        except RunnerError as exc:
+            raise EdgekitError(str(exc), "check that the artifact loads: python -m edgekit.runner ARTIFACT") from None
+    if as_json:
+        return print_json(result)
+    opreport.show(_stdout(), f"{artifact.name} [{result['runtime']['name']} {result['runtime']['version']}]",
+                  result["op_profile"])
 
 
 def _on_each(devices: list[str], job) -> list:

@@ -40,6 +40,9 @@ def choose(trials: list[dict], setup: TuneSetup, fp32: dict | None, progress=lam
                     key=lambda t: cost(t, setup.objective))
     holdout_source = holdout_accuracy(setup.out / fp32["file"], setup.holdout_data) if fp32 else None
     for t in within:
+        if fp32 and t["key"] != fp32.get("key") and not _fast_enough(t, fp32, setup.objective):
+            t["not_faster"] = True
+            continue
         t = local_artifact(t, setup, progress)
         if t is None or t["drop_points"] > setup.budget_points:
             continue
@@ -51,7 +54,20 @@ def choose(trials: list[dict], setup: TuneSetup, fp32: dict | None, progress=lam
         t["holdout_drop_points"] = (holdout_source - t["holdout_accuracy"]) * 100 if holdout_source is not None else None
         if t["holdout_drop_points"] is not None and t["holdout_drop_points"] <= setup.budget_points:
             return t
+    if fp32 and any(t.get("not_faster") for t in within):  # within budget, but none earns its place over fp32
+        fp32.update(holdout_accuracy=holdout_source, holdout_drop_points=0.0)
+        return fp32
     return {}
+
+
+def _fast_enough(t: dict, fp32: dict, objective: str) -> bool:
+    """convert's recommendation rule (edgekit.recommend): against fp32 in the same quiet phase, a trial must
+    be stably faster when latency is the objective, and is never taken when it is stably slower."""
+    from ..recommend import stably_faster
+    if not (t.get("latency") and fp32.get("latency")):
+        return True  # timed on a device pool: no same-phase ratio to judge by
+    mine, theirs = {"latency_ms": t["latency"]}, {"latency_ms": fp32["latency"]}
+    return stably_faster(mine, theirs) if objective == "latency" else not stably_faster(theirs, mine)
 
 
 def _unique(trials: list[dict]) -> list[dict]:
@@ -99,6 +115,9 @@ def why_not_chosen(trials: list[dict], best: dict, setup: TuneSetup) -> None:
             t["why"] = "chosen"
         elif t["drop_points"] > setup.budget_points:
             t["why"] = f"over budget on the tuning split ({t['drop_points']:+.2f} points)"
+        elif t.get("not_faster"):
+            t["why"] = ("not stably faster than fp32 in the quiet phase" if setup.objective == "latency" else
+                        "slower than fp32 in the quiet phase") + " (the recommendation rule)"
         elif t.get("holdout_error"):
             t["why"] = f"held-out check failed: {t['holdout_error']}"
         elif t.get("holdout_drop_points") is not None and t["holdout_drop_points"] > setup.budget_points:
