@@ -52,6 +52,19 @@ def test_convert_merges_remote_results(ssh_env, tiny_keras, capsys, tmp_path):
     assert "REMOTE onnx fp32: median" in result.out
 
 
+def test_bench_on_several_devices_keeps_the_figures_of_those_that_worked(ssh_env, artifacts, capsys):
+    dead = f"ssh://nobody@127.0.0.1:{_free_port()}"
+    table = run_cli(capsys, "bench", artifacts / "model.tflite", "--device", ssh_env["url"], "--device", dead,
+                    "--runs", "2", "--warmup", "0")
+    assert_user_error(table, "1 of 2 devices failed", dead, "cannot reach the device", "devices that worked")
+    assert ssh_env["url"] in table.out and "measured on remote device" in table.out and dead not in table.out
+    printed = run_cli(capsys, "bench", artifacts / "model.tflite", "--device", dead, "--device", ssh_env["url"],
+                      "--runs", "2", "--warmup", "0", "--json")
+    assert printed.code == 2
+    runs = json.loads(printed.out)
+    assert runs[0]["device"] == dead and "cannot reach" in runs[0]["error"] and runs[1]["latency_ms"]["median"] > 0
+
+
 def test_unreachable_host(ssh_env, artifacts, capsys):
     port = _free_port()
     result = run_cli(capsys, "bench", artifacts / "model.onnx", "--device", f"ssh://nobody@127.0.0.1:{port}")

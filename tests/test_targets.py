@@ -54,12 +54,17 @@ def test_bad_profiles_name_the_file_and_field(tmp_path, text, words):
         assert word in message
 
 
-def test_user_directory_adds_and_overrides_profiles(tmp_path, monkeypatch):
+def test_user_directory_adds_profiles_and_never_silently_shadows_a_builtin(tmp_path, monkeypatch):
     write_profile(tmp_path / "mine", "edge-box")
-    write_profile(tmp_path / "mine", "cpu")  # shadows the built-in cpu
-    found = targets.all_targets(extra_dirs=(str(tmp_path / "mine"),))
+    write_profile(tmp_path / "mine", "cpu")  # the built-in's name (issue #25): only by its explicit path
+    problems: list[str] = []
+    found = targets.all_targets(extra_dirs=(str(tmp_path / "mine"),), problems=problems)
     assert found["edge-box"].profile.bench.runs == 7
-    assert found["cpu"].path == tmp_path / "mine" / "cpu.toml"
+    assert found["cpu"].path == targets.builtin_dir() / "cpu.toml"
+    assert len(problems) == 1 and "name of the built-in target 'cpu'" in problems[0]
+    with pytest.raises(EdgekitError, match="replace the built-in silently"):
+        targets.get_target("cpu", (str(tmp_path / "mine"),))
+    assert targets.get_target(str(tmp_path / "mine" / "cpu.toml")).path == tmp_path / "mine" / "cpu.toml"
     monkeypatch.setenv(targets.ENV_VAR, str(tmp_path / "mine"))
     assert targets.get_target("edge-box").profile.build.formats == ["onnx"]
 

@@ -51,10 +51,30 @@ def _kill_group(pgid: int, sig: int) -> None:
         pass
 
 
+def safe_python(argv: list[str], env: dict | None = None, cwd=None) -> tuple[list[str], dict | None, str | None]:
+    """A Python child (argv[0] is this interpreter, or `python=` says so) that imports nothing from its
+    working directory: `-P` (safe path: no cwd or script folder on sys.path), PYTHONSAFEPATH=1 for
+    its own children, PYTHONPATH without empty or relative entries (those mean the cwd), and an
+    explicit cwd. Not `-I`: plug-ins ($EDGEKIT_BACKENDS, $EDGEKIT_PROBES) may live on PYTHONPATH."""
+    if not argv or argv[0] != sys.executable:
+        return argv, env, cwd
+    env = dict(os.environ if env is None else env)
+    env["PYTHONSAFEPATH"] = "1"
+    paths = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and os.path.isabs(p)]
+    if paths:
+        env["PYTHONPATH"] = os.pathsep.join(paths)
+    else:
+        env.pop("PYTHONPATH", None)
+    argv = argv if argv[1:2] == ["-P"] else [argv[0], "-P", *argv[1:]]
+    return argv, env, str(cwd) if cwd is not None else os.getcwd()
+
+
 def run(argv: list[str], timeout: float | None, *, env: dict | None = None, cwd=None,
         input: str | None = None) -> subprocess.CompletedProcess:
     """subprocess.run(capture_output=True, text=True) in a new process group. On a timeout or any
-    exception here (KeyboardInterrupt included) the whole group is killed before it propagates."""
+    exception here (KeyboardInterrupt included) the whole group is killed before it propagates.
+    A Python child is started by safe_python()."""
+    argv, env, cwd = safe_python(argv, env, cwd)
     proc = subprocess.Popen(argv, stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=cwd,
                             start_new_session=True, preexec_fn=die_with_parent)

@@ -52,9 +52,11 @@ def run(function: str, /, *args, step: str, progress: Callable[[str], None] | No
         child_env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "3"),
                      _STATUS_ENV: str(status), **(env or {})}
         with open(work / "stderr", "wb") as err:
-            proc = subprocess.Popen([sys.executable, "-m", "edgekit.isolate", str(work)], stdin=subprocess.DEVNULL,
-                                    stdout=subprocess.DEVNULL, stderr=err, env=child_env, start_new_session=True,
-                                    preexec_fn=children.die_with_parent)
+            # the caller's cwd (relative paths in the call keep their meaning); -P: nothing imported from it
+            argv, child_env, cwd = children.safe_python([sys.executable, "-m", "edgekit.isolate", str(work)],
+                                                        child_env)
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
+                                    env=child_env, cwd=cwd, start_new_session=True, preexec_fn=children.die_with_parent)
             with children.tracking(proc):
                 where = _follow(proc, status, progress, timeout, step)
         return _outcome(proc.returncode, work, step, where)

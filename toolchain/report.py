@@ -196,13 +196,14 @@ def print_summary(summary: dict, console) -> None:
 
 def show_table(console, title: str, columns, rows) -> None:
     """A rich table on a terminal; plain aligned text, never truncated, when the output is piped."""
-    if console.is_terminal:
+    if console.is_terminal:  # every text as Text: '[' in a profile's description or a path is never markup
         from rich.table import Table
-        table = Table(title=title)
+        from rich.text import Text
+        table = Table(title=Text(str(title)))
         for column in columns:
-            table.add_column(column, overflow="fold")
+            table.add_column(Text(str(column)), overflow="fold")
         for row in rows:
-            table.add_row(*map(str, row))
+            table.add_row(*(Text(str(c)) for c in row))
         console.print(table)
         return
     rows = [[str(c) for c in row] for row in rows]

@@ -145,17 +145,18 @@ def command(model, result_json, *, python: tuple[str, ...] = (sys.executable,), 
             runs: int = 100, inputs=None, outputs=None, device: str = "cpu", timings: bool = False,
             ops: bool = False) -> list[str]:
     """The argv that runs this runner on `model` (paths may be local or on a device)."""
-    argv = [*python, "-m", "edgekit.runner", str(model), "--threads", str(threads), "--warmup", str(warmup),
-            "--runs", str(runs), "--json", str(result_json), "--device", device]
+    # `--opt=value` and `--` before the model: a path starting with '-' is never read as an option
+    argv = [*python, "-m", "edgekit.runner", f"--threads={threads}", f"--warmup={warmup}", f"--runs={runs}",
+            f"--json={result_json}", f"--device={device}"]
     if inputs:
-        argv += ["--inputs", str(inputs)]
+        argv.append(f"--inputs={inputs}")
     if outputs:
-        argv += ["--outputs", str(outputs)]
+        argv.append(f"--outputs={outputs}")
     if timings:
         argv.append("--timings")
     if ops:
         argv.append("--ops")
-    return argv
+    return [*argv, "--", str(model)]
 
 
 def invoke(model, result_json: Path | None, *, timeout: float | None = None, env: dict | None = None,
@@ -258,12 +259,29 @@ def bench(model: Path, threads: int = 1, warmup: int = 10, runs: int = 100,
     return result
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line and exit 2, like every edgekit user error
+        self.exit(2, f"error: {self.prog}: {message}; see --help\n")
+
+
+def _at_least(low: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{value} is below {low}")
+        return value
+    return parse
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m edgekit.runner", description=__doc__.splitlines()[0])
+    parser = _OneLineParser(prog="python -m edgekit.runner", description=__doc__.splitlines()[0])
     parser.add_argument("model", type=Path)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--warmup", type=int, default=10)
-    parser.add_argument("--runs", type=int, default=100)
+    parser.add_argument("--threads", type=_at_least(1), default=1)
+    parser.add_argument("--warmup", type=_at_least(0), default=10)
+    parser.add_argument("--runs", type=_at_least(1), default=100)
     parser.add_argument("--inputs", type=Path)
     parser.add_argument("--outputs", type=Path)
     parser.add_argument("--json", type=Path)

@@ -175,6 +175,12 @@ def load_profile(path: Path) -> Target:
                            "make the name match the file name")
     _check_numbers(profile, path)
     _check_npu(profile, path)
+    _check_device_model(profile, path)
+    for flag in profile.device.gcc_flags:
+        why = refused_flag(flag)
+        if why:
+            raise EdgekitError(f"{path}: device.gcc_flags: {flag!r} is not allowed ({why})", "use only -mcpu=, "
+                               "-march=, -mtune=, -mthumb, -mfpu=, -mfloat-abi=, -O* and -f* options without paths")
     try:
         validate_distill(profile.distill)
     except EdgekitError as exc:
@@ -201,6 +207,33 @@ def _check_npu(p: Profile, path: Path) -> None:
                                                                                   "targets/ethos-u55-128.toml")
 
 
+def _check_device_model(p: Profile, path: Path) -> None:
+    """A device model (clock and MAC rate) needs its memory bandwidth: the estimate divides by it."""
+    if p.device.clock_ghz > 0 and p.device.fp32_macs_per_cycle > 0 and p.device.memory_gbps <= 0:
+        raise EdgekitError(f"{path}: a device model (clock_ghz, fp32_macs_per_cycle) needs device.memory_gbps > 0",
+                           "state the sustained memory bandwidth, or set clock_ghz = 0 for no estimates")
+
+
+# Compiler flags a profile may pass to arm-none-eabi-g++: profiles are data, so nothing that runs a
+# program (-wrapper, -B, -fplugin), reads or writes a named file (@file, -o, -include, -specs,
+# -fprofile-*, -fdump-*) or takes a path.
+_FLAG_VALUE = r"[A-Za-z0-9][A-Za-z0-9_.+,-]{0,63}"
+ALLOWED_FLAGS = re.compile(rf"-m(?:cpu|arch|tune)={_FLAG_VALUE}|-mthumb|-mfpu={_FLAG_VALUE}|-mfloat-abi=(?:soft|softfp|hard)"
+                           rf"|-O[0-3sgz]?|-Ofast|-f(?:no-)?[a-z0-9][a-z0-9-]{{0,63}}(?:={_FLAG_VALUE})?")
+_F_REFUSED = ("plugin", "profile", "dump", "auto-profile", "debug-prefix-map", "file-prefix-map", "macro-prefix-map",
+              "callgraph-info", "stack-usage", "opt-info", "record-gcc-switches", "save-optimization-record")
+
+
+def refused_flag(flag: str) -> str | None:
+    """Why a compiler flag from a profile is refused, or None when it is on the allow-list."""
+    if not isinstance(flag, str) or not ALLOWED_FLAGS.fullmatch(flag):
+        return "not on the allow-list"
+    name = flag.split("=", 1)[0].removeprefix("-f").removeprefix("no-")
+    if flag.startswith("-f") and name.startswith(_F_REFUSED):
+        return "it reads or writes files or loads code"
+    return None
+
+
 def _numbers(record, prefix: str = ""):
     """(field path, value) of every number in a profile, list items included."""
     for f in dataclasses.fields(record):
@@ -221,6 +254,7 @@ def all_targets(extra_dirs: tuple[str, ...] = (), problems: list[str] | None = N
             if f.stem in found:
                 continue
             try:
+                _not_shadowing(f)
                 found[f.stem] = load_profile(f)
             except EdgekitError as exc:
                 if problems is not None:
@@ -229,6 +263,14 @@ def all_targets(extra_dirs: tuple[str, ...] = (), problems: list[str] | None = N
 
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,99}")
+
+
+def _not_shadowing(path: Path) -> None:
+    """A profile outside the package may not take a built-in's name by its place on the search path."""
+    builtin = builtin_dir()
+    if path.parent.resolve() != builtin.resolve() and (builtin / path.name).is_file():
+        raise EdgekitError(f"{path} has the name of the built-in target '{path.stem}'; edgekit will not let it "
+                           "replace the built-in silently", f"rename it, or select it explicitly with --target {path}")
 
 
 def get_target(name: str, extra_dirs: tuple[str, ...] = ()) -> Target:
@@ -244,6 +286,7 @@ def get_target(name: str, extra_dirs: tuple[str, ...] = ()) -> Target:
     for d in search_path(extra_dirs):
         f = d / f"{name}.toml"
         if f.is_file():
+            _not_shadowing(f)
             return load_profile(f)
     known = ", ".join(sorted(all_targets(extra_dirs)))
     raise EdgekitError(f"unknown target '{name}'", f"choose one of: {known} (or add {name}.toml to --targets-dir)")

@@ -35,6 +35,7 @@ def bench(artifact, threads, threads_unbounded, runs, warmup, processes, inputs,
     from ..bounds import check_threads
     if not artifact.is_file():
         raise EdgekitError(f"artifact not found: {artifact}", "check the path")
+    artifact = artifact.absolute()  # a name starting with '-' is never read as an option (scp, the runner)
     if devices:
         return _remote_bench(artifact, threads, runs, warmup, inputs, as_json, devices, timeout)
     check_threads(threads, threads_unbounded)  # here; a device's cores are its own business
@@ -95,15 +96,34 @@ def _remote_bench(artifact, threads, runs, warmup, inputs, as_json, devices, tim
     from ..probes.ssh import remote
     from ..report import show_note, show_table
     files = backends.for_artifact(artifact).files(artifact)
-    results = _on_each(devices, lambda url: remote.bench(url, files, inputs, threads, warmup, runs, timeout=timeout))
+
+    def job(url):  # a failing device keeps the others' figures; it is named below
+        try:
+            return remote.bench(url, files, inputs, threads, warmup, runs, timeout=timeout)
+        except EdgekitError as exc:
+            if len(devices) == 1:
+                raise
+            return {"device": url, "error": exc.one_line()}
+    results = _on_each(devices, job)
+    failed = [(url, r["error"]) for url, r in zip(devices, results) if "error" in r]
+    worked = [(url, r) for url, r in zip(devices, results) if "error" not in r]
     if as_json:
-        return print_json(results)
+        print_json(results)
+    elif worked:
+        _device_table(artifact, worked, threads, warmup, runs, show_note, show_table)
+    if failed:
+        fix = "the figures printed are from the devices that worked" if worked else "check the devices"
+        raise EdgekitError(f"{len(failed)} of {len(devices)} devices failed: "
+                           + "; ".join(f"{url}: {why}" for url, why in failed), fix)
+
+
+def _device_table(artifact, worked, threads, warmup, runs, show_note, show_table):
     out = _stdout()
-    show_table(out, f"{artifact.name} on {len(results)} device(s)",
+    show_table(out, f"{artifact.name} on {len(worked)} device(s)",
                ("device", "cpu", "runtime", "median ms", "p90 ms", "p99 ms", "CV", "peak RSS MiB"),
                [(url, f"{r['host']['cpu']} ({r['host']['machine']})", f"{r['runtime']['name']} {r['runtime']['version']}",
                  f"{r['latency_ms']['median']:.4g}", f"{r['latency_ms']['p90']:.4g}", f"{r['latency_ms']['p99']:.4g}",
                  f"{r['latency_ms'].get('cv', 0):.0%}", f"{r['memory']['peak_rss_mib']:.0f}")
-                for url, r in zip(devices, results)])
-    for url, r in zip(devices, results):
+                for url, r in worked])
+    for url, r in worked:
         show_note(out, f"{url}: {r['how']}; {threads} thread(s), {warmup} warm-up, {runs} runs", "")

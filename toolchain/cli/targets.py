@@ -15,13 +15,13 @@ from .common import _stdout, json_option, print_json, targets_dir_option
 @click.pass_context
 def targets(ctx, targets_dirs, as_json):
     """List target profiles (built-in and your own)."""
-    ctx.obj = tuple(targets_dirs)
+    ctx.obj = {"dirs": tuple(targets_dirs), "json": as_json}
     if ctx.invoked_subcommand:
         return
     from ..report import show_table
     from ..targets import all_targets
     problems: list[str] = []  # a broken profile is skipped, never hides the others
-    profiles = all_targets(ctx.obj, problems)
+    profiles = all_targets(ctx.obj["dirs"], problems)
     if as_json:
         return print_json([{"name": name, "path": str(t.path), **dataclasses.asdict(t.profile)}
                             for name, t in profiles.items()])
@@ -35,10 +35,14 @@ def targets(ctx, targets_dirs, as_json):
 
 @targets.command("show")
 @click.argument("name")
+@json_option
 @click.pass_obj
-def targets_show(dirs, name):
-    """Print one profile, validated, with every field filled in."""
+def targets_show(obj, name, as_json):
+    """Print one profile, validated, with every field filled in (--json: JSON only, with its path)."""
     from ..targets import get_target
-    target = get_target(name, dirs or ())
+    target = get_target(name, obj["dirs"])
+    profile = dataclasses.asdict(target.profile)
+    if as_json or obj["json"]:
+        return print_json({"name": name, "path": str(target.path), **profile})
     click.echo(f"# {target.path}")
-    click.echo(json.dumps(dataclasses.asdict(target.profile), indent=2))
+    click.echo(json.dumps(profile, indent=2))

@@ -124,7 +124,8 @@ def python(home: Path) -> tuple[list[str], dict]:
         os.replace(staged, link)
     root = home / "root"
     env = {"PYTHONPATH": f"{home / 'site'}:{pkg}", "PYTHONNOUSERSITE": "1"}
-    return ["qemu-aarch64-static", "-cpu", CPU, "-L", str(root), str(root / "usr/bin/python3.11")], env
+    env["PYTHONSAFEPATH"] = "1"  # and -P: nothing imported from the working directory
+    return ["qemu-aarch64-static", "-cpu", CPU, "-L", str(root), str(root / "usr/bin/python3.11"), "-P"], env
 
 
 def write_launcher(home: Path, path: Path) -> Path:

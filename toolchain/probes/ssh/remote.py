@@ -251,7 +251,8 @@ def _run_error(device: Device, proc: subprocess.CompletedProcess) -> EdgekitErro
 def _remembering_pid(workdir: str, argv: list[str]) -> str:
     """The runner's shell command; its pid is kept while it runs, so clean-up can stop it if we
     are interrupted or time out (the device does not notice that ssh went away)."""
-    return (f"cd {shlex.quote(workdir)} && {{ {shlex.join(argv)} & echo $! > runner.pid; wait $!; rc=$?; "
+    # PYTHONSAFEPATH (Python 3.11+; older ones ignore it): the model's own name, e.g. numpy.py, is never imported
+    return (f"cd {shlex.quote(workdir)} && {{ PYTHONSAFEPATH=1 {shlex.join(argv)} & echo $! > runner.pid; wait $!; rc=$?; "
             "rm -f runner.pid; exit $rc; }")
 
 
