@@ -17,7 +17,7 @@ def test_int8_slower_than_fp32_is_not_recommended(tmp_path, capsys):
     model.save(tmp_path / "relu.keras")
     result = run_cli(capsys, "convert", tmp_path / "relu.keras", "--target", "cpu-int8", "--format", "tflite",
                      "--calib", "random", "--calib-samples", "8", "--runs", "30", "--warmup", "3", "--out",
-                     tmp_path / "o", "--json")
+                     tmp_path / "o", "--json", "--ops")
     assert result.code == 0, result.err
     report = json.loads(result.out)
     fp32, int8 = report["artifacts"]
@@ -26,6 +26,10 @@ def test_int8_slower_than_fp32_is_not_recommended(tmp_path, capsys):
     assert rec["artifact"] == {"format": "tflite", "precision": "fp32", "role": "baseline", "file": fp32["file"]}
     assert rec["reason"].startswith("fp32 TFLite: ") and "int8" in rec["reason"]
     assert "Recommended: fp32/model.tflite (fp32 TFLite" in (tmp_path / "o" / "report.md").read_text()
+    # convert --ops: where the time goes, side by side
+    assert [r["type"] for r in fp32["op_profile"]["by_type"]] == ["RELU"]
+    assert {"QUANTIZE", "DEQUANTIZE"} <= set(int8["op_compare"]["added"])
+    assert "## Per-op time" in (tmp_path / "o" / "report.md").read_text()
 
 
 def _row(fmt, precision, medians, unstable=False, verified=True, delta=0.0, base=None):

@@ -1,10 +1,10 @@
-"""Per-op tables (edgekit.opprofile's figures) on the terminal and in report.md: `bench --ops`, `convert --ops`."""
+"""Per-op tables (edgekit.opprofile's figures) on the terminal and in report.md: `bench --ops`, `convert --ops`.
+Below report in the layers (report.md includes the section): the terminal functions take report's printers."""
 from __future__ import annotations
 
 from pathlib import Path
 
 from . import opprofile, runner, timing
-from .report import show_note, show_table
 
 
 def bench_ops(artifact: Path, threads: int, warmup: int, runs: int, inputs: Path | None, progress) -> dict:
@@ -16,14 +16,14 @@ def bench_ops(artifact: Path, threads: int, warmup: int, runs: int, inputs: Path
                              inputs=inputs, ops=True, what=f"the {artifact.suffix.lstrip('.')} runner")
 
 
-def show(console, title: str, prof: dict) -> None:
+def show(console, title: str, prof: dict, show_table, show_note) -> None:
     show_table(console, f"{title}: time per op type", opprofile.TYPE_COLUMNS, opprofile.type_rows(prof))
     show_table(console, f"{title}: the {len(prof['slowest'])} slowest ops", opprofile.SLOWEST_COLUMNS,
                opprofile.slowest_rows(prof))
     show_note(console, note(prof))
 
 
-def show_pair(console, title: str, cmp: dict) -> None:
+def show_pair(console, title: str, cmp: dict, show_table, show_note) -> None:
     show_table(console, title, opprofile.COMPARE_COLUMNS, opprofile.compare_rows(cmp))
     for line in pair_notes(cmp):
         show_note(console, line)
@@ -37,12 +37,23 @@ def note(prof: dict) -> str:
 def pair_notes(cmp: dict) -> list[str]:
     lines = [f"Sum of op times: {cmp['total_ms'][0]:.4g} ms (fp32) against {cmp['total_ms'][1]:.4g} ms."]
     if cmp["added"]:
-        lines.append(f"Only in the second artifact: {', '.join(cmp['added'])} "
-                     f"(quantize/dequantize/layout ops: {cmp['layout_or_quantize_ms']:.4g} ms).")
+        lines.append(f"Op types only in the second artifact: {', '.join(cmp['added'])}.")
+    if cmp["layout_or_quantize_ms"]:
+        lines.append(f"Quantize/dequantize/layout ops in the second artifact: {cmp['layout_or_quantize_ms']:.4g} ms.")
     if cmp["stayed_float"]:
         lines.append("Compute ops still in float: " + ", ".join(f"{r['type']} x{r['count']} ({r['ms']:.4g} ms)"
                                                                  for r in cmp["stayed_float"]) + ".")
     return lines
+
+
+def show_result(console, result: dict, show_table, show_note) -> None:
+    """convert --ops on the terminal: each format's fp32 profile, then each other artifact against it."""
+    for a in (a for a in result["artifacts"] if a.get("op_profile")):
+        if a.get("op_compare"):
+            show_pair(console, f"{a['format']}: fp32 against {a['precision']}, per op type", a["op_compare"],
+                      show_table, show_note)
+        else:
+            show(console, f"{a['format']} {a['precision']}", a["op_profile"], show_table, show_note)
 
 
 def markdown(result: dict) -> list[str]:

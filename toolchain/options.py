@@ -39,6 +39,8 @@ class ConvertOptions:
     targets_dirs: list[str] = option([], "Extra directories searched for target profiles.")
     seed: int = option(0, "Seed for generated inputs when no --data is given.")
     sensitivity: bool = option(False, "Add per-layer int8 sensitivity (which layers to keep in float) to the report.")
+    ops: bool = option(False, "Add per-op time to the report (the runtimes' own profilers): each format's fp32 "
+                              "artifact, and every other one side by side with it.")
     prune: str | None = option(None, "Pruning before quantization: magnitude:S (unstructured, sparsity S) or "
                                      "channels:R (structured, remove fraction R of channels).")
     prune_scope: str | None = option(None, "magnitude: per-layer or global ranking.", choices=("per-layer", "global"))

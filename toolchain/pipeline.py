@@ -458,12 +458,30 @@ def _build_format(ctx: Context, fmt: str) -> list[dict]:
         entries = [baseline, _artifact(ctx, backend, ctx.qconfig.precision, ctx.stage, "target", baseline)]
     entries += _native(ctx, backend, entries[0])
     _time(ctx, backend, entries)
+    if ctx.options.ops:
+        _op_profiles(ctx, entries)
     baseline = entries[0]
     for other in entries[1:]:
         if baseline["status"] == other["status"] == "ok":
             other["vs_fp32"] = {"size": other["size"]["bytes"] / baseline["size"]["bytes"],
                                 **_latency_ratio(other, baseline)}
     return entries
+
+
+def _op_profiles(ctx: Context, entries: list[dict]) -> None:
+    """convert --ops: every working artifact's per-op time (opprofile), the others set against fp32's."""
+    from . import opprofile, opreport
+    for entry in (e for e in entries if e["status"] == "ok"):
+        ctx.progress(f"{entry['format']} {entry['precision']}: per-op time")
+        try:
+            entry["op_profile"] = opreport.bench_ops(ctx.stage / entry["file"], ctx.host_threads(), 2, 20,
+                                                     timing.one_sample(ctx.evalset.samples, ctx.workdir),
+                                                     ctx.progress)["op_profile"]
+        except EdgekitError as exc:
+            entry["notes"].append(f"no per-op time: {exc}")
+    fp32 = entries[0]
+    for other in (e for e in entries[1:] if e.get("op_profile") and fp32.get("op_profile")):
+        other["op_compare"] = opprofile.compare(fp32["op_profile"], other["op_profile"])
 
 
 def _native(ctx: Context, backend, fp32: dict) -> list[dict]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from . import probes, recommend
+from . import opreport, probes, recommend
 from .measure import TOLERANCE, kib
 
 COLUMNS = ("format", "precision", "size", "gzip", "median ms", "p90 ms", "CV", "× fp32 size/lat", "int ops",
@@ -234,6 +234,7 @@ def markdown(result: dict) -> str:
     lines += ["", *[f"- {n}" for n in measurement_notes(result)], ""]
     if stages_title(result):
         lines += [f"## {stages_title(result)}", "", *stage_lines(result), ""]
+    lines += opreport.markdown(result)
     if result.get("sensitivity"):
         from .passes.sensitivity import markdown as sensitivity_table
         lines += ["## Per-layer int8 sensitivity", "",
@@ -317,3 +318,4 @@ def print_table(result: dict, console) -> None:
             show_note(console, note)
     for note in measurement_notes(result):
         show_note(console, note, "yellow" if note.startswith(("WARNING", "FAILED")) else "dim")
+    opreport.show_result(console, result, show_table, show_note)

@@ -69,8 +69,9 @@ def _ops(artifact: Path, threads: int, warmup: int, runs: int, inputs: Path | No
             raise EdgekitError(str(exc), "check that the artifact loads: python -m edgekit.runner ARTIFACT") from None
     if as_json:
         return print_json(result)
+    from ..report import show_note, show_table
     opreport.show(_stdout(), f"{artifact.name} [{result['runtime']['name']} {result['runtime']['version']}]",
-                  result["op_profile"])
+                  result["op_profile"], show_table, show_note)
 
 
 def _on_each(devices: list[str], job) -> list:

@@ -35,6 +35,7 @@ from .common import Number, _console, _help, _stdout, choice, json_option, print
 @click.option("--force", is_flag=True, help=_help("force"))
 @click.option("--trust-model", is_flag=True, help=_help("trust_model"))
 @click.option("--sensitivity", is_flag=True, help=_help("sensitivity"))
+@click.option("--ops", is_flag=True, help=_help("ops"))
 @click.option("--emulate/--no-emulate", default=None, help=_help("emulate"))
 @click.option("--tflm-compress", is_flag=True, help=_help("tflm_compress"))
 @click.option("--device", "devices", multiple=True, metavar="ssh://USER@HOST[:PORT]", help=_help("devices"))
