@@ -126,10 +126,11 @@ def compile_one(model: Path, config: str, out: Path) -> dict:
     import dataclasses
     from edgekit import targets
     from edgekit.errors import ConversionError
-    from edgekit.probes.npu import vela
+    from edgekit.passes import _vela as vela
+    from edgekit.passes import vela as vela_pass
     profile = targets.get_target(config).profile
     try:
-        fig = vela.compile(model, profile.device, out)
+        fig = vela.compile(model, vela_pass.configure(profile, None), out)
     except ConversionError as exc:
         return {"error": str(exc)}
     ideal = dataclasses.replace(vela.accel_spec(profile.device, profile.accelerator, fig), compute_efficiency=1.0,

@@ -16,8 +16,9 @@ import pytest
 from clihelp import assert_user_error, run_cli
 from edgekit import targets
 from edgekit.errors import EdgekitError
+from edgekit.passes import _vela as vela
+from edgekit.passes import vela as vela_pass
 from edgekit.probes import npu
-from edgekit.probes.npu import vela
 from edgekit.tune.trial import cost, npu_figures
 
 
@@ -39,7 +40,7 @@ def conv(x):
 def compiled(model: Path, profile, tmp_path: Path) -> dict:
     """What the probe computes for one artifact, without a pipeline around it."""
     device = profile.device
-    figures = vela.compile(model, device, tmp_path / "vela")
+    figures = vela.compile(model, vela_pass.configure(profile, None), tmp_path / "vela")
     figures["bytes"] = (tmp_path / "vela" / figures["compiled"]).stat().st_size
     figures["c_artifact"] = {"files": ["mcu/model_data.cc", "mcu/model_data.h"]}  # not written here
     figures["verdict"] = npu.verdict(device, figures)
@@ -122,7 +123,7 @@ def test_a_model_over_the_profiles_sram_does_not_fit_with_the_bytes(tmp_path):
 STANDIN = """
 import os
 if os.environ.get("EDGEKIT_ISOLATE_STATUS") and os.environ.get("EDGEKIT_TEST_VELA_ABORT"):
-    import edgekit.probes.npu.vela as vela
+    import edgekit.passes._vela as vela
 
     def _abort(*args, **kwargs):
         from edgekit import isolate

@@ -17,7 +17,7 @@ from edgekit.passes.base import Pass, problems
 from edgekit.recipe import Recipe
 from edgekit.schema import from_dict
 
-BUILTIN = ["distill", "prune", "quantize", "pow2"]
+BUILTIN = ["distill", "prune", "quantize", "pow2", "vela"]
 PROFILE = """name = "plumb"
 [build]
 formats = ["fake"]
@@ -59,7 +59,7 @@ def test_every_pass_follows_the_contract(name, plugin):
 
 
 def test_passes_are_ordered_by_stage_and_the_recipe_round_trips(plugin):
-    assert [p.NAME for p in passes.all_passes()] == ["distill", "prune", "quantize", "pow2", "clip"]
+    assert [p.NAME for p in passes.all_passes()] == ["distill", "prune", "quantize", "pow2", "clip", "vela"]
     recipe = Recipe.resolve(targets.get_target("fpga-int8-pot").profile, {"prune": "channels:0.5", "clip_sigmas": 2.0})
     assert recipe["pow2"].enabled and recipe["quantize"].per_channel is False  # the accelerator decides both
     assert (recipe["prune"].method, recipe["clip"].sigmas) == ("channels", 2.0)

@@ -1,7 +1,9 @@
 """The Ethos-U engine, Vela (`ethos-u-vela`, the `npu` extra): compile an int8 .tflite for a named
 accelerator configuration, in an isolated child, and read back what Vela decided and estimated.
+Used by the `vela` pass (passes/vela.py: the compile step) and the `npu` probe (probes/npu.py: budgets,
+edgekit's cycle model beside Vela's, the report lines), which hand over through `save`/`load`.
 
-    compile(model, device, out_dir) -> figures      (parent: starts the child)
+    compile(model, config, out_dir) -> figures      (parent: starts the child; config: a VelaConfig)
     compile_in_child(model, out_dir, accelerator, system_config, memory_mode)   (child: runs Vela)
 
 The child calls Vela's own entry point (`ethosu.vela.vela.main`, the `vela` command) with its
@@ -23,7 +25,7 @@ import re
 import sys
 from pathlib import Path
 
-from ...errors import EdgekitError
+from ..errors import EdgekitError
 
 EXTRA = "npu"
 HOW = "estimated (Vela)"
@@ -77,27 +79,47 @@ def _number(text: str) -> bool:
 
 # --- parent side -----------------------------------------------------------------------------------
 
-def compile(model: Path, device, out_dir: Path, progress=None) -> dict:
-    """Compile `model` for the profile's Ethos-U configuration; figures as `compile_in_child` returns
-    them. Raises ConversionError (one line) when Vela fails or its child dies."""
-    from ... import isolate
+def compile(model: Path, config, out_dir: Path, progress=None) -> dict:
+    """Compile `model` for an Ethos-U configuration (`config`: accelerator, system_config, memory_mode,
+    optimise); figures as `compile_in_child` returns them. Raises ConversionError (one line) when Vela
+    fails or its child dies."""
+    from .. import isolate
     require()
     out_dir.mkdir(parents=True, exist_ok=True)
-    return isolate.run("edgekit.probes.npu.vela:compile_in_child", Path(model), Path(out_dir), device.npu,
-                       device.npu_system_config, device.npu_memory_mode, step="Vela compiler", progress=progress,
-                       timeout=TIMEOUT_S)
+    return isolate.run("edgekit.passes._vela:compile_in_child", Path(model), Path(out_dir), config.accelerator,
+                       config.system_config, config.memory_mode, config.optimise, step="Vela compiler",
+                       progress=progress, timeout=TIMEOUT_S)
+
+
+def output_dir(ctx, artifact: Path) -> Path:
+    """Where the pass keeps Vela's output for one artifact (the conversion's scratch directory)."""
+    return ctx.workdir / "vela" / "-".join(Path(artifact).relative_to(ctx.stage).with_suffix("").parts)
+
+
+def save(out_dir: Path, figures: dict) -> None:
+    import json
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "figures.json").write_text(json.dumps(figures, indent=1))
+
+
+def load(out_dir: Path) -> dict | None:
+    """What the pass saved for this artifact, or None when it did not run."""
+    import json
+    path = out_dir / "figures.json"
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 # --- child side ------------------------------------------------------------------------------------
 
-def compile_in_child(model: Path, out_dir: Path, accelerator: str, system: str, memory_mode: str) -> dict:
+def compile_in_child(model: Path, out_dir: Path, accelerator: str, system: str, memory_mode: str,
+                     optimise: str = "Performance") -> dict:
     """Run Vela on `model` into `out_dir`; its figures, the op split and the fallback reasons."""
-    from ... import isolate
-    from ...errors import ConversionError
+    from .. import isolate
+    from ..errors import ConversionError
     log = out_dir / "vela.log"
     argv = [str(model), "--config", str(config_file()), "--accelerator-config", accelerator,
             "--system-config", system, "--memory-mode", memory_mode, "--output-dir", str(out_dir),
-            "--show-cpu-operations"]
+            "--optimise", optimise, "--show-cpu-operations"]
     isolate.progress(f"tflite: compiling for {accelerator} with Vela")
     isolate.where("Vela (ethosu.vela.vela.main)")
     code = _captured(lambda: _vela_main(argv), log)
@@ -110,7 +132,7 @@ def compile_in_child(model: Path, out_dir: Path, accelerator: str, system: str, 
     figures = read_summary(summary)
     figures.update(placement(model, text))
     figures.update(accelerator=accelerator, system_config=system, memory_mode=memory_mode, vela_version=version(),
-                   compiled=compiled.name, how=HOW)
+                   optimise=optimise, compiled=compiled.name, how=HOW)
     return figures
 
 
@@ -181,7 +203,7 @@ def fallback_reasons(text: str) -> dict[str, dict]:
 
 def placement(model: Path, text: str) -> dict:
     """The input model's operators split into NPU and CPU, each CPU one named with Vela's reason."""
-    from ...accel.graph import load
+    from ..accel.graph import load
     tensors, ops, _, _ = load(model)
     reasons = fallback_reasons(text)
     cpu_outputs = {m.group(2) for m in map(CPU_LINE.match, text.splitlines()) if m} | set(reasons)
@@ -211,10 +233,10 @@ def accel_spec(device, base, figures: dict):
     holds feature maps and its bandwidth, and whether Vela put the feature maps off chip; the
     efficiency factors come from the profile's [accelerator] table."""
     import dataclasses
-    rows, cols = array_shape(macs_per_cycle(device.npu))
+    rows, cols = array_shape(macs_per_cycle(figures["accelerator"]))
     gib_s = {k.lower(): v for k, v in figures["bandwidth_gib_s"].items()}
     offchip = figures["feature_map_area"].lower() != "sram"
-    onchip = figures["arena_cache_bytes"] if device.npu_memory_mode.startswith("Dedicated") else device.ram_kib * 1024
+    onchip = figures["arena_cache_bytes"] if figures["memory_mode"].startswith("Dedicated") else device.ram_kib * 1024
     return dataclasses.replace(base, mac_rows=rows, mac_cols=cols, clock_mhz=figures["clock_mhz"],
                                dram_gbps=gib_s.get(figures["weights_area"].lower(), 1.0) * 2 ** 30 / 1e9,
                                onchip_kib=max(1, onchip // 1024), onchip_gbps=gib_s.get("sram", 0.0) * 2 ** 30 / 1e9,
@@ -224,8 +246,8 @@ def accel_spec(device, base, figures: dict):
 def placed_cycles(model: Path, spec, cpu: set[int]) -> dict:
     """edgekit's MAC-array cycle model (accel/cycles.py) with Vela's placement: the ops whose index is
     in `cpu` fall back, every other op runs on the array."""
-    from ...accel.cycles import cycles
-    from ...accel.emulator import Emulator
+    from ..accel.cycles import cycles
+    from ..accel.emulator import Emulator
 
     class Placed(Emulator):
         def placement(self):

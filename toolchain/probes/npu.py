@@ -1,12 +1,10 @@
-"""Arm Ethos-U targets (device.kind "npu"): the verified int8 TFLite compiled by Vela for the profile's
-configuration (vela.py beside this probe, in an isolated child). Adds the NPU/CPU operator split with Vela's reason
-for each CPU fallback, SRAM and flash against the profile's budgets, Vela's cycle estimate beside
-edgekit's own cycle model, and the C artifact (mcu/model_data.cc) of the Vela-optimised model.
+"""Arm Ethos-U targets (device.kind "npu"): what the `vela` pass compiled (passes/vela.py, engine
+passes/_vela.py) turned into figures: the NPU/CPU operator split with Vela's reason for each CPU
+fallback, SRAM and flash against the profile's budgets, Vela's cycle estimate beside edgekit's own
+cycle model, and the C artifact (mcu/model_data.cc) of the Vela-optimised model.
 The NPU part is compiled and estimated here, never executed (no FVP or board)."""
 from __future__ import annotations
 
-import shutil
-import tempfile
 from pathlib import Path
 
 NAME = "npu"
@@ -19,27 +17,22 @@ def applies(ctx, backend, precision: str) -> bool:
 
 
 def run(ctx, backend, artifact: Path, host) -> dict:
-    from . import vela
-    from ...errors import ConversionError
+    from ..passes import _vela
+    figures = _vela.load(_vela.output_dir(ctx, artifact))
+    if figures is None or "error" in figures:  # the pass did not run, or Vela failed: said in one line
+        return {NAME: figures} if figures else {}
     device = ctx.target.profile.device
-    work = Path(tempfile.mkdtemp(prefix="vela-", dir=ctx.workdir))
-    try:
-        figures = vela.compile(artifact, device, work, ctx.progress)
-    except ConversionError as exc:
-        return {NAME: {"error": f"not compiled for {device.npu}: {exc}", "how": vela.HOW}}
-    compiled = artifact.with_name(f"{artifact.stem}_vela{artifact.suffix}")
-    shutil.copyfile(work / figures["compiled"], compiled)
-    figures.update(file=compiled.name, bytes=compiled.stat().st_size, executed=False, note=NOT_RUN)
-    figures["c_artifact"] = _c_artifact(ctx, compiled)
+    figures.update(executed=False, note=NOT_RUN)
+    figures["c_artifact"] = _c_artifact(ctx, artifact.with_name(figures["file"]))
     figures["verdict"] = verdict(device, figures)
-    spec = vela.accel_spec(device, ctx.target.profile.accelerator, figures)
-    figures["edgekit_estimate"] = vela.edgekit_estimate(artifact, figures, spec)
+    spec = _vela.accel_spec(device, ctx.target.profile.accelerator, figures)
+    figures["edgekit_estimate"] = _vela.edgekit_estimate(artifact, figures, spec)
     return {NAME: figures}
 
 
 def _c_artifact(ctx, compiled: Path) -> dict:
     """mcu/model_data.cc/.h of the Vela-optimised model (TFLite Micro runs it with the Ethos-U custom op)."""
-    from ..mcu import c_artifact, ops
+    from .mcu import c_artifact, ops
     c_dir = ctx.stage / "mcu"
     c_dir.mkdir(exist_ok=True)
     c_art = c_artifact.write_c_artifact(compiled, ops.read_model(compiled), None, c_dir)
@@ -52,7 +45,7 @@ def _c_artifact(ctx, compiled: Path) -> dict:
 def verdict(device, figures: dict) -> dict:
     """SRAM: what Vela allocated (+ the stated runtime when the host shares that SRAM); flash: the
     compiled model array (the .tflite size when it was not compiled) + the stated runtime."""
-    from . import vela
+    from ..passes import _vela as vela
     dedicated = device.npu_memory_mode.startswith("Dedicated")
     compiled = figures["c_artifact"].get("compiled", {})
     flash_need, flash_how = (compiled["model_section_bytes"], "model array, compiled (arm-none-eabi-g++)") \
@@ -84,8 +77,6 @@ def _budget(what: str, need: int, how: str, runtime: int, budget: int) -> dict:
 def warnings(ctx) -> list[str]:
     if ctx.target.profile.device.kind != "npu":
         return []
-    from . import vela
-    vela.require()  # before any artifact is built: one line naming the extra
     return [f"the {ctx.target.profile.device.npu} NPU part is {NOT_RUN}; its cycles and time are Vela's estimate"]
 
 
