@@ -46,8 +46,7 @@ def test_no_bf16_row_without_native_bf16(make_model, tmp_path, capsys, monkeypat
 
 def test_native_rows_only_for_this_hosts_cpu():
     arm = targets.get_target("arm-int8").profile.device
-    build, notes = native.plan("openvino", ["bf16"], arm, "int8")
-    assert build == [] and "not timed here" in notes[0]
+    assert native.plan("openvino", ["bf16"], arm, "int8") == ([], [])  # the device is not this host's CPU
     build, notes = native.plan("tflite", ["fp16"], targets.get_target("cpu").profile.device, "fp32")
     assert build == [] and "cannot be selected" in notes[0]
     assert native.plan("openvino", ["bf16"], arm, "bf16") == ([], [])  # the target's own precision: no second row

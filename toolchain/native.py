@@ -21,8 +21,10 @@ from .backends.openvino import HINT_PATH
 PRECISIONS = ("bf16", "fp16")  # what a profile's build.native may name
 _OPENVINO_HINT = {"bf16": "bf16", "fp16": "f16"}
 _CAPABILITY = {"bf16": "BF16", "fp16": "FP16"}
-_NONE = {"tflite": "LiteRT's XNNPACK {p} path cannot be selected from its Python interpreter",
-         "onnx": "onnxruntime's CPU provider has no {p} fast path"}
+_NONE = {("tflite", "fp16"): "XNNPACK's fp16 path cannot be selected from LiteRT's Python interpreter",
+         ("tflite", "bf16"): "LiteRT's CPU kernels have no bf16 path",
+         ("onnx", "fp16"): "onnxruntime's CPU provider has no fp16 fast path",
+         ("onnx", "bf16"): "onnxruntime's CPU provider has no bf16 fast path"}
 
 
 def openvino_capabilities() -> tuple[set[str], str]:
@@ -40,11 +42,9 @@ def plan(fmt: str, wanted: list[str], device, target_precision: str) -> tuple[li
     if not wanted:
         return [], []
     if device.kind != "cpu" or device.arch != platform.machine():
-        return [], [f"native {'/'.join(wanted)}: not timed here (the target device is not this "
-                    f"{platform.machine()} host's CPU)"]
+        return [], []  # host figures say nothing about another device's native precision
     if fmt != "openvino":
-        reason = _NONE.get(fmt)
-        return [], [f"no {p} row: {reason.format(p=p)}" for p in wanted] if reason else []
+        return [], [f"no {p} row: {_NONE[fmt, p]}" for p in wanted if (fmt, p) in _NONE]
     capabilities, _ = openvino_capabilities()
     build = [p for p in wanted if _CAPABILITY[p] in capabilities]
     notes = [f"no {p} row: this host's CPU has no native {p} (OpenVINO's OPTIMIZATION_CAPABILITIES lacks "

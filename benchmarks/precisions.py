@@ -1,0 +1,158 @@
+"""fp32, the host's native precision (bf16) and int8 per backend on real corpus models, beside the runtimes'
+own tools at their defaults (a benchmark that prints figures; not a test).
+
+For each model it runs `edgekit convert MODEL --target cpu-int8` on real inputs (benchmarks/corpus_inputs.py:
+a scored --data set and a disjoint --calib set), which builds per format the fp32 baseline, int8 and,
+where this host runs it natively, OpenVINO bf16 (the fp32 IR with INFERENCE_PRECISION_HINT=bf16). Then,
+for every artifact, the runtime's own tool, one thread, under edgekit's host timing lock:
+  * .tflite: `litert-benchmark` (XNNPACK, its default);
+  * .onnx: a bare onnxruntime loop (default session options, one intra-op thread);
+  * .xml: `benchmark_app` (one stream, one thread, sync: edgekit's latency setting) at its default precision (bf16 on AVX512-BF16/AMX CPUs: the
+    figure users see), and `-infer_precision f32` for edgekit's pinned fp32 row.
+It prints one table (latency, ratio to the format's fp32, fidelity, the peer's figure and edgekit/peer)
+and each model's `recommended` line.
+
+    python benchmarks/precisions.py [--models mp_face_landmark,ppocr_cls,ppocr_rec] [--runs 100] [--out DIR]
+
+Needs the corpus (`make setup`). Every figure is measured on this host; the load average before and
+after is printed: quote it with the figures.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+from corpus import CORPUS  # noqa: E402
+from measurement import ORT_LOOP  # noqa: E402
+
+BIN = Path(sys.executable).parent
+MODELS = "mp_face_landmark,ppocr_cls,ppocr_rec"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default=MODELS)
+    parser.add_argument("--runs", type=int, default=100)
+    parser.add_argument("--out", type=Path, default=Path("edgekit-out/bench-precisions"))
+    args = parser.parse_args()
+    manifest = json.loads((CORPUS / "manifest.json").read_text())
+    args.out.mkdir(parents=True, exist_ok=True)
+    print(f"host load average before: {' '.join(f'{v:.2f}' for v in os.getloadavg())} on {os.cpu_count()} cores")
+    rows, recommended = [], {}
+    for name in args.models.split(","):
+        report = convert(name, CORPUS / manifest[name]["path"], args)
+        recommended[name] = report.get("recommended") or {"reason": report.get("error", "failed")}
+        rows += peers(name, report, args)
+    print(f"host load average after: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+    (args.out / "precisions.json").write_text(json.dumps({"rows": rows, "recommended": recommended}, indent=2) + "\n")
+    print_rows(rows, recommended)
+
+
+def convert(name: str, model: Path, args) -> dict:
+    from corpus_inputs import real_inputs
+    work = args.out / name
+    work.mkdir(parents=True, exist_ok=True)
+    np.savez(work / "data.npz", x=real_inputs(name, "eval"))
+    np.savez(work / "calib.npz", x=real_inputs(name, "calib"))
+    out = work / "convert"
+    print(f"converting {name} (cpu-int8: fp32, int8, native bf16) ...", file=sys.stderr, flush=True)
+    proc = subprocess.run([str(BIN / "edgekit"), "convert", str(model), "--target", "cpu-int8", "--data",
+                           str(work / "data.npz"), "--calib", str(work / "calib.npz"), "--runs", str(args.runs),
+                           "--out", str(out), "--force", "--quiet"], capture_output=True, text=True)
+    if not (out / "report.json").is_file():
+        return {"artifacts": [], "error": proc.stderr.strip().splitlines()[-1:] or ["no report"]}
+    report = json.loads((out / "report.json").read_text())
+    report["out"] = str(out)
+    return report
+
+
+def peers(name: str, report: dict, args) -> list[dict]:
+    from edgekit import timing
+    rows = []
+    for a in report["artifacts"]:
+        row = {"model": name, "format": a["format"], "precision": a["precision"], "status": a["status"]}
+        if a["status"] != "ok":
+            rows.append({**row, "reason": a.get("reason", "")})
+            continue
+        lat, fid = a["latency_ms"], a["fidelity"]
+        row.update(edgekit_ms=lat["median"], cv=lat["cv"], unstable=lat["unstable"],
+                   vs_fp32=(a.get("vs_fp32") or {}).get("latency"), verified=fid["verified"],
+                   fidelity=_fidelity(fid))
+        path = Path(report["out"]) / a["file"]
+        with timing.host_lock():
+            row["peer"], row["peer_ms"] = peer(path, a["precision"], args.runs)
+        rows.append(row)
+    return rows
+
+
+def _fidelity(fid: dict) -> str:
+    outputs = fid.get("outputs") or []
+    snr = [o["snr_db"] for o in outputs if o.get("snr_db") is not None]
+    return f"SNR {min(snr):.1f} dB" if snr else f"cosine {fid['cosine']:.4f}"
+
+
+def peer(path: Path, precision: str, runs: int) -> tuple[str, float | None]:
+    """The runtime's own tool at its defaults (one thread); for OpenVINO's pinned fp32 row, -infer_precision f32."""
+    if path.suffix == ".tflite":
+        with tempfile.TemporaryDirectory() as tmp:
+            subprocess.run([str(BIN / "litert-benchmark"), "--model", str(path), "--num_threads", "1",
+                            "--num_runs", str(runs), "--result_json", f"{tmp}/r.json"], check=True, capture_output=True)
+            return "litert-benchmark", json.loads(Path(tmp, "r.json").read_text())["latency"]["median_ms"]
+    if path.suffix == ".xml":
+        pinned = ["-infer_precision", "f32"] if precision == "fp32" else []
+        proc = subprocess.run([str(BIN / "benchmark_app"), "-m", str(path), "-d", "CPU", "-hint", "none",
+                               "-nstreams", "1", "-nthreads", "1", "-api", "sync", "-niter", str(runs), *pinned],
+                              capture_output=True, text=True)
+        match = re.search(r"Median:\s+([\d.]+) (ms|us)", proc.stdout)
+        default = re.search(r"INFERENCE_PRECISION_HINT: (?:<Type: ')?(\w+)", proc.stdout)
+        label = "benchmark_app -infer_precision f32" if pinned else \
+            f"benchmark_app default ({default.group(1) if default else '?'})"
+        return label, float(match.group(1)) / (1000 if match.group(2) == "us" else 1) if match else None
+    with tempfile.TemporaryDirectory() as tmp:
+        session_input = _onnx_input(path, Path(tmp))
+        proc = subprocess.run([sys.executable, "-c", ORT_LOOP, str(path), str(session_input), str(runs), "10"],
+                              check=True, capture_output=True, text=True)
+    return "onnxruntime loop", json.loads(proc.stdout)["median_ms"]
+
+
+def _onnx_input(path: Path, tmp: Path) -> Path:
+    import onnxruntime as ort
+    spec = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).get_inputs()[0]
+    dtype = {"tensor(float)": np.float32, "tensor(int32)": np.int32, "tensor(int64)": np.int64}.get(spec.type, np.float32)
+    shape = [d if isinstance(d, int) else 1 for d in spec.shape]
+    np.savez(tmp / "in.npz", in0=np.random.default_rng(0).random([1, *shape]).astype(dtype))
+    return tmp / "in.npz"
+
+
+def print_rows(rows: list[dict], recommended: dict) -> None:
+    print("\n| model | format | precision | edgekit median ms (CV) | × fp32 | fidelity | peer at its defaults | "
+          "peer median ms | edgekit / peer |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        if r["status"] != "ok":
+            print(f"| {r['model']} | {r['format']} | {r['precision']} | FAILED: {r['reason'][:80]} | | | | | |")
+            continue
+        cv = f"{r['cv']:.0%}{' UNSTABLE' if r['unstable'] else ''}"
+        ratio = f"{r['edgekit_ms'] / r['peer_ms']:.2f}" if r["peer_ms"] else "-"
+        vs = f"{r['vs_fp32']:.2f}" if r["vs_fp32"] else "-"
+        peer_ms = f"{r['peer_ms']:.4g}" if r["peer_ms"] else "-"
+        print(f"| {r['model']} | {r['format']} | {r['precision']} | {r['edgekit_ms']:.4g} ({cv}) | {vs} | "
+              f"{r['fidelity']}{'' if r['verified'] else ' MISMATCH'} | {r['peer']} | {peer_ms} | {ratio} |")
+    print()
+    for name, rec in recommended.items():
+        artifact = rec.get("artifact")
+        print(f"- {name}: recommended {artifact['format'] + ' ' + artifact['precision'] if artifact else 'none'}: "
+              f"{rec['reason']}")
+
+
+if __name__ == "__main__":
+    main()
