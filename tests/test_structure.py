@@ -1,10 +1,15 @@
-"""The package's shape: imports flow one way (no cycles among edgekit modules)."""
+"""The package's shape: imports flow one way, down the layer table of docs/ARCHITECTURE.md (every module in
+a row, no upward import, no cycles), and no module over the line budget."""
 from __future__ import annotations
 
 import ast
+import functools
+import re
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "toolchain"
+ARCHITECTURE = PACKAGE.parent / "docs" / "ARCHITECTURE.md"
+LINE_BUDGET = 450
 
 
 def _module_name(path: Path) -> str:
@@ -27,6 +32,7 @@ def _runtime_imports_of(node: ast.AST):
     yield from _runtime_imports(node)
 
 
+@functools.lru_cache(maxsize=None)
 def import_graph() -> dict[str, set[str]]:
     """Module -> the edgekit modules it imports. The package root is a lazy facade (convert, bench,
     __version__), so edges to it are left out."""
@@ -87,3 +93,59 @@ def test_every_subpackage_is_in_the_built_wheel():
     listed = {p.strip() for p in config["options"]["packages"].replace("\n", ",").split(",") if p.strip()}
     found = {_module_name(p) for p in PACKAGE.rglob("__init__.py")}
     assert found <= listed, f"add to setup.cfg [options] packages: {sorted(found - listed)}"
+
+
+def layer_table(text: str) -> list[list[str]]:
+    """The rows of the code block under `## Layers`, top first: each a list of names (`x/*` = package x and
+    everything under it). A row whose names column ends in a comma continues on the next line."""
+    block = text.split("## Layers", 1)[1].split("```", 2)[1]
+    rows: list[list[str]] = []
+    continued = False
+    for line in block.strip("\n").splitlines():
+        names = re.split(r"\s{2,}", line.strip(), maxsplit=1)[0]
+        parts = [n.strip() for n in names.split(",") if n.strip()]
+        if continued:
+            rows[-1] += parts
+        else:
+            rows.append(parts)
+        continued = names.rstrip().endswith(",")
+    return rows
+
+
+def layer_of(module: str, rows: list[list[str]]) -> int | None:
+    """The row of a module: the most specific name that covers it."""
+    best = None
+    for i, row in enumerate(rows):
+        for name in row:
+            dotted = "edgekit" if name == "edgekit" else "edgekit." + name.removesuffix("/*").replace("/", ".")
+            covers = module == dotted or (name.endswith("/*") and module.startswith(dotted + "."))
+            if covers and (best is None or len(dotted) > best[1]):
+                best = (i, len(dotted))
+    return best[0] if best else None
+
+
+def upward_imports(graph: dict[str, set[str]], rows: list[list[str]]) -> list[str]:
+    return sorted(f"{a} (row {layer_of(a, rows) + 1}) imports {b} (row {layer_of(b, rows) + 1})"
+                  for a, targets in graph.items() for b in targets if layer_of(b, rows) < layer_of(a, rows))
+
+
+def test_every_module_is_in_the_layer_table():
+    rows = layer_table(ARCHITECTURE.read_text())
+    missing = sorted(m for m in import_graph() if layer_of(m, rows) is None)
+    assert not missing, f"add to the layer table in docs/ARCHITECTURE.md: {missing}"
+
+
+def test_imports_flow_down_the_layer_table():
+    rows = layer_table(ARCHITECTURE.read_text())
+    upward = upward_imports(import_graph(), rows)
+    assert not upward, "imports against the layer table in docs/ARCHITECTURE.md:\n" + "\n".join(upward)
+
+
+def test_the_layer_check_finds_an_upward_import():
+    rows = layer_table("## Layers\n```\ncli/*, top   thin\nmid,\nalso     flows\nlow          types\n```\n")
+    assert rows == [["cli/*", "top"], ["mid", "also"], ["low"]]
+    assert layer_of("edgekit.cli.convert", rows) == 0 and layer_of("edgekit.also", rows) == 1
+    assert layer_of("edgekit.lower", rows) is None
+    graph = {"edgekit.low": {"edgekit.mid"}, "edgekit.mid": {"edgekit.low", "edgekit.also"}, "edgekit.cli": set()}
+    assert upward_imports(graph, rows) == ["edgekit.low (row 3) imports edgekit.mid (row 2)"]
+

@@ -53,7 +53,7 @@ def summarize(ops: list[dict], how: str, runs: int) -> dict:
 def _tflite(model: Path, threads: int, sample: list[np.ndarray], runs: int) -> tuple[list[dict], str]:
     from ai_edge_litert.interpreter import Interpreter
 
-    from .accel import graph
+    from . import tflite_file as graph
     full = Interpreter(model_path=str(model), num_threads=threads, experimental_preserve_all_tensors=True)
     full.allocate_tensors()
     for detail, array in zip(full.get_input_details(), sample):

@@ -1,98 +1,12 @@
-"""A .tflite graph as numpy tensors and ops, read and written with LiteRT's flatbuffer schema
-(no TensorFlow import); single-op models cut from it for op-by-op runs."""
+"""Single-op models cut from a .tflite graph for op-by-op runs. The reader itself is edgekit.tflite_file
+(re-exported here: Tensor, Op, load, read_model, ...)."""
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
-DTYPES = {"int8": np.int8, "int32": np.int32, "int64": np.int64, "float32": np.float32, "int16": np.int16,
-          "uint8": np.uint8, "bool": np.bool_, "float16": np.float16}
-
-
-@dataclass
-class Tensor:
-    name: str
-    shape: tuple
-    dtype: str
-    scale: np.ndarray
-    zero_point: np.ndarray
-    data: np.ndarray | None
-
-
-@dataclass
-class Op:
-    index: int
-    kind: str
-    inputs: list[int]
-    outputs: list[int]
-    options: object
-
-
-def schema():
-    from ai_edge_litert import schema_py_generated
-    return schema_py_generated
-
-
-def read_model(path: Path):
-    """The mutable flatbuffer object (ModelT) of a .tflite file."""
-    fb = schema()
-    buf = bytearray(Path(path).read_bytes())
-    model = fb.ModelT.InitFromObj(fb.Model.GetRootAsModel(buf, 0))
-    for buffer in model.buffers:  # models over 2 GB keep their buffers after the flatbuffer
-        if getattr(buffer, "offset", 0):
-            buffer.data = buf[buffer.offset:buffer.offset + buffer.size]
-            buffer.offset = buffer.size = 0
-    return model
-
-
-def model_bytes(model) -> bytes:
-    import flatbuffers
-    builder = flatbuffers.Builder(1024)
-    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
-    return bytes(builder.Output())
-
-
-def write_model(model, path: Path) -> None:
-    Path(path).write_bytes(model_bytes(model))
-
-
-def op_names() -> dict[int, str]:
-    return {v: k for k, v in vars(schema().BuiltinOperator).items() if not k.startswith("_")}
-
-
-def type_names() -> dict[int, str]:
-    return {v: k.lower() for k, v in vars(schema().TensorType).items() if not k.startswith("_")}
-
-
-def constant(model, tensor) -> np.ndarray | None:
-    buffer = model.buffers[tensor.buffer] if tensor.buffer < len(model.buffers) else None
-    if buffer is None or buffer.data is None or not len(buffer.data):
-        return None
-    dtype = DTYPES.get(type_names()[tensor.type], np.float32)
-    return np.frombuffer(bytes(buffer.data), dtype=dtype).reshape([int(d) for d in tensor.shape])
-
-
-def load(path: Path) -> tuple[list[Tensor], list[Op], list[int], list[int]]:
-    """Tensors, ops, graph inputs and outputs of a .tflite file's main subgraph."""
-    model = read_model(path)
-    graph = model.subgraphs[0]
-    names, types = op_names(), type_names()
-    tensors = []
-    for t in graph.tensors:
-        q = t.quantization
-        scale = np.asarray(q.scale if q is not None and q.scale is not None else [0.0], np.float32)
-        zero = np.asarray(q.zeroPoint if q is not None and q.zeroPoint is not None else [0], np.int64)
-        tensors.append(Tensor(t.name.decode() if isinstance(t.name, bytes) else t.name,
-                              tuple(int(d) for d in t.shape), types[t.type], scale, zero, constant(model, t)))
-    ops = []
-    for k, op in enumerate(graph.operators):
-        code = model.operatorCodes[op.opcodeIndex]
-        ops.append(Op(k, names[max(code.builtinCode, code.deprecatedBuiltinCode)], list(op.inputs), list(op.outputs),
-                      op.builtinOptions))
-    return tensors, ops, list(graph.inputs), list(graph.outputs)
+from ..tflite_file import (DTYPES, Op, Tensor, constant, load, model_bytes, op_names, read_model,  # noqa: F401
+                           schema, type_names, write_model)
 
 
 def single_op_models(path: Path, indices: list[int]) -> dict[int, bytes]:

@@ -17,7 +17,7 @@ LAYOUT_OPS = {"Transpose", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identi
 
 def quantize(source, float_artifact: Path, out_path: Path, config, calib, method: str) -> list[str]:
     """onnxruntime.quantization: QDQ static (per-channel, pre-processed), dynamic, or float16."""
-    from ..passes.quantize import select
+    from ..layers import select
     onnx = require("onnx", "full")
     q = require("onnxruntime.quantization", EXTRA)
     model = onnx.load(str(float_artifact))

@@ -30,7 +30,7 @@ def for_converters(source) -> tuple[Path, list[str]]:
 
 
 def rewrite(path: Path, out: Path) -> tuple[Path, list[str]]:
-    from ..accel.graph import read_model, write_model
+    from ..tflite_file import read_model, write_model
     model = read_model(path)
     counts: dict[str, int] = {}
     for graph in model.subgraphs:
@@ -48,7 +48,7 @@ def rewrite(path: Path, out: Path) -> tuple[Path, list[str]]:
 
 def consumers(path: Path, tensor_name: str) -> list[str]:
     """The ops that read a tensor, as 'OPNAME #index' (for failure reasons)."""
-    from ..accel.graph import op_names, read_model
+    from ..tflite_file import op_names, read_model
     model, names = read_model(path), op_names()
     found = []
     for graph in model.subgraphs:
@@ -218,7 +218,7 @@ def _drop_unused_codes(model) -> None:
 
 
 def _schema():
-    from ..accel.graph import schema
+    from ..tflite_file import schema
     return schema()
 
 
@@ -303,7 +303,7 @@ def transpose_outputs(path: Path, positions: list[int]) -> None:
     """Append a TRANSPOSE channels-last -> channels-first after each listed output of the main graph,
     in place (onnx2tf leaves 4-D outputs NHWC; the ONNX model, and whoever reads its outputs, has NCHW).
     The new output keeps the old one's name, type and quantization."""
-    from ..accel.graph import read_model, write_model
+    from ..tflite_file import read_model, write_model
     schema = _schema()
     model = read_model(path)
     graph = model.subgraphs[0]

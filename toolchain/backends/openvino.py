@@ -145,7 +145,7 @@ def export(source, out_path: Path, ctx) -> list[str]:
 
 def quantize(source, float_artifact: Path, out_path: Path, config, calib, method: str) -> list[str]:
     """NNCF: quantize (int8 with calibration), compress_weights (int8 weights), or fp16 IR compression."""
-    from ..passes.quantize import select
+    from ..layers import select
     ov = require("openvino", EXTRA)
     model = ov.Core().read_model(str(float_artifact))
     if config.precision == "fp16":

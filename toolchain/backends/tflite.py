@@ -205,7 +205,7 @@ def _channels_first_outputs(out_path: Path, float_artifact: Path) -> list[str]:
 
 def _quantize_once(source, float_artifact: Path, out_path: Path, config, calib, kept: list[str],
                    kept_ops: list[str]) -> list[str]:
-    from ..passes.quantize import select
+    from ..layers import select
     tf = require("tensorflow", "full")
     converter = _converter(source)
     converter.optimizations = [tf.lite.Optimize.DEFAULT]

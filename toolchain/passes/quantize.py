@@ -10,12 +10,12 @@ before any work:
 from __future__ import annotations
 
 import dataclasses
-import re
 from dataclasses import dataclass
 
 import numpy as np
 
 from ..errors import ConversionError, EdgekitError
+from ..layers import matches_layer, select  # noqa: F401  (their home is the bottom layer; kept importable here)
 from ..schema import option
 
 NAME, STAGE, ORDER, FORMATS = "quantize", "artifact", 10, ()
@@ -128,22 +128,3 @@ def quantize_with(backend, source, float_artifact, out_path, config: QuantizeCon
     return entry
 
 
-def matches_layer(layer: str, op_name: str) -> bool:
-    """Does an op/tensor name belong to a source layer? Matches whole path components.
-
-    TF scopes add a numeric suffix to layer names (`conv1` -> `model/conv1_1/Conv2D`), and
-    TFLite fuses several names into one with `;`.
-    """
-    pattern = rf"(^|[/;]){re.escape(layer)}(_\d+)?([/;:]|$)"
-    return op_name == layer or re.search(pattern, op_name) is not None
-
-
-def select(names: list[str], layers: list[str], where: str) -> list[str]:
-    """The names belonging to any of `layers`; a layer that matches nothing is an error for that artifact."""
-    chosen = []
-    for layer in layers:
-        hits = [n for n in names if matches_layer(layer, n)]
-        if not hits:
-            raise ConversionError(f"--keep-float {layer}: no op of the {where} graph belongs to that layer")
-        chosen += hits
-    return list(dict.fromkeys(chosen))

@@ -33,11 +33,9 @@ TFLITE_TYPES = {"float32": 1, "int32": 2, "uint8": 3, "int64": 4, "bool": 6, "in
 
 def read_model(path: Path) -> dict:
     """Operator names (builtin, or custom codes as 'CUSTOM:name') and I/O tensors of a .tflite file."""
-    from tensorflow.lite.python import schema_py_generated as schema
-    buf = Path(path).read_bytes()
-    model = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(buf, 0))
-    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
-    types = {v: k.lower() for k, v in vars(schema.TensorType).items() if not k.startswith("_")}
+    from ...tflite_file import op_names, read_model as read_flatbuffer, type_names
+    model = read_flatbuffer(path)
+    names, types = op_names(), type_names()
     ops = set()
     for graph in model.subgraphs or []:
         for op in graph.operators or []:

@@ -1,0 +1,28 @@
+"""Layer names across formats: does an op or tensor name of a converted graph belong to a source layer,
+and the names a list of layers selects (--keep-float, per-backend quantize hooks)."""
+from __future__ import annotations
+
+import re
+
+from .errors import ConversionError
+
+
+def matches_layer(layer: str, op_name: str) -> bool:
+    """Does an op/tensor name belong to a source layer? Matches whole path components.
+
+    TF scopes add a numeric suffix to layer names (`conv1` -> `model/conv1_1/Conv2D`), and
+    TFLite fuses several names into one with `;`.
+    """
+    pattern = rf"(^|[/;]){re.escape(layer)}(_\d+)?([/;:]|$)"
+    return op_name == layer or re.search(pattern, op_name) is not None
+
+
+def select(names: list[str], layers: list[str], where: str) -> list[str]:
+    """The names belonging to any of `layers`; a layer that matches nothing is an error for that artifact."""
+    chosen = []
+    for layer in layers:
+        hits = [n for n in names if matches_layer(layer, n)]
+        if not hits:
+            raise ConversionError(f"--keep-float {layer}: no op of the {where} graph belongs to that layer")
+        chosen += hits
+    return list(dict.fromkeys(chosen))
