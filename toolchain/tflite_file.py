@@ -1,8 +1,10 @@
 """The one .tflite reader: a .tflite file's flatbuffer object (read, written back), and its main graph as
-numpy tensors and ops, with LiteRT's flatbuffer schema (no TensorFlow import). Used by the accelerator,
-the MCU probe, the TFLite rewrites and passes that edit a .tflite."""
+numpy tensors and ops, with LiteRT's flatbuffer schema (no TensorFlow import); single-op models cut
+from it for op-by-op runs. Used by the accelerator, the MCU probe, per-op profiles, the TFLite rewrites
+and passes that edit a .tflite."""
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -93,3 +95,43 @@ def load(path: Path) -> tuple[list[Tensor], list[Op], list[int], list[int]]:
         ops.append(Op(k, names[max(code.builtinCode, code.deprecatedBuiltinCode)], list(op.inputs), list(op.outputs),
                       op.builtinOptions))
     return tensors, ops, list(graph.inputs), list(graph.outputs)
+
+
+def single_op_models(path: Path, indices: list[int]) -> dict[int, bytes]:
+    """For each op index, a model holding that op alone: its non-constant inputs become the graph's
+    inputs and its outputs the graph's outputs; only the tensors and buffers it uses are kept."""
+    model = read_model(path)
+    graph = model.subgraphs[0]
+    result = {}
+    for k in indices:
+        op = graph.operators[k]
+        used = sorted({i for i in [*op.inputs, *op.outputs] if i >= 0})
+        remap = {old: new for new, old in enumerate(used)}
+        cut = copy.copy(model)
+        cut.buffers = [schema().BufferT()]  # buffer 0 is the empty sentinel
+        tensors = []
+        for old in used:
+            t = copy.copy(graph.tensors[old])
+            data = model.buffers[t.buffer].data if t.buffer < len(model.buffers) else None
+            if data is not None and len(data) and old not in op.outputs:
+                buffer = schema().BufferT()
+                buffer.data = data
+                cut.buffers.append(buffer)
+                t.buffer = len(cut.buffers) - 1
+            else:
+                t.buffer = 0
+            tensors.append(t)
+        single = copy.copy(graph)
+        single.tensors = tensors
+        new_op = copy.copy(op)
+        new_op.inputs = [remap[i] if i >= 0 else -1 for i in op.inputs]
+        new_op.outputs = [remap[i] for i in op.outputs]
+        single.operators = [new_op]
+        single.inputs = [remap[i] for i in op.inputs if i >= 0 and tensors[remap[i]].buffer == 0]
+        single.outputs = [remap[i] for i in op.outputs]
+        cut.subgraphs = [single]
+        cut.signatureDefs = []
+        cut.metadata = []
+        cut.metadataBuffer = []
+        result[k] = model_bytes(cut)
+    return result
