@@ -113,3 +113,34 @@ def test_a_recipe_file_replays_the_run_byte_for_byte(plugin, tmp_path):
     with pytest.raises(EdgekitError, match="--recipe replays every pass's settings, and --precision was given too"):
         pipeline.convert(model, target="plumb", targets_dirs=[profiles], out=tmp_path / "c", calib="random",
                          recipe=tmp_path / "a" / "recipe.json", precision="int8")
+
+
+def test_tune_searches_a_plugin_pass_and_convert_recipe_replays_a_trial_byte_for_byte(plugin, tmp_path):
+    """A trial's child gets the resolved recipe as JSON; the recipe.json beside its artifact, given to
+    `edgekit convert --recipe` with the same model, data and target, rebuilds the same bytes."""
+    import optuna
+    from click.testing import CliRunner
+
+    from edgekit import tune
+    from edgekit.cli import cli
+    model, profiles = _plumb(tmp_path)
+    x = np.random.default_rng(0).random((48, 2, 3), dtype=np.float32)
+    np.savez(tmp_path / "tune.npz", x=x, y=np.arange(48) % 4)
+    setup = tune.TuneSetup(model=model, target="plumb", fmt="fake", tune_data=tmp_path / "tune.npz",
+                           holdout_data=tmp_path / "tune.npz", out=tmp_path / "t", budget_points=1.0, objective="size",
+                           candidates=[], keras=False, source_accuracy=1.0, trials_budget=1, storage="",
+                           targets_dirs=[profiles])
+    params = {"precision": "int8", "per_channel": True, "calib_method": "minmax", "calib_samples": 32, "keep_float": 0,
+              "prune": "none", "clip_sigmas": 2.0}
+    choices = tune.recipe_space(optuna.trial.FixedTrial(params), setup)
+    assert choices["clip_sigmas"] == 2.0 and "clip_sigmas=2.0" in tune.recipe_text(choices)
+    figures = tune.run_trial(setup, choices)
+    assert figures["ok"], figures
+    trial_dir = (tmp_path / "t" / figures["file"]).parent
+    recipe = json.loads((trial_dir / "recipe.json").read_text())
+    assert recipe["passes"]["clip"] == {"sigmas": 2.0} and recipe["passes"]["quantize"]["calib_samples"] == 32
+    result = CliRunner().invoke(cli, ["convert", str(model), "--target", "plumb", "--targets-dir", profiles,
+                                      "--format", "fake", "--data", str(tmp_path / "tune.npz"), "--recipe",
+                                      str(trial_dir / "recipe.json"), "--out", str(tmp_path / "again"), "-q"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "again" / "model.npz").read_bytes() == (tmp_path / "t" / figures["file"]).read_bytes()

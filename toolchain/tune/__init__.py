@@ -125,9 +125,7 @@ def _tune_into(out: Path, model: Path, target: str, profile, data: Path, final: 
             remote.parse(url)  # a malformed URL fails now, not in every trial
     study = open_study(setup)
     progress("fp32 baseline")
-    fp32 = run_trial(setup, {"precision": "fp32", "per_channel": True, "calib_method": "minmax",
-                             "calib_samples": 100, "keep_float": 0, "prune": "none", "finetune_epochs": 0,
-                             "distill": "none", "temperature": 0})
+    fp32 = run_trial(setup, {"precision": "fp32"})
     if not fp32["ok"]:
         raise EdgekitError(f"the fp32 baseline failed: {fp32['error']}", "check `edgekit convert` on this model")
     setup.source_accuracy = fp32["accuracy"]

@@ -40,7 +40,7 @@ def _hopeless(setup: TuneSetup, trial, recipe: dict) -> bool:
             continue
         same = {k: v for k, v in figures["recipe"].items() if not k.startswith("keep_float")} == \
             {k: v for k, v in recipe.items() if not k.startswith("keep_float")}
-        if same and figures["recipe"]["keep_float"] >= recipe["keep_float"] and \
+        if same and len(figures["recipe"].get("keep_float", [])) >= len(recipe.get("keep_float", [])) and \
                 figures["drop_points"] > 2 * setup.budget_points + 1:
             return True
     return False

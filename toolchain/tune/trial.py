@@ -19,9 +19,6 @@ from ..runner import failure_reason
 
 STUDY = "edgekit-tune"
 TRIAL_TIMEOUT_S = 1800
-PRUNE_CHOICES = ("none", "magnitude:0.5", "channels:0.25", "channels:0.5")
-DISTILL_CHOICES = ("none", "width:0.5", "width:0.25")  # Keras models: a narrower student, distilled
-DISTILL_EPOCHS = 15  # per trial, with early stopping
 HEARTBEAT_S = 15  # a running trial's heartbeat; after 4 missed beats the other participants retry it
 
 
@@ -50,30 +47,27 @@ class TuneSetup:
 
 
 def recipe_space(trial, setup: TuneSetup) -> dict:
-    precision = trial.suggest_categorical("precision", ["int8", "dynamic", "fp16"])
-    calibrated = precision == "int8"  # the other modes have no calibration or per-layer float choice
-    recipe = {
-        "precision": precision,
-        "per_channel": trial.suggest_categorical("per_channel", [True, False]) if calibrated else True,
-        "calib_method": trial.suggest_categorical("calib_method", ["minmax", "percentile", "entropy"])
-        if calibrated else "minmax",
-        "calib_samples": trial.suggest_categorical("calib_samples", [32, 100]) if calibrated else 100,
-        "keep_float": trial.suggest_int("keep_float", 0, min(2, len(setup.candidates))) if calibrated else 0,
-        "prune": trial.suggest_categorical("prune", PRUNE_CHOICES if setup.keras else ("none", "magnitude:0.5")),
-    }
-    recipe["finetune_epochs"] = trial.suggest_categorical("finetune_epochs", [0, 2]) if recipe["prune"] != "none" \
-        and setup.keras else 0
-    recipe["distill"] = trial.suggest_categorical("distill", DISTILL_CHOICES) if setup.keras else "none"
-    recipe["temperature"] = trial.suggest_categorical("temperature", [2.0, 4.0]) if recipe["distill"] != "none" else 0
-    recipe["keep_float_layers"] = setup.candidates[:recipe["keep_float"]]  # the recipe alone rebuilds the artifact
-    return recipe
+    """The trial's choices: the flag values every pass's search space picks (passes/base.py), in pass order."""
+    from .. import passes
+    choices: dict = {}
+    for module in passes.all_passes():
+        if module.search_space is not None:
+            choices.update(module.search_space(trial, setup))
+    return choices
+
+
+def resolved(setup: TuneSetup, choices: dict) -> dict:
+    """The recipe a trial runs, as JSON: the target profile with the trial's choices on top (recipe.py)."""
+    from .. import targets
+    from ..recipe import Recipe
+    return Recipe.resolve(targets.get_target(setup.target, tuple(setup.targets_dirs)).profile, choices).to_json()
 
 
 def trial_key(setup: TuneSetup, recipe: dict) -> str:
     digest = hashlib.sha256()
     for path in (setup.model, setup.tune_data):
         digest.update(content_hash(path).encode())
-    digest.update(json.dumps([setup.target, setup.fmt, setup.devices, recipe], sort_keys=True).encode())
+    digest.update(json.dumps([setup.target, setup.fmt, setup.devices, resolved(setup, recipe)], sort_keys=True).encode())
     return digest.hexdigest()[:16]
 
 
@@ -114,7 +108,7 @@ def run_trial(setup: TuneSetup, recipe: dict) -> dict:
     cached = setup.out / "trials" / key / "trial.json"
     if not cached.is_file():
         payload = json.dumps({"setup": {k: str(v) if isinstance(v, Path) else v for k, v in vars(setup).items()},
-                              "recipe": recipe})
+                              "recipe": recipe, "resolved": resolved(setup, recipe)})
         try:
             proc = children.run([sys.executable, "-m", "edgekit.tune"], TRIAL_TIMEOUT_S, input=payload)
             why = f"the conversion crashed (exit {proc.returncode}): {failure_reason(proc.returncode, proc.stderr)}"
@@ -132,21 +126,15 @@ def _save(path: Path, figures: dict) -> None:
     tmp.replace(path)
 
 
-def _convert_trial(setup: TuneSetup, recipe: dict) -> None:
-    """One trial's conversion (in the trial's own process); writes trial.json."""
+def _convert_trial(setup: TuneSetup, recipe: dict, recipe_json: dict) -> None:
+    """One trial's conversion (in the trial's own process) from the recipe JSON it was handed; writes
+    trial.json. The artifact directory keeps recipe.json: `edgekit convert --recipe` replays it."""
     from .. import pipeline
     key = trial_key(setup, recipe)
     cached = setup.out / "trials" / key / "trial.json"
-    options = dict(target=setup.target, formats=[setup.fmt], data=setup.tune_data, precision=recipe["precision"],
-                   per_tensor=not recipe["per_channel"], calib_method=recipe["calib_method"],
-                   calib_samples=recipe["calib_samples"],
-                   keep_float=recipe.get("keep_float_layers", setup.candidates[:recipe["keep_float"]]),
+    options = dict(target=setup.target, formats=[setup.fmt], data=setup.tune_data, recipe=recipe_json,
                    runs=50, warmup=5, out=setup.out / "trials" / key / "artifact", force=True,
                    targets_dirs=setup.targets_dirs, emulate=False)
-    if recipe["prune"] != "none":
-        options.update(prune=recipe["prune"], finetune_epochs=recipe["finetune_epochs"] or None)
-    if recipe.get("distill", "none") != "none":
-        options.update(distill=recipe["distill"], distill_temperature=recipe["temperature"], distill_epochs=DISTILL_EPOCHS)
     try:
         report = pipeline.convert(setup.model, **options)
         artifact = next(a for a in report["artifacts"] if a["role"] == "target")
@@ -202,16 +190,22 @@ def cost(figures: dict, objective: str) -> float:
 
 
 def recipe_text(recipe: dict) -> str:
-    parts = [recipe["precision"]]
-    if recipe["precision"] == "int8":
-        parts += ["per-channel" if recipe["per_channel"] else "per-tensor", recipe["calib_method"],
-                  f"{recipe['calib_samples']} samples"]
-    if recipe.get("keep_float"):
-        parts.append(f"{recipe['keep_float']} layer(s) float")
-    if recipe.get("distill", "none") != "none":
-        parts.append(f"distill {recipe['distill']} T={recipe['temperature']:g}")
-    if recipe.get("prune", "none") != "none":
-        parts.append(recipe["prune"] + (f" + {recipe['finetune_epochs']} ep" if recipe.get("finetune_epochs") else ""))
+    """A trial's choices in a few words (the flag values of recipe_space; plug-in passes' as flag=value)."""
+    rest = dict(recipe)
+    parts = [rest.pop("precision", "fp32")]
+    if parts[0] == "int8":
+        parts += ["per-tensor" if rest.pop("per_tensor", False) else "per-channel", rest.pop("calib_method", "minmax"),
+                  f"{rest.pop('calib_samples', 100)} samples"]
+    if rest.get("keep_float"):
+        parts.append(f"{len(rest['keep_float'])} layer(s) float")
+    rest.pop("keep_float", None)
+    if rest.get("distill"):
+        parts.append(f"distill {rest['distill']} T={rest.get('distill_temperature') or 0:g}")
+    if rest.get("prune"):
+        parts.append(rest["prune"] + (f" + {rest['finetune_epochs']} ep" if rest.get("finetune_epochs") else ""))
+    for name in ("distill", "distill_temperature", "distill_epochs", "prune", "finetune_epochs"):
+        rest.pop(name, None)
+    parts += [f"{name}={value}" for name, value in rest.items()]
     return ", ".join(parts)
 
 
@@ -222,4 +216,4 @@ def main() -> None:
     fields = job["setup"]
     for name in ("model", "tune_data", "holdout_data", "out"):
         fields[name] = Path(fields[name])
-    _convert_trial(TuneSetup(**fields), job["recipe"])
+    _convert_trial(TuneSetup(**fields), job["recipe"], job["resolved"])
