@@ -100,6 +100,7 @@ def test_a_plugin_pass_runs_from_the_profile_and_is_in_the_report(plugin, tmp_pa
     assert {"name": "clip", "stage": "artifact", "description": passes.get("clip").DESCRIPTION,
             "applies": True} in result["passes"]
     assert json.loads((tmp_path / "o" / "recipe.json").read_text()) == result["recipe"]
+    assert f"Passes: clip ({passes.get('clip').DESCRIPTION})" in (tmp_path / "o" / "report.md").read_text()
 
 
 def test_a_recipe_file_replays_the_run_byte_for_byte(plugin, tmp_path):
@@ -144,3 +145,17 @@ def test_tune_searches_a_plugin_pass_and_convert_recipe_replays_a_trial_byte_for
                                       str(trial_dir / "recipe.json"), "--out", str(tmp_path / "again"), "-q"])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "again" / "model.npz").read_bytes() == (tmp_path / "t" / figures["file"]).read_bytes()
+
+
+def test_a_plugin_pass_flag_is_on_the_command_line(plugin, tmp_path):
+    from click.testing import CliRunner
+
+    from edgekit.cli import cli
+    model, profiles = _plumb(tmp_path)
+    shown = CliRunner().invoke(cli, ["convert", "--help"])
+    assert "--clip-sigmas" in shown.output and "standard deviations" in shown.output
+    result = CliRunner().invoke(cli, ["convert", str(model), "--target", "plumb", "--targets-dir", profiles,
+                                      "--clip-sigmas", "1", "--out", str(tmp_path / "o"), "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["recipe"]["passes"]["clip"] == {"sigmas": 1.0} and report["artifacts"][0]["clip"]["clipped"] > 0

@@ -1,10 +1,12 @@
 """ConvertOptions: every knob of `edgekit convert`, typed and described (the CLI help comes from here)."""
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
 from .measure import OUTPUT_KINDS
+from . import passes
 from .passes import quantize
 from .schema import option
 
@@ -66,5 +68,23 @@ class ConvertOptions:
                           choices=OUTPUT_KINDS)
     recipe: Path | dict | None = option(None, "Replay a recipe (recipe.json of a convert run, or of a tune trial) "
                                               "instead of the profile's pass settings and the pass flags.")
+    flags: dict = option({}, "Flag values of plug-in passes by field name (their Flags; `edgekit convert --help` "
+                             "lists them).")
     emulate: bool | None = option(None, "Also run TFLite/ONNX artifacts on emulated aarch64 (QEMU) and compare with "
                                         "the host; default: on for aarch64 targets when QEMU is installed.")
+
+    def __getattr__(self, name: str):
+        """A plug-in pass's flag reads like a field (`options.clip_sigmas`)."""
+        flags = self.__dict__.get("flags") or {}
+        if name in flags:
+            return flags[name]
+        raise AttributeError(name)
+
+    @classmethod
+    def make(cls, **kwargs) -> ConvertOptions:
+        """From keyword arguments (the CLI's, the API's): plug-in passes' flags go into `flags`."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        plugin = {name for p in passes.all_passes() for name in passes.flag_fields(p)} - known
+        flags = dict(kwargs.pop("flags", None) or {})
+        flags.update({name: kwargs.pop(name) for name in [k for k in kwargs if k in plugin]})
+        return cls(**kwargs, flags=flags)

@@ -42,7 +42,7 @@ def default_model() -> dict[str, Path]:
 
 def convert(model: str | Path | None = None, progress: Callable[[str], None] | None = None, **kwargs) -> dict:
     """Build and measure every artifact of a target. Returns the report (also written as JSON)."""
-    options = ConvertOptions(**kwargs)
+    options = ConvertOptions.make(**kwargs)
     progress = progress or (lambda msg: None)
     target = targets.get_target(options.target, tuple(options.targets_dirs))
     check_bounds(options, target)
@@ -111,7 +111,7 @@ def convert_targets(model: str | Path | None = None, progress: Callable[[str], N
                     **kwargs) -> dict:
     """Build several targets in one run (`target="all"` or "a,b,c"): each gets its own report in
     <out>/<target>/, and <out>/summary.json + summary.md compare them side by side."""
-    options = ConvertOptions(**kwargs)
+    options = ConvertOptions.make(**kwargs)
     progress = progress or (lambda msg: None)
     names = target_names(options.target, tuple(options.targets_dirs))
     for name in names:
@@ -165,7 +165,7 @@ def analyze(model: str | Path | None = None, sensitivity: bool = False,
     (same data and calibration rules as convert())."""
     from . import analysis
     from .backends import onnx as onnx_backend
-    options = ConvertOptions(**kwargs)
+    options = ConvertOptions.make(**kwargs)
     progress = progress or (lambda msg: None)
     target = targets.get_target(options.target, tuple(options.targets_dirs))
     model, name = _resolve_model(model, options, progress)

@@ -229,6 +229,7 @@ def markdown(result: dict) -> str:
     lines = [f"# edgekit report: {title(result)}", "",
              f"Input: `{result['model']['path']}` ({result['model']['kind']}), "
              f"target profile `{result['target']['profile']}`, edgekit {result['edgekit_version']}.", "",
+             *pass_lines(result),
              "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     lines += ["| " + " | ".join(r) + " |" for r in rows(result)]
     lines += ["", *[f"- {n}" for n in measurement_notes(result)], ""]
@@ -246,6 +247,15 @@ def markdown(result: dict) -> str:
                          f"{_latency_detail(a['latency_ms'])}; {memory_text(a['memory'])}; "
                          f"cosine {a['fidelity']['cosine']:.6f}; {'; '.join(a['notes'])}.")
     return "\n".join(lines) + "\n"
+
+
+def pass_lines(result: dict) -> list[str]:
+    """The passes that ran (passes/base.py DESCRIPTION), and where the recipe to replay the run is."""
+    ran = [f"{p['name']} ({p['description']})" for p in result.get("passes", []) if p["applies"]]
+    if not result.get("recipe"):
+        return []
+    return [f"Passes: {'; '.join(ran) or 'none'}. Recipe as run: recipe.json (`edgekit convert --recipe recipe.json` "
+            "replays it with the same model, data and target).", ""]
 
 
 STAGE_COLUMNS = ("stage", "measured as", "params", "MACs", "size", "gzip", "median ms", "accuracy")

@@ -73,3 +73,37 @@ class Number(click.FloatRange):
 
 targets_dir_option = click.option("--targets-dir", "targets_dirs", multiple=True, type=click.Path(file_okay=False),
                                   help="Extra directory of target profiles (repeatable); also $EDGEKIT_TARGETS_PATH.")
+
+
+class WithPassFlags(click.Command):
+    """A command that also takes the flags of every plug-in pass (its `Flags` fields, passes/base.py), read
+    when the command runs so that $EDGEKIT_PASSES counts. Built-in passes' flags are declared on the command."""
+
+    def get_params(self, ctx):
+        params = super().get_params(ctx)
+        return params[:-1] + plugin_pass_options() + params[-1:]
+
+
+def plugin_pass_options() -> list[click.Option]:
+    from .. import passes
+    builtin = {p.NAME for p in passes.builtin_passes()}
+    return [_flag_option(f) for p in passes.all_passes() if p.NAME not in builtin and p.Flags is not None
+            for f in dataclasses.fields(p.Flags)]
+
+
+def _flag_option(f: dataclasses.Field) -> click.Option:
+    """A click option from a documented Flags field: its type, choices, list (repeatable) or bool (a switch)."""
+    from ..passes.base import flag_name
+    from ..schema import choices_of
+    kind, kw = str(f.type), {"help": f.metadata.get("help", "")}
+    if kind.startswith("list"):
+        kw["multiple"] = True
+    if choices_of(f):
+        kw["type"] = click.Choice(list(choices_of(f)))
+    elif kind.startswith("bool"):
+        kw["is_flag"] = True
+    elif kind.startswith("int"):
+        kw["type"] = click.INT
+    elif kind.startswith("float"):
+        kw["type"] = Number(-1e300, 1e300)
+    return click.Option([flag_name(f.name)], **kw)

@@ -7,10 +7,11 @@ import click
 
 from ..bounds import limit
 from ..errors import EdgekitError
-from .common import Number, _console, _help, _stdout, choice, json_option, print_json, targets_dir_option, working
+from .common import (Number, WithPassFlags, _console, _help, _stdout, choice, json_option, print_json, targets_dir_option,
+                     working)
 
 
-@click.command()
+@click.command(cls=WithPassFlags)
 @click.argument("model", required=False, type=click.Path(path_type=Path))
 @click.option("--target", "-t", default="cpu", show_default=True,
               help=_help("target") + " `all` or a comma-separated list builds several and compares them.")
