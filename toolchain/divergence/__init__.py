@@ -46,7 +46,8 @@ class LayerDivergence:
     op_type: str               # FULLY_CONNECTED, Conv, MatMul, ...
     reference: str | None      # the matched node of the float model (ONNX node / OpenVINO op / TFLite tensor)
     layer: str | None          # source layer it belongs to (Keras layer, PyTorch module path, ONNX node)
-    matched_by: str | None     # "name", "shape+order" or "input of QUANTIZE"-style; None: unmatched
+    matched_by: str | None     # "name", "name family + order", "shape+order", "through its input/consumer
+    #                            (QUANTIZE)"; None: unmatched
     snr_db: float | None       # output tensor vs the float model's, over all samples
     input_scales: tuple        # quantization scale of each non-constant input (None: float, per-channel)
     output_scale: float | None
@@ -141,42 +142,80 @@ def open_graph(fmt: str, path: Path, spec=None):
 
 
 def match(art: list[Node], ref: list[Node], got: dict, want: dict) -> dict[str, tuple[int, str]]:
-    """Artifact node key -> (reference node index, how): by name, then by shape + order between
-    name-matched neighbours, then QUANTIZE-like nodes through their input."""
+    """Artifact node key -> (reference node index, how): by name; then the k-th node of a name family
+    (a positional name with its counter dropped) to the k-th of the same family where both graphs have
+    as many; then by shape + order between matched neighbours; QUANTIZE-like nodes through their input."""
     shape = lambda values, key: None if values.get(key) is None else np.squeeze(values[key]).shape  # noqa: E731
+    same_shape = lambda a, j: shape(got, a.key) is not None and shape(got, a.key) == shape(want, ref[j].key)  # noqa: E731
     by_name: dict[str, int] = {}
     for j, node in enumerate(ref):
         for name in sorted(node.names):
             by_name.setdefault(name, j)
     pairs: dict[str, tuple[int, str]] = {}
     for node in art:
-        j = next((by_name[n] for n in sorted(node.names) if n in by_name
-                  and shape(want, ref[by_name[n]].key) == shape(got, node.key)), None)
+        j = next((by_name[n] for n in sorted(node.names) if n in by_name and same_shape(node, by_name[n])), None)
         if j is not None:
             pairs[node.key] = (j, "name")
+    _by_family(art, ref, pairs, same_shape)
     for node in art:  # a requantizing op matched by name passes its match back to its input (TFLite's output)
         if node.key in pairs and node.same_as is not None and node.same_as not in pairs:
             pairs[node.same_as] = (pairs[node.key][0], f"through its consumer ({node.op_type})")
-    _by_order(art, ref, pairs, lambda a, j: shape(got, a.key) is not None and shape(got, a.key) == shape(want, ref[j].key))
+    _by_order(art, ref, pairs, same_shape, got, want)
     for node in art:
         if node.key not in pairs and node.same_as in pairs:
             pairs[node.key] = (pairs[node.same_as][0], f"through its input ({node.op_type})")
     return pairs
 
 
-def _by_order(art: list[Node], ref: list[Node], pairs: dict, same_shape) -> None:
-    used = {j for j, _ in pairs.values()}
-    anchors = [(i, pairs[a.key][0]) for i, a in enumerate(art) if a.key in pairs]
+def _by_family(art: list[Node], ref: list[Node], pairs: dict, same_shape) -> None:
+    families: dict[str, tuple[list, list]] = {}
     for i, node in enumerate(art):
-        if node.key in pairs or node.same_as is not None:
+        if node.family:
+            families.setdefault(node.family, ([], []))[0].append(i)
+    for j, node in enumerate(ref):
+        if node.family in families:
+            families[node.family][1].append(j)
+    used = {j for j, _ in pairs.values()}
+    for mine, theirs in families.values():
+        if len(mine) != len(theirs):
+            continue  # a quantizer fused or added some: order within the family says nothing
+        for i, j in zip(mine, theirs):
+            if art[i].key not in pairs and j not in used and same_shape(art[i], j):
+                pairs[art[i].key] = (j, "name family + order")
+                used.add(j)
+
+
+def _by_order(art: list[Node], ref: list[Node], pairs: dict, same_shape, got: dict, want: dict) -> None:
+    """The nodes left, run by run between two matched neighbours: within the reference nodes between those
+    neighbours' matches, pairs of the same shape, the closest on the first sample first (SNR, then same op
+    type), down to MIN_ORDER_SNR_DB. A quantizer that splits or fuses ops leaves look-alikes of the right
+    shape (HardSwish -> HardSigmoid + Mul, Conv + Relu -> Conv): the one that really is the float op wins, a
+    node with no float counterpart stays unmatched."""
+    used = {j for j, _ in pairs.values()}
+    run: list[int] = []
+    for i in range(len(art) + 1):
+        if i < len(art) and art[i].key not in pairs and art[i].same_as is None:
+            run.append(i)
             continue
-        low = max((j for k, j in anchors if k < i), default=-1)
-        high = min((j for k, j in anchors if k > i), default=len(ref))
-        free = [j for j in range(low + 1, high) if j not in used and same_shape(node, j)]
-        best = next((j for j in free if ref[j].op_type == node.op_type), free[0] if free else None)
-        if best is not None:
-            pairs[node.key] = (best, "shape+order")
-            used.add(best)
+        if run:
+            low = max((pairs[a.key][0] for a in art[:run[0]] if a.key in pairs), default=-1)
+            high = min((pairs[a.key][0] for a in art[run[-1] + 1:] if a.key in pairs), default=len(ref))
+            scored = sorted(((_snr(want[ref[j].key], got[art[k].key]), art[k].op_type == ref[j].op_type, -j, k)
+                             for k in run for j in range(low + 1, high) if j not in used and same_shape(art[k], j)),
+                            reverse=True)
+            for snr, _, j, k in scored:
+                if snr >= MIN_ORDER_SNR_DB and -j not in used and art[k].key not in pairs:
+                    pairs[art[k].key] = (-j, "shape+order")
+                    used.add(-j)
+            run = []
+
+
+MIN_ORDER_SNR_DB = 0.0  # closer to the float tensor than zeros are: a weaker match is no match
+
+
+def _snr(reference, actual) -> float:
+    r, a = _flat(reference), _flat(actual)
+    return measure.snr_db(float(np.sum(r ** 2)), float(np.sum((r - a) ** 2)))
 
 
 def _row(index: int, node: Node, ref: list[Node], pair, sums, samples: int) -> LayerDivergence:

@@ -15,11 +15,12 @@ class Node:
     op: str                       # op/node name (TFLite ops have none: their output tensor's name)
     op_type: str                  # FULLY_CONNECTED, Gemm, MatMul, ...
     tensor: str                   # output tensor name
-    names: set[str] = field(default_factory=set)  # every name it may be matched by in the other graph
+    names: set[str] = field(default_factory=set)  # names that mean the same node in the other graph
     input_scales: list[float | None] = field(default_factory=list)  # of the non-constant inputs; None: float
     output_scale: float | None = None
     same_as: str | None = None    # key of a node with the same values in another type (QUANTIZE's input)
     scope: str | None = None      # a name that says the source layer when `op` does not (its weights')
+    family: str | None = None     # a positional name without its counter (`Add_215` -> Add): matched by order
 
 
 class Tapped(Protocol):

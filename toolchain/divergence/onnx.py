@@ -3,6 +3,7 @@ QuantizeLinear/DequantizeLinear pairs (QDQ) are not nodes of their own: their sc
 outputs' scales of the nodes between them."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,7 @@ def nodes_of(model) -> list[Node]:
         for name in node.input:
             consumers.setdefault(name, []).append(node)
     live = {i.name for i in model.graph.input if i.name not in constants}
+    outputs = {o.name for o in model.graph.output}
     nodes = [Node(name, name, "input", name, {name}) for name in sorted(live, key=_input_order(model))]
     for node in model.graph.node:
         if not live & set(node.input):
@@ -31,11 +33,17 @@ def nodes_of(model) -> list[Node]:
             continue
         out = node.output[0]
         inputs = [i for i in node.input if i in live]
-        nodes.append(Node(out, node.name or out, node.op_type, out, {node.name, *node.output} - {""},
+        unique = {node.name} if "/" in node.name and not _COUNTER.search(node.name) else set()
+        nodes.append(Node(out, node.name or out, node.op_type, out, unique | (set(node.output) & outputs),
                           [_dq_scale(producer.get(i), constants) for i in inputs],
                           next((_scale(c, constants) for c in consumers.get(out, []) if c.op_type == "QuantizeLinear"),
-                               None)))
+                               None), family=f"{_COUNTER.sub('', node.name)}|{node.op_type}"))
     return nodes
+
+
+# edgekit's ONNX files name tensors by position (t12) and repeated node names by position (`a/Conv#12`,
+# or a bare op type): those say nothing across two files; a scoped name without a counter does.
+_COUNTER = re.compile(r"#\d+$")
 
 
 def _input_order(model):

@@ -3,6 +3,7 @@ copy, compiled for the CPU in f32 inference precision like the runner's. NNCF's 
 nodes of their own: their step is the scale of the ops on either side."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -30,15 +31,23 @@ def nodes_of(model) -> tuple[list[Node], list]:
         live.add(op.get_friendly_name())
         if kind in SKIP or op.get_output_size() == 0:
             continue
-        out = op.output(0)
-        names = out.get_names()
-        nodes.append(Node(op.get_friendly_name(), op.get_friendly_name(), kind, sorted(names)[0] if names else "",
-                          {op.get_friendly_name(), *names},
+        out, name = op.output(0), op.get_friendly_name()
+        names = {n for n in out.get_names() if not _POSITIONAL.fullmatch(n)}
+        auto = _AUTO_NAME.fullmatch(name)
+        nodes.append(Node(name, name, kind, sorted(out.get_names())[0] if out.get_names() else "",
+                          names | (set() if auto else {name}),
                           [_fq_step(p) for p in parents if p.get_friendly_name() in live],
                           next((_fq_step(t.get_node()) for t in out.get_target_inputs()
-                                if t.get_node().get_type_name() == "FakeQuantize"), None)))
+                                if t.get_node().get_type_name() == "FakeQuantize"), None),
+                          family=kind if auto else None))
         ports.append(out)
     return nodes, ports
+
+
+# Names edgekit gives by position (backends.openvino.canonical_names: `Add_215`; tensors from edgekit's ONNX:
+# `t12`): the same name in two models is not the same op; the k-th Add is (family + order).
+_AUTO_NAME = re.compile(r"[A-Z][A-Za-z0-9]*_\d+")
+_POSITIONAL = re.compile(r"t\d+")
 
 
 def _parent(op, k: int):

@@ -2,6 +2,7 @@
 (and no default delegate: XNNPACK keeps a partition's intermediate tensors to itself)."""
 from __future__ import annotations
 
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -15,12 +16,17 @@ def nodes_of(path: Path) -> tuple[list[Node], dict[str, int], list]:
     """Nodes of a .tflite's main subgraph in execution order (graph inputs first), keyed by tensor index,
     the tensor index behind each key, and the tensors (name, shape, dtype, scale, zero point)."""
     tensors, ops, inputs, _ = load(path)
-    produced = set(inputs) | {i for op in ops for i in op.outputs}
+    produced = set(inputs)
+    for op in ops:  # tensors computed from the inputs, in execution order
+        if produced & set(op.inputs):
+            produced |= set(op.outputs)
     nodes = [Node(str(i), tensors[i].name, "input", tensors[i].name, {tensors[i].name},
                   output_scale=_scale(tensors[i])) for i in inputs]
     for op in ops:
-        out = tensors[op.outputs[0]]
         live = [i for i in op.inputs if i in produced]
+        if not live:  # works on constants only (DEQUANTIZE of fp16 weights)
+            continue
+        out = tensors[op.outputs[0]]
         nodes.append(Node(str(op.outputs[0]), out.name, op.kind, out.name, {out.name, out.name.split(";")[0]},
                           [_scale(tensors[i]) for i in live], _scale(out),
                           same_as=str(live[0]) if op.kind in REQUANTIZING and live else None,
@@ -57,10 +63,16 @@ def quantized_input(tensor, array: np.ndarray) -> np.ndarray:
 class Graph:
     def __init__(self, path: Path):
         from ai_edge_litert.interpreter import Interpreter, OpResolverType
-        self.nodes, self._where, self._tensors = nodes_of(path)
+
+        from ..backends._tflite_rewrite import rewrite
+        with tempfile.TemporaryDirectory(prefix="edgekit-tap-") as tmp:
+            # MediaPipe's custom ops run only inside XNNPACK, which hides every tensor: their builtin form here
+            path, _ = rewrite(Path(path), Path(tmp) / "builtin.tflite")
+            self.nodes, self._where, self._tensors = nodes_of(path)
+            content = Path(path).read_bytes()
         with warnings.catch_warnings():  # "intended for debugging purposes only": that is what it is for here
             warnings.simplefilter("ignore")
-            self._interpreter = Interpreter(model_path=str(path), experimental_preserve_all_tensors=True,
+            self._interpreter = Interpreter(model_content=content, experimental_preserve_all_tensors=True,
                                             experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
         self._interpreter.allocate_tensors()
 
