@@ -186,45 +186,13 @@ def _load_keras(path: Path, opts: LoadOptions):
                            "check the file is complete; re-save it with model.save()") from None
 
 
-# Graph ops that reach outside the model: files, the network, Python, debug dumps. A graph holding
-# one is refused without --trust-model, as a Keras Lambda is (converting the model runs it).
-UNSAFE_OPS = frozenset({
-    "WriteFile", "ReadFile", "MatchingFiles", "ImmutableConst", "LoadAndRemapMatrix",
-    "PyFunc", "PyFuncStateless", "EagerPyFunc",
-    "CreateSummaryFileWriter", "CreateSummaryDbWriter", "WriteSummary", "WriteScalarSummary",
-    "WriteHistogramSummary", "WriteImageSummary", "WriteAudioSummary", "WriteGraphSummary",
-    "WriteRawProtoSummary", "ImportEvent",
-    "TFRecordDataset", "TFRecordDatasetV2", "FixedLengthRecordDataset", "FixedLengthRecordDatasetV2",
-    "TextLineDataset", "SaveDataset", "SaveDatasetV2", "ExperimentalSaveDataset", "DatasetToTFRecord",
-    "ExperimentalDatasetToTFRecord", "DataServiceDataset", "DataServiceDatasetV2", "DataServiceDatasetV3",
-    "DataServiceDatasetV4", "RegisterDataset", "RegisterDatasetV2",
-    "DebugIdentity", "DebugIdentityV2", "DebugIdentityV3", "DebugNanCount", "DebugNumericSummary",
-    "DebugNumericSummaryV2",
-})
-
-
-def unsafe_ops(saved_model_dir: Path) -> set[str]:
-    """Ops of UNSAFE_OPS anywhere in a SavedModel's graphs and functions (read from saved_model.pb)."""
-    from tensorflow.core.protobuf import saved_model_pb2
-    proto = saved_model_pb2.SavedModel()
-    try:
-        proto.ParseFromString((saved_model_dir / "saved_model.pb").read_bytes())
-    except Exception as exc:
-        raise EdgekitError(f"{saved_model_dir.name}/saved_model.pb is corrupt ({_first_line(str(exc))})",
-                           "re-export the SavedModel") from None
-    found = set()
-    for graph in proto.meta_graphs:
-        nodes = [*graph.graph_def.node, *(n for f in graph.graph_def.library.function for n in f.node_def)]
-        found |= {n.op for n in nodes if n.op in UNSAFE_OPS}
-    return found
-
-
 def _load_savedmodel(tf, path: Path, opts: LoadOptions):
-    found = unsafe_ops(path)
-    if found and not opts.trust_model:
-        raise EdgekitError(f"{path.name} holds ops that reach outside the model ({', '.join(sorted(found))}); "
-                           "converting it would run them", "re-run with --trust-model only if you trust where the "
-                                                           "model came from")
+    from .graph_ops import unsafe_ops
+    found = unsafe_ops(path) if not opts.trust_model else {}
+    if found:
+        ops = ", ".join(f"{op}: {why}" for op, why in sorted(found.items()))
+        raise EdgekitError(f"{path.name} holds ops that reach outside the model ({ops}); loading or converting it "
+                           "would run them", "re-run with --trust-model only if you trust where the model came from")
     try:
         loaded = tf.saved_model.load(str(path))
     except Exception as exc:
