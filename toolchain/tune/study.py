@@ -20,8 +20,10 @@ def objective_fn(setup: TuneSetup):
 
     def objective(trial):
         trial.set_user_attr("worker", os.getpid())
-        trial.set_user_attr("participant", setup.participant)
         recipe = recipe_space(trial, setup)
+        # Marked as this participant's once every parameter is drawn: a trial killed while drawing is retried
+        # with only the drawn parameters fixed, so it is not yet "this participant's recipe".
+        trial.set_user_attr("participant", setup.participant)
         if _hopeless(setup, trial, recipe):
             raise optuna.TrialPruned("a trial with more layers in float already missed the budget by far")
         figures = run_trial(setup, recipe)
