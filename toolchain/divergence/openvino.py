@@ -1,6 +1,6 @@
 """OpenVINO tap: every compute op's output added as a model output (`Model.add_outputs`) on an in-memory
-copy, compiled for the CPU in f32 inference precision like the runner's. NNCF's FakeQuantize ops are not
-nodes of their own: their step is the scale of the ops on either side."""
+copy, compiled for the CPU in the inference precision the runner uses (f32, or a native bf16/fp16 IR's
+own). NNCF's FakeQuantize ops are not nodes of their own: their step is the scale of the ops on either side."""
 from __future__ import annotations
 
 import re
@@ -75,7 +75,8 @@ class Graph:
         model = core.read_model(str(path))
         self.nodes, ports = nodes_of(model)
         outputs = model.add_outputs([p for n, p in zip(self.nodes, ports) if n.op_type != "input"])
-        config = {"INFERENCE_NUM_THREADS": 1, "INFERENCE_PRECISION_HINT": "f32"}
+        from ..backends.openvino import precision_hint
+        config = {"INFERENCE_NUM_THREADS": 1, "INFERENCE_PRECISION_HINT": precision_hint(model)}  # as the runner
         self._compiled = core.compile_model(model, "CPU", config)
         self._request = self._compiled.create_infer_request()
         results = [o.get_node().get_friendly_name() for o in model.outputs]  # an output already there is reused

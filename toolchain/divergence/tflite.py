@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..accel.graph import load
+from ..tflite_file import load
 from .base import Node, dequantize, scalar
 
 
