@@ -55,6 +55,7 @@ RANGES: dict[str, tuple[float, float, bool]] = {
     "accelerator.compute_efficiency": (0, 1, False),
     "accelerator.dram_efficiency": (0, 1, False),
     "accelerator.onchip_gbps": (0, 1e5, True),
+    "accelerator.elementwise_per_cycle": (0, 4096, True),
     "accelerator.layer_overhead_cycles": (0, 1e6, True),
 }
 DEFAULT_RANGE = (0, 2 ** 53, True)

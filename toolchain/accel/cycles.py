@@ -61,11 +61,10 @@ def layer_compute(emu, op, spec: AcceleratorSpec) -> tuple[int, int]:
                 taps, reduction = w[1] * w[2], 1
         return (int(pixels * math.ceil(out_channels / spec.mac_rows) * taps * math.ceil(reduction / spec.mac_cols)),
                 int(pixels * out_channels * taps * reduction))
-    elements = int(np.prod(out))  # elementwise and pooling ops stream through the lanes
-    window = 1
+    elements = int(np.prod(out))  # pooling streams its windows through the lanes
     if op.kind in ("MAX_POOL_2D", "AVERAGE_POOL_2D"):
-        window = op.options.filterHeight * op.options.filterWidth
-    return math.ceil(elements * window / spec.mac_cols), 0
+        return math.ceil(elements * op.options.filterHeight * op.options.filterWidth / spec.mac_cols), 0
+    return math.ceil(elements / (spec.elementwise_per_cycle or spec.mac_cols)), 0  # elementwise, copies
 
 
 def mac_count(emu, op, spec: AcceleratorSpec) -> int:

@@ -27,6 +27,8 @@ class AcceleratorSpec:
                                          "channels, im2col style) or `channels` (input channels only, one kernel tap "
                                          "per cycle, as Ethos-U does: a depthwise conv then uses one column).",
                             choices=("flattened", "channels"))
+    elementwise_per_cycle: float = option(0.0, "Output elements per cycle of elementwise ops (ADD, MUL, activations, "
+                                               "copies); 0 = one per column (`mac_cols`).")
     compute_efficiency: float = option(1.0, "Fraction of the array's peak MAC rate a layer reaches (the cycle model "
                                             "divides its compute cycles by it); 1 = the ideal array. Calibrated "
                                             "for Ethos-U against Vela (docs/ACCELERATOR.md).")

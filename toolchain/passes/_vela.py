@@ -227,6 +227,11 @@ def array_shape(macs: int) -> tuple[int, int]:
     return rows, macs // rows
 
 
+# Ethos-U's elementwise unit gives about one output element per cycle per 128 MACs: Vela's performance
+# tables (architecture_features.py) list 0.75-1.5 cycles per element for MUL/ADD on an Ethos-U55-128
+ELEMENTWISE_MACS = 128
+
+
 def accel_spec(device, base, figures: dict):
     """edgekit's AcceleratorSpec for the profile's Ethos-U configuration: the MACs per cycle of the
     configuration, Vela's clock, the bandwidth of the memory Vela put the weights in, the SRAM that
@@ -240,7 +245,8 @@ def accel_spec(device, base, figures: dict):
     return dataclasses.replace(base, mac_rows=rows, mac_cols=cols, clock_mhz=figures["clock_mhz"],
                                dram_gbps=gib_s.get(figures["weights_area"].lower(), 1.0) * 2 ** 30 / 1e9,
                                onchip_kib=max(1, onchip // 1024), onchip_gbps=gib_s.get("sram", 0.0) * 2 ** 30 / 1e9,
-                               activations_offchip=offchip, reduction="channels")  # Ethos-U: taps in sequence
+                               activations_offchip=offchip, reduction="channels",  # Ethos-U: taps in sequence
+                               elementwise_per_cycle=macs_per_cycle(figures["accelerator"]) / ELEMENTWISE_MACS)
 
 
 def placed_cycles(model: Path, spec, cpu: set[int]) -> dict:
