@@ -69,3 +69,21 @@ def test_bf16_beats_a_slower_int8_and_formats_must_be_clearly_apart():
     quick = _row("tflite", "fp32", [5.0, 5.1, 4.9])
     assert recommend.choose([quick, fp32, bf16], 1.0, ["openvino", "tflite"])["artifact"]["format"] == "tflite"
     assert recommend.choose([], 1.0)["artifact"] is None
+
+
+def test_one_recommendation_per_target(tmp_path, capsys):
+    import fake_backend as fake
+    model = fake.save_model(tmp_path / "fake.npz", (1, 2, 3), classes=4)
+    profiles = tmp_path / "profiles"
+    profiles.mkdir()
+    for name in ("a", "b"):
+        (profiles / f"{name}.toml").write_text(f'name = "{name}"\n[build]\nformats = ["fake"]\n'
+                                               "[bench]\nruns = 2\nwarmup = 0\neval_samples = 8\n")
+    result = run_cli(capsys, "convert", model, "--target", "a,b", "--targets-dir", profiles, "--out", tmp_path / "o",
+                     "--json")
+    assert result.code == 0, result.err
+    summary = json.loads(result.out)
+    assert set(summary["recommended"]) == {"a", "b"}
+    assert all(r["artifact"]["format"] == "fake" and r["reason"] for r in summary["recommended"].values())
+    text = (tmp_path / "o" / "summary.md").read_text()
+    assert "- a: Recommended: model.npz" in text and "- b: Recommended: model.npz" in text
