@@ -23,6 +23,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -36,6 +37,11 @@ from measurement import ORT_LOOP  # noqa: E402
 
 BIN = Path(sys.executable).parent
 MODELS = "mp_face_landmark,ppocr_cls,ppocr_rec"
+
+
+def tool(name: str) -> str:
+    """A command of the environment: beside this Python, else on PATH (a worktree venv sharing another's packages)."""
+    return str(BIN / name) if (BIN / name).is_file() else shutil.which(name) or name
 
 
 def main() -> None:
@@ -65,7 +71,7 @@ def convert(name: str, model: Path, args) -> dict:
     np.savez(work / "calib.npz", x=real_inputs(name, "calib"))
     out = work / "convert"
     print(f"converting {name} (cpu-int8: fp32, int8, native bf16) ...", file=sys.stderr, flush=True)
-    proc = subprocess.run([str(BIN / "edgekit"), "convert", str(model), "--target", "cpu-int8", "--data",
+    proc = subprocess.run([tool("edgekit"), "convert", str(model), "--target", "cpu-int8", "--data",
                            str(work / "data.npz"), "--calib", str(work / "calib.npz"), "--runs", str(args.runs),
                            "--out", str(out), "--force", "--quiet"], capture_output=True, text=True)
     if not (out / "report.json").is_file():
@@ -104,12 +110,12 @@ def peer(path: Path, precision: str, runs: int) -> tuple[str, float | None]:
     """The runtime's own tool at its defaults (one thread); for OpenVINO's pinned fp32 row, -infer_precision f32."""
     if path.suffix == ".tflite":
         with tempfile.TemporaryDirectory() as tmp:
-            subprocess.run([str(BIN / "litert-benchmark"), "--model", str(path), "--num_threads", "1",
+            subprocess.run([tool("litert-benchmark"), "--model", str(path), "--num_threads", "1",
                             "--num_runs", str(runs), "--result_json", f"{tmp}/r.json"], check=True, capture_output=True)
             return "litert-benchmark", json.loads(Path(tmp, "r.json").read_text())["latency"]["median_ms"]
     if path.suffix == ".xml":
         pinned = ["-infer_precision", "f32"] if precision == "fp32" else []
-        proc = subprocess.run([str(BIN / "benchmark_app"), "-m", str(path), "-d", "CPU", "-hint", "none",
+        proc = subprocess.run([tool("benchmark_app"), "-m", str(path), "-d", "CPU", "-hint", "none",
                                "-nstreams", "1", "-nthreads", "1", "-api", "sync", "-niter", str(runs), *pinned],
                               capture_output=True, text=True)
         match = re.search(r"Median:\s+([\d.]+) (ms|us)", proc.stdout)

@@ -489,9 +489,10 @@ def _native(ctx: Context, backend, fp32: dict) -> list[dict]:
     the fp32 row says what it is pinned to, and why a precision the profile names got no row."""
     profile = ctx.target.profile
     build, notes = native.plan(backend.FORMAT, profile.build.native, profile.device, ctx.qconfig.precision)
+    rows = [_artifact(ctx, backend, p, ctx.stage / p, "native", fp32) for p in build]  # with fp32's provenance notes
     if fp32["status"] == "ok":
         fp32["notes"] += [n for n in [native.fp32_note(backend.FORMAT)] if n] + notes
-    return [_artifact(ctx, backend, p, ctx.stage / p, "native", fp32) for p in build]
+    return rows
 
 
 def _latency_ratio(artifact: dict, baseline: dict) -> dict:
@@ -544,7 +545,8 @@ def _artifact(ctx: Context, backend, precision: str, directory: Path, role: str,
         elif role == "native":
             if baseline is None or baseline["status"] != "ok":
                 raise ConversionError(f"the fp32 {backend.FORMAT} baseline failed, so there is nothing to build from")
-            entry["notes"] = native.build(backend.FORMAT, precision, ctx.stage / baseline["file"], path)
+            entry["notes"] = [*baseline["notes"], *native.build(backend.FORMAT, precision,
+                                                                ctx.stage / baseline["file"], path)]
         if role == "target":
             _artifact_passes(ctx, backend, entry, path, baseline)
         entry["convert_seconds"] = round(time.perf_counter() - started, 2)
