@@ -108,8 +108,9 @@ def artifact_notes(name: str, npu: dict) -> list[str]:
         f"NPU ESTIMATED (Vela) {name}: {cycles['total']:,} cycles, {npu['inference_ms']:.4g} ms at "
         f"{npu['clock_mhz']:g} MHz (NPU compute {cycles['npu']:,} cycles; memory access cycles: {memory or 'none'}), "
         f"{npu['macs']:,} MACs. edgekit's cycle model on the same configuration ({cfg['mac_rows']}x{cfg['mac_cols']} "
-        f"MACs/cycle, {cfg['clock_mhz']:g} MHz, {cfg['dram_gbps']:.3g} GB/s to the weights' memory; {est['how']}): "
-        f"{est['cycles']:,} cycles, {est['latency_ms']:.4g} ms{ratio}.",
+        f"MACs/cycle, {cfg['clock_mhz']:g} MHz, weights from {npu['weights_area']} at {cfg['dram_gbps']:.3g} GB/s, "
+        f"feature maps in {npu['feature_map_area']}; efficiency {cfg['compute_efficiency']:g} compute, "
+        f"{cfg['dram_efficiency']:g} memory; {est['how']}): {est['cycles']:,} cycles, {est['latency_ms']:.4g} ms{ratio}.",
         f"C ARTIFACT {', '.join(c_art['files'])} from {npu['file']}: {c_text}; register the Ethos-U custom op "
         "(resolver.AddEthosU()) and link the Ethos-U driver",
     ]
