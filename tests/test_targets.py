@@ -94,3 +94,13 @@ def test_targets_readme_documents_the_current_schema(monkeypatch):
     readme = (targets.builtin_dir() / "README.md").read_text()
     assert targets.schema_markdown() in readme
     assert len(describe(targets.Profile)) == targets.schema_markdown().count("\n| `")
+
+
+def test_what_host_timing_means_is_profile_data_for_every_kind():
+    """pipeline and the report ask the device, never its kind: every kind has a HOST_TIMING entry."""
+    kinds = {f.name: f for f in __import__("dataclasses").fields(targets.DeviceSpec)}["kind"].metadata["choices"]
+    assert set(kinds) == set(targets.HOST_TIMING)
+    assert targets.DeviceSpec(kind="cpu", arch="x86_64").host_is_device("x86_64")
+    assert not targets.DeviceSpec(kind="cpu", arch="aarch64").host_is_device("x86_64")
+    assert not targets.DeviceSpec(kind="arm", arch="aarch64").host_is_device("aarch64")
+    assert not targets.DeviceSpec(kind="gpu").timed_on_host() and targets.DeviceSpec(kind="mcu").timed_on_host()

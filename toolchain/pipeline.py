@@ -11,27 +11,22 @@ run leaves no half-written output.
 from __future__ import annotations
 
 import dataclasses
-import datetime
-import hashlib
 import json
 import tempfile
 import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
-from . import (__version__, backends, bounds, data, explain, isolate, measure, native, output, probes, recommend,
-               report, runner, sources, targets, timing)
+from . import (backends, bounds, convert_report, data, explain, measure, native, output, probes, recommend, report,
+               runner, sources, targets, timing)
 from .context import Context, cache_dir
 from .options import ConvertOptions
 from .errors import ConversionError, EdgekitError
 from . import passes
 from .passes import quantize
 from .recipe import Recipe
-
-REPORT_SCHEMA = "edgekit.report/1"
 
 
 def default_model() -> dict[str, Path]:
@@ -52,16 +47,16 @@ def convert(model: str | Path | None = None, progress: Callable[[str], None] | N
     with output.staging(out) as stage, output.tempdir() as work:
         ctx = prepare(model, name, target, options, work, progress)
         ctx.stage = stage
-        result = _report_header(ctx, model)
+        result = convert_report.header(ctx, model)
         result["artifacts"] = [a for fmt in _formats(ctx) for a in _build_format(ctx, fmt)]
-        result["warnings"] += _slower_than_fp32(result["artifacts"])
+        result["warnings"] += convert_report.slower_than_fp32(result["artifacts"])
         result["recommended"] = recommend.choose(result["artifacts"], target.profile.build.max_accuracy_drop,
                                                  _formats(ctx))
         if len(ctx.stages) > 1:
             stages = _stage_figures(ctx, result["artifacts"])
             for name, info in ctx.passes.items():
                 result[passes.report_key(name)] = {**info, "stages": stages}
-        result["estimate"] = _estimate(ctx, result["artifacts"])
+        result["estimate"] = convert_report.estimate(ctx, result["artifacts"])
         if options.sensitivity:
             result["sensitivity"] = layer_sensitivity(ctx)
         if replacing:
@@ -98,90 +93,6 @@ def _keep_previous_unless_built(artifacts: list[dict], out: Path) -> None:
     if not any(a["status"] == "ok" for a in artifacts):
         reasons = "; ".join(f"{a['format']} {a['precision']}: {a.get('reason', '')}" for a in artifacts)
         raise EdgekitError(f"no artifact could be built ({reasons[:300]})", f"the previous output in {out} was kept")
-
-
-def target_names(spec: str, dirs: tuple[str, ...] = ()) -> list[str]:
-    """`all`, one name, or a comma-separated list."""
-    if spec == "all":
-        return sorted(targets.all_targets(dirs))
-    return [name.strip() for name in spec.split(",") if name.strip()]
-
-
-def convert_targets(model: str | Path | None = None, progress: Callable[[str], None] | None = None,
-                    **kwargs) -> dict:
-    """Build several targets in one run (`target="all"` or "a,b,c"): each gets its own report in
-    <out>/<target>/, and <out>/summary.json + summary.md compare them side by side."""
-    options = ConvertOptions.make(**kwargs)
-    progress = progress or (lambda msg: None)
-    names = target_names(options.target, tuple(options.targets_dirs))
-    for name in names:
-        targets.get_target(name, tuple(options.targets_dirs))  # unknown names fail before any work
-    model, name = _resolve_model(model, options, progress)
-    out = Path(options.out or Path("edgekit-out") / f"{name}-{options.target.replace(',', '+')}")
-    replacing = output.check(out, _inputs(model, options), options.force) == "replace"
-    results = []
-    with output.staging(out) as stage:
-        for target in names:
-            progress(f"target {target}")
-            single = {**dataclasses.asdict(options), "target": target, "out": stage / target, "force": False}
-            if options.calib and not _calibrates(target, options):
-                single["calib"] = None  # --calib is for the targets that quantize with it
-            try:  # each target in its own process: a native crash in one leaves the others standing
-                results.append(isolate.run("edgekit.pipeline:convert", model, isolate.progress, **single,
-                                           step=f"target {target}", progress=progress))
-            except (EdgekitError, ConversionError) as exc:
-                output.sweep(stage)  # the staging directory of a target whose process died
-                results.append({"target": {"name": target}, "error": str(exc), "artifacts": []})
-                _failed_target_report(stage / target, target, str(exc))
-        if replacing:
-            _keep_previous_unless_built([a for r in results for a in r["artifacts"]] or
-                                        [{"format": r["target"]["name"], "precision": "", "status": "failed",
-                                          "reason": r.get("error", "")} for r in results], out)
-        summary = {"schema": "edgekit.summary/1", "model": str(model), "targets": results,
-                   "recommended": {r["target"]["name"]: r.get("recommended") for r in results}}
-        report.write_summary(stage, summary)
-        output.commit(stage, out, "convert")
-    summary["out_dir"] = str(out)
-    return summary
-
-
-def _calibrates(target: str, options: ConvertOptions) -> bool:
-    profile = targets.get_target(target, tuple(options.targets_dirs)).profile
-    return resolve_recipe(profile, options)["quantize"].precision in quantize.CALIBRATED
-
-
-def _failed_target_report(directory: Path, target: str, error: str) -> None:
-    """A target that built nothing still gets its directory, saying why."""
-    directory.mkdir(exist_ok=True)
-    (directory / "report.json").write_text(json.dumps({"schema": REPORT_SCHEMA, "target": {"name": target},
-                                                       "status": "failed", "error": error, "artifacts": []},
-                                                      indent=2) + "\n")
-    (directory / "report.md").write_text(f"# edgekit report: {target}\n\nFAILED: {error}\n")
-
-
-def analyze(model: str | Path | None = None, sensitivity: bool = False,
-            progress: Callable[[str], None] | None = None, **kwargs) -> dict:
-    """Parameters and MACs per layer; with `sensitivity`, also the per-layer int8 sensitivity
-    (same data and calibration rules as convert())."""
-    from . import analysis
-    from .backends import onnx as onnx_backend
-    options = ConvertOptions.make(**kwargs)
-    progress = progress or (lambda msg: None)
-    target = targets.get_target(options.target, tuple(options.targets_dirs))
-    model, name = _resolve_model(model, options, progress)
-    options.precision = "int8" if sensitivity else "fp32"
-    with output.tempdir() as work:
-        ctx = prepare(model, name, target, options, work, progress)
-        try:
-            stats = analysis.layer_stats(onnx_backend.float_model(ctx.source)[0])
-        except ConversionError as exc:
-            raise EdgekitError(f"analysis reads the ONNX form of the model: {exc}", "check `edgekit convert "
-                               "--format onnx` works on this model") from None
-        result = {"model": str(model), "name": name, "layers": stats, "totals": analysis.totals(stats),
-                  "how": "counted from the ONNX graph (shapes inferred at batch 1)"}
-        if sensitivity:
-            result.update(sensitivity=layer_sensitivity(ctx), calibration=ctx.calib.origin, data=ctx.evalset.origin)
-        return result
 
 
 def layer_sensitivity(ctx: Context) -> list[dict]:
@@ -338,62 +249,6 @@ def _check_finite(outputs: list[list[np.ndarray]], what: str) -> None:
         raise EdgekitError(f"{what} contain NaN or infinite values", "check the model's weights and the input range")
 
 
-def _report_header(ctx: Context, model: Path) -> dict:
-    profile = ctx.target.profile
-    header = {
-        "schema": REPORT_SCHEMA,
-        "edgekit_version": __version__,
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "model": {"path": str(model), "name": ctx.source.name, "kind": ctx.stages[0][1].kind if ctx.stages else
-                  ctx.source.kind, "sha256": _sha256(model),
-                  "inputs": [asdict(s) for s in ctx.source.inputs]},
-        "target": {"name": profile.name, "profile": str(ctx.target.path), "device": asdict(profile.device),
-                   "precision": ctx.qconfig.precision, "quantize": asdict(ctx.qconfig)},
-        "host": runner.host_info(),
-        "data": {"origin": ctx.evalset.origin, "samples": len(ctx.evalset.samples),
-                 "labelled": ctx.evalset.labels is not None, "note": ctx.evalset.note},
-        "calibration": None if ctx.calib is None else {"origin": ctx.calib.origin, "samples": len(ctx.calib.samples),
-                                                       "uncalibrated": ctx.calib.uncalibrated},
-        "warnings": _warnings(ctx),
-        "recipe": ctx.recipe.to_json(),
-        "passes": [{"name": p.NAME, "stage": p.STAGE, "description": p.DESCRIPTION, "applies": p.NAME in ctx.passes or
-                    (p.STAGE == "artifact" and p.applies(ctx.recipe, ctx.source))} for p in passes.all_passes()],
-    }
-    header["source_accuracy"] = ctx.source_accuracy
-    return header
-
-
-def _warnings(ctx: Context) -> list[str]:
-    device, host = ctx.target.profile.device, runner.host_info()
-    notes = list(ctx.load_notes)
-    if device.kind == "cpu" and device.arch != host["machine"] or device.kind in ("arm", "mcu", "fpga", "npu"):
-        notes.append(f"latency was measured on this {host['machine']} host, not on the target device "
-                     f"({device.description or device.arch}); it is not the device's latency")
-    notes += [line for line in [ctx.host_threads_note()] if line]
-    notes += probes.warnings(ctx)
-    if ctx.calib is not None and ctx.calib.uncalibrated:
-        notes.append("UNCALIBRATED: quantization ranges come from random inputs (--calib random); "
-                     "accuracy figures say nothing about real data")
-    return notes
-
-
-def _estimate(ctx: Context, artifacts: list[dict]) -> dict | None:
-    """Latency and memory on the profile's device model, for devices that are not here."""
-    from . import costmodel
-    from .backends import onnx as onnx_backend
-    device = ctx.target.profile.device
-    if not costmodel.has_device_model(device):
-        return None
-    target = next((a for a in artifacts if a["role"] == "target" and a["status"] == "ok"), None)
-    try:
-        float_path = onnx_backend.float_model(ctx.source)[0]
-    except ConversionError as exc:
-        return {"error": f"no estimate: {exc}", "how": costmodel.HOW}
-    threads, _, _ = ctx.bench_settings()
-    return costmodel.for_model(float_path, device, ctx.qconfig.precision, threads,
-                               target["size"]["bytes"] if target else None)
-
-
 def _stage_figures(ctx: Context, artifacts: list[dict]) -> list[dict]:
     """Params, MACs, size, latency and accuracy of the float model at each stage, then the target artifact."""
     from . import analysis
@@ -422,29 +277,6 @@ def _stage_figures(ctx: Context, artifacts: list[dict]) -> list[dict]:
                      "latency_ms": final["latency_ms"].get("median"),
                      "accuracy": final.get("accuracy", {}).get("value")})
     return rows
-
-
-def _slower_than_fp32(artifacts: list[dict]) -> list[str]:
-    """Quantized artifacts that run slower than their fp32 baseline here (users should know before
-    shipping), and latencies too unsteady to compare (no ratio sentence is built on those)."""
-    notes = []
-    for a in artifacts:
-        ratio = a.get("vs_fp32") or {}
-        if ratio.get("latency_unstable"):
-            notes.append(f"{a['format']}: latency too unsteady on this host to compare {a['precision']} with fp32 "
-                         f"(dispersion above {timing.UNSTABLE_CV:.0%} CV or {timing.UNSTABLE_SPREAD:.0%} spread "
-                         f"across processes); rerun on a quieter machine")
-        elif ratio.get("latency") and min(ratio.get("latency_range") or [ratio["latency"]]) > 1.0:
-            notes.append(f"{a['format']} {a['precision']} runs {ratio['latency']:.2f}x the fp32 latency on this "
-                         f"host; the fp32 artifact is faster here")
-    return notes
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    for f in sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]:
-        digest.update(f.read_bytes())
-    return digest.hexdigest()
 
 
 def _build_format(ctx: Context, fmt: str) -> list[dict]:
@@ -503,10 +335,10 @@ def _latency_ratio(artifact: dict, baseline: dict) -> dict:
 
 
 def _time(ctx: Context, backend, entries: list[dict]) -> None:
-    """One timing phase on this host's CPU for the format's working artifacts (not for GPU targets:
-    a CPU figure is never reported as a GPU one)."""
+    """One timing phase on this host's CPU for the format's working artifacts, where the profile's device is
+    timed here (not for GPU targets: a CPU figure is never reported as a GPU one; targets.HOST_TIMING)."""
     ok = [e for e in entries if e["status"] == "ok"]
-    if not ok or ctx.target.profile.device.kind == "gpu":
+    if not ok or not ctx.target.profile.device.timed_on_host():
         return
     _, warmup, runs = ctx.bench_settings()
     threads = ctx.host_threads()

@@ -38,6 +38,12 @@ MEMORY_MODES = ("Sram_Only", "Shared_Sram", "Dedicated_Sram", "Dedicated_Sram_25
                 "Dedicated_Sram_512KB")
 
 
+# What a timing on this host's CPU says about each kind of device: "device" (the device is a CPU: the host's
+# figure is its latency when the architectures match), "proxy" (timed here for comparison only, and labelled
+# so), "none" (not timed on the host's CPU: a GPU target's latency comes from the gpu probe, never a CPU figure).
+HOST_TIMING = {"cpu": "device", "gpu": "none", "arm": "proxy", "mcu": "proxy", "fpga": "proxy", "npu": "proxy"}
+
+
 @dataclass(frozen=True)
 class DeviceSpec:
     kind: str = option("cpu", "Device class the profile describes.", choices=("cpu", "gpu", "arm", "mcu", "fpga", "npu"))
@@ -70,6 +76,14 @@ class DeviceSpec:
                                       "weights and feature maps live, and the SRAM cache size. With Shared_Sram the "
                                       "host's SRAM (`ram_kib`) holds the NPU's tensor arena and flash (`flash_kib`) "
                                       "the model.", choices=("", *MEMORY_MODES))
+
+    def timed_on_host(self) -> bool:
+        """Are this device's artifacts timed on this host's CPU (HOST_TIMING)?"""
+        return HOST_TIMING[self.kind] != "none"
+
+    def host_is_device(self, machine: str) -> bool:
+        """Is a latency measured on this host (CPU architecture `machine`) the device's own?"""
+        return HOST_TIMING[self.kind] == "device" and self.arch == machine
 
 
 @dataclass(frozen=True)

@@ -22,12 +22,12 @@ from .common import _help, _stdout, json_option, print_json, targets_dir_option,
 @targets_dir_option
 def analyze(model, layers, as_json, **options):
     """Parameters and MACs per layer; with --layers, how much each layer suffers from int8."""
-    from .. import pipeline
+    from .. import analyze as analyzer
     from ..report import show_note, show_table
     options = {k: list(v) if isinstance(v, tuple) else v for k, v in options.items()}
     stack, status = working("analyzing")
     with stack:
-        result = pipeline.analyze(model, sensitivity=layers, progress=lambda msg: status.update(msg), **options)
+        result = analyzer.analyze(model, sensitivity=layers, progress=lambda msg: status.update(msg), **options)
     if as_json:
         return print_json(result)
     out = _stdout()

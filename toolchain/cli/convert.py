@@ -61,12 +61,12 @@ def convert(model, quiet, as_json, **options):
     MODEL is a Keras .keras/.h5 file, a SavedModel directory, an .onnx or a .tflite file.
     Without MODEL, the bundled digits CNN and its eval data are used.
     """
-    from .. import pipeline, report
+    from .. import multitarget, pipeline, report
 
     console, out = _console(), _stdout()
     options = {k: list(v) if isinstance(v, tuple) else v for k, v in options.items()}
     several = options["target"] == "all" or "," in options["target"]
-    run = pipeline.convert_targets if several else pipeline.convert
+    run = multitarget.convert_targets if several else pipeline.convert
     stack, status = working("starting", quiet)
     with stack:
         result = run(model, progress=status and status.update, **options)

@@ -179,12 +179,12 @@ def _tune_into(out: Path, model: Path, target: str, profile, data: Path, final: 
 
 
 def _sensitivity(model: Path, data: Path, target: str, targets_dirs, out: Path, progress) -> list[dict]:
-    from .. import pipeline
+    from .. import analyze
     cached = out / "sensitivity.json"
     if cached.is_file():
         return json.loads(cached.read_text())
     progress("per-layer sensitivity")
-    rows = pipeline.analyze(model, sensitivity=True, data=data, target=target, targets_dirs=targets_dirs)["sensitivity"]
+    rows = analyze.analyze(model, sensitivity=True, data=data, target=target, targets_dirs=targets_dirs)["sensitivity"]
     cached.write_text(json.dumps(rows, indent=2))
     return rows
 
