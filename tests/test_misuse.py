@@ -3,10 +3,12 @@ destinations, broken result files. Each case through the CLI, in-process; the us
 checked byte for byte afterwards."""
 from __future__ import annotations
 
+import io
 import json
 import os
 import sys
 
+import numpy as np
 import pytest
 
 import fake_backend as fake
@@ -169,3 +171,173 @@ def test_the_runner_refuses_bad_arguments_in_one_line(args, words, tmp_path):
                           capture_output=True, text=True, cwd=tmp_path)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and words in proc.stderr, proc.stderr
     assert proc.stderr.startswith("error:") and "Traceback" not in proc.stderr
+
+
+def _bomb_npz(path, rows: int, row_shape=(1000, 1000)):
+    """An .npz whose x member inflates to rows x row_shape float32 (4 MB a row: 4.4 GB for 1,100 rows)
+    from a few MB: one deflated block of zero rows, flushed so it stands alone, repeated; the zip is
+    written by hand (zip64) so nothing is inflated or compressed here. Its CRC is not that of the
+    data: a reader that inflates the whole member only finds out after 4.4 GB."""
+    import struct
+    import zlib
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "<f4", "fortran_order": False,
+                                                  "shape": (rows, *row_shape)})
+    row = 4 * int(np.prod(row_shape))
+    co = zlib.compressobj(9, zlib.DEFLATED, -15)
+    head = co.compress(header.getvalue()) + co.flush(zlib.Z_FULL_FLUSH)
+    block = co.compress(bytes(row)) + co.flush(zlib.Z_FULL_FLUSH)
+    tail = co.flush()
+    size, packed = len(header.getvalue()) + rows * row, len(head) + rows * len(block) + len(tail)
+    name, zip64 = b"x.npy", struct.pack("<HHQQ", 1, 16, size, packed)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<IHHHHHIIIHH", 0x04034B50, 45, 0, 8, 0, 0x21, 0, 0xFFFFFFFF, 0xFFFFFFFF, len(name), 20))
+        f.write(name + zip64 + head)
+        for _ in range(rows):
+            f.write(block)
+        f.write(tail)
+        central = f.tell()
+        f.write(struct.pack("<IHHHHHHIIIHHHHHII", 0x02014B50, 45, 45, 0, 8, 0, 0x21, 0, 0xFFFFFFFF, 0xFFFFFFFF,
+                            len(name), 20, 0, 0, 0, 0, 0) + name + zip64)
+        end = f.tell()
+        f.write(struct.pack("<IQHHIIQQQQ", 0x06064B50, 44, 45, 45, 0, 0, 1, 1, end - central, central))
+        f.write(struct.pack("<IIQI", 0x07064B50, 0, end, 1))
+        f.write(struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, 1, 1, end - central, central, 0))
+    return path
+
+
+def test_data_is_read_only_as_far_as_the_samples_used(tmp_path):
+    import resource
+    from edgekit import data
+    from edgekit.sources import TensorSpec
+    spec = [TensorSpec("x", (1, 1000, 1000), "float32")]
+    bomb = _bomb_npz(tmp_path / "bomb.npz", 1100)  # inflates to 4.4 GB; the file is a few MB
+    assert bomb.stat().st_size < 8 * 2 ** 20
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    assert data.sample_shapes(bomb) == {None: (1000, 1000)}
+    evalset = data.load_evalset(bomb, spec, 0, scored=3)
+    assert len(evalset.samples) == 3
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 400 * 1024  # KiB: far below 4.4 GB
+    big = np.lib.format.open_memmap(tmp_path / "big.npy", "w+", np.float32, (1100, 1000, 1000))  # sparse file
+    del big
+    evalset = data.load_evalset(tmp_path / "big.npy", spec, 0, scored=4, held=2)  # the first 4 and the last 2
+    assert len(evalset.samples) == 6 and evalset.held == 2
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 400 * 1024
+
+
+def test_an_npz_member_that_would_not_fit_in_memory_is_refused_from_its_header(capsys, tmp_path, monkeypatch):
+    from edgekit import bounds
+    monkeypatch.setattr(bounds, "available_memory", lambda: 2 ** 30)  # 1 GiB left on this host
+    _bomb_npz(tmp_path / "bomb.npz", 1100)
+    model = fake.save_model(tmp_path / "fake.npz", (1, 1000, 1000), classes=2)
+    result = run_cli(capsys, "convert", model, "--format", "fake", "--precision", "int8", "--calib",
+                     tmp_path / "bomb.npz", "--calib-samples", "1000", "--out", tmp_path / "o")
+    assert_user_error(result, "bomb.npz", "GiB")
+    assert not (tmp_path / "o").exists()
+
+
+def test_an_image_decompression_bomb_is_one_line(capsys, tmp_path):
+    from PIL import Image
+    folder = tmp_path / "calib"
+    folder.mkdir()
+    Image.new("L", (10_000, 10_000)).save(folder / "bomb.png")  # 100 Mpx, a few hundred KB of PNG
+    model = fake.save_model(tmp_path / "fake.npz", (1, 8, 8, 1), classes=2)
+    result = run_cli(capsys, "convert", model, "--format", "fake", "--precision", "int8", "--calib", folder,
+                     "--out", tmp_path / "o")
+    assert_user_error(result, "bomb.png", "decompression bomb")
+
+
+@pytest.mark.parametrize("rows, scored, held", [(40, 8, 10), (40, 30, 10), (9, 200, 100), (7, 3, 100), (40, 8, 0)])
+def test_reading_only_the_rows_used_scores_and_calibrates_the_same_samples(rows, scored, held, tmp_path):
+    from edgekit import data
+    from edgekit.sources import TensorSpec
+    x = np.arange(rows * 6, dtype=np.float32).reshape(rows, 3, 2)
+    np.savez(tmp_path / "d.npz", x=x, y=np.arange(rows) % 3)
+    spec = [TensorSpec("x", (1, 3, 2), "float32")]
+    whole = data.load_evalset(tmp_path / "d.npz", spec, 0)
+    part = data.load_evalset(tmp_path / "d.npz", spec, 0, scored=scored, held=held)
+    if held:
+        (whole, calib_w), (part, calib_p) = data.hold_out(whole, held), data.hold_out(part, held)
+        assert np.array_equal(np.stack([s[0] for s in calib_w.samples]), np.stack([s[0] for s in calib_p.samples]))
+    whole, part = data.take(whole, scored), data.take(part, scored)
+    assert np.array_equal(np.stack([s[0] for s in whole.samples]), np.stack([s[0] for s in part.samples]))
+    assert np.array_equal(whole.labels, part.labels)
+
+
+def _external_onnx(folder, location="weights.bin"):
+    """A MatMul + Softmax ONNX model whose weights live in an external data file (as over 2 GB)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    folder.mkdir(parents=True, exist_ok=True)
+    w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((8, 4)).astype(np.float32), "w")
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Softmax", ["h"], ["y"])],
+                              "ext", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])], [w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(folder / "m.onnx"), save_as_external_data=True, all_tensors_to_one_file=True,
+              location=location, size_threshold=0)
+    return folder / "m.onnx"
+
+
+def test_onnx_with_external_data_converts(capsys, tmp_path):
+    model = _external_onnx(tmp_path / "in")
+    assert (tmp_path / "in" / "weights.bin").stat().st_size == 8 * 4 * 4
+    result = run_cli(capsys, "convert", model, "--format", "onnx", "--format", "openvino", "--runs", "1",
+                     "--warmup", "0", "--out", tmp_path / "o")
+    assert result.code == 0, result.err
+    report = json.loads((tmp_path / "o" / "report.json").read_text())
+    assert {a["format"] for a in report["artifacts"]} == {"onnx", "openvino"}  # (+ a bf16 row where native)
+    assert all(a["status"] == "ok" for a in report["artifacts"]), report["artifacts"]
+    assert all(a["fidelity"]["verified"] for a in report["artifacts"])
+
+
+@pytest.mark.parametrize("location", ["../secret.bin", "/etc/hostname", "sub/../../secret.bin", "link.bin"])
+def test_onnx_external_data_outside_the_models_folder_is_refused(location, capsys, tmp_path):
+    import onnx
+    (tmp_path / "secret.bin").write_bytes(bytes(128))
+    model = _external_onnx(tmp_path / "in")
+    (tmp_path / "in" / "link.bin").symlink_to(tmp_path / "secret.bin")
+    proto = onnx.load(str(model), load_external_data=False)
+    for entry in proto.graph.initializer[0].external_data:
+        if entry.key == "location":
+            entry.value = location
+    onnx.save(proto, str(model))
+    result = run_cli(capsys, "convert", model, "--format", "onnx", "--runs", "1", "--out", tmp_path / "o")
+    assert_user_error(result, "m.onnx", "outside the model's folder", repr(location))
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("url, words", [
+    ("nonsense", "is not a database URL"), ("http://example.org/db", "is not a database URL"),
+    ("postgresql://u:secret@h:notaport/db", "is not a database URL"),
+    ("mysql://u@localhost/db", "driver is not installed"), ("sqlite://", "in-memory"),
+    ("sqlite:////nonexistent-folder/x/study.db", "does not exist")])
+def test_tune_cluster_urls_are_checked_before_anything_is_written(url, words, capsys, tmp_path):
+    model = fake.save_model(tmp_path / "fake.npz", (1, 2, 3), classes=4)
+    np.savez(tmp_path / "d.npz", x=np.zeros((8, 2, 3), np.float32), y=np.arange(8) % 4)
+    result = run_cli(capsys, "tune", model, "--data", tmp_path / "d.npz", "--out", tmp_path / "t", "--cluster", url)
+    assert_user_error(result, "--cluster", words)
+    assert "secret" not in result.err
+    assert not (tmp_path / "t").exists()
+
+
+BROKEN = {"raises": "raise RuntimeError('plug-in bug\\nsecond line')\n", "syntax": "def (:\n",
+          "exits": "import sys\nsys.exit(3)\n", "imports": "import no_such_module_anywhere\n"}
+
+
+@pytest.mark.parametrize("variable", ["EDGEKIT_BACKENDS", "EDGEKIT_PROBES", "EDGEKIT_PASSES"])
+@pytest.mark.parametrize("case", [*BROKEN, "../evil", "a b", "x..y"])
+def test_a_plugin_that_fails_at_import_is_one_line_naming_it_and_the_variable(case, variable, capsys, tmp_path,
+                                                                             monkeypatch):
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    name = f"broken_{case}" if case in BROKEN else case
+    if case in BROKEN:
+        (plugins / f"{name}.py").write_text(BROKEN[case])
+    monkeypatch.syspath_prepend(str(plugins))
+    monkeypatch.setenv(variable, ",".join(filter(None, [os.environ.get(variable), name])))
+    model = fake.save_model(tmp_path / "fake.npz", (1, 2, 3), classes=4)
+    result = run_cli(capsys, "convert", model, "--format", "fake", "--runs", "1", "--out", tmp_path / "o")
+    assert_user_error(result, repr(name), f"${variable}")
+    assert not (tmp_path / "o").exists()

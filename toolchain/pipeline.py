@@ -145,10 +145,13 @@ def prepare(model: Path, name: str, target, options: ConvertOptions, work: Path,
     progress(f"loading {model}")
     source = sources.load(model, opts)
     source.name = name
-    evalset = data.load_evalset(options.data, source.inputs, options.seed)
-    evalset, calib = _calibration(evalset, source, profile, options, recipe["quantize"])
     source_passes = recipe.applied("source", source)
     needs = {p.needs_training(config) for p, config in source_passes if p.needs_training} - {None}
+    held = recipe["quantize"].calib_samples if recipe["quantize"].precision in quantize.CALIBRATED and \
+        not options.calib else 0
+    evalset = data.load_evalset(options.data, source.inputs, options.seed, held=held,  # only the rows used
+                                scored=None if needs else profile.bench.eval_samples)
+    evalset, calib = _calibration(evalset, source, profile, options, recipe["quantize"])
     train = None
     if needs:
         evalset, train = _training_data(options, evalset, source, need_labels="labelled" in needs)

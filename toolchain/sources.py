@@ -94,7 +94,10 @@ def load(path: Path, opts: LoadOptions, copy_to: str = "source") -> Source:
     kind = detect_kind(path)
     copy = opts.workdir / copy_to / path.name
     copy.parent.mkdir(parents=True, exist_ok=True)
-    (shutil.copytree if path.is_dir() else shutil.copy2)(path, copy)
+    if kind == "onnx":  # with its external-data files, which must lie in its folder
+        backends.get("onnx").copy_with_data(path, copy)
+    else:
+        (shutil.copytree if path.is_dir() else shutil.copy2)(path, copy)
     if kind in ("keras", "h5", "savedmodel"):
         return _load_tf(kind, copy, opts)
     return backends.get(kind).load_source(copy, opts)

@@ -13,6 +13,7 @@ import pkgutil
 from types import ModuleType
 
 from ..errors import EdgekitError
+from ..plugins import import_plugin
 from .base import missing_members
 
 _INTERNAL = {"base"}
@@ -28,7 +29,8 @@ def _plugin_paths() -> list[str]:
 
 @functools.lru_cache(maxsize=None)
 def _load(import_path: str) -> ModuleType:
-    module = importlib.import_module(import_path)
+    module = import_plugin(import_path, "EDGEKIT_BACKENDS", "backend") if not import_path.startswith(f"{__name__}.") \
+        else importlib.import_module(import_path)
     missing = missing_members(module)
     if missing:
         raise EdgekitError(f"backend {import_path} does not follow the backend contract (missing: {', '.join(missing)})",
@@ -39,11 +41,7 @@ def _load(import_path: str) -> ModuleType:
 def _plugins() -> dict[str, ModuleType]:
     plugins = {}
     for path in _plugin_paths():
-        try:
-            module = _load(path)
-        except ImportError as exc:
-            raise EdgekitError(f"backend plug-in {path} (from $EDGEKIT_BACKENDS) cannot be imported: {exc}",
-                               "fix $EDGEKIT_BACKENDS or PYTHONPATH") from None
+        module = _load(path)
         plugins[module.FORMAT] = module
     return plugins
 

@@ -26,7 +26,43 @@ _UNSUPPORTED = re.compile(r"Could not find an implementation for (?P<a>[\w.:]+)|
 
 
 def files(path: Path) -> list[Path]:
-    return [path]
+    return [path, *external_files(path)]
+
+
+def external_files(path: Path) -> list[Path]:
+    """The external-data files an .onnx references (models over 2 GB keep their weights that way),
+    each checked to lie inside the model's own folder: `../` and absolute locations are refused."""
+    onnx = require("onnx", "full")
+    from onnx import external_data_helper as ext
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:
+        raise _corrupt(path, exc) from None
+    folder, found = Path(path).parent.resolve(), []
+    for tensor in ext._get_all_tensors(model):  # noqa: SLF001 (onnx's own walk: initializers, attributes, subgraphs)
+        if not ext.uses_external_data(tensor):
+            continue
+        location = next((e.value for e in tensor.external_data if e.key == "location"), "")
+        target = (folder / location).resolve()
+        if not location or Path(location).is_absolute() or folder not in target.parents:
+            raise EdgekitError(f"{Path(path).name}: tensor {tensor.name!r} keeps its data at {location!r}, outside "
+                               "the model's folder", "keep external data files beside the .onnx (relative names)")
+        if not target.is_file():
+            raise EdgekitError(f"{Path(path).name}: external data file {location!r} of tensor {tensor.name!r} is "
+                               "missing", "copy it beside the .onnx")
+        if target not in found:
+            found.append(target)
+    return found
+
+
+def copy_with_data(path: Path, out_path: Path) -> None:
+    """An .onnx and its external-data files, at the same relative names beside `out_path`."""
+    folder = Path(path).parent.resolve()
+    shutil.copyfile(path, out_path)
+    for data in external_files(path):
+        target = Path(out_path).parent / data.relative_to(folder)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(data, target)
 
 
 def runtime_version() -> str:
@@ -128,13 +164,22 @@ def load_source(path: Path, opts):
         specs.append(TensorSpec(value.name, shape, dtype))
     dynamic = _note_dynamic_quantization(model, opts)
     fixed = path.parent / "fixed.onnx"
-    onnx.save(_fix_outputs(onnx, model), str(fixed))
+    _save(onnx, _fix_outputs(onnx, model), fixed)
     session = Session(fixed, display_name=path.name)
     source = Source("onnx", path, path.stem, specs, session.run)
     source.onnx_fixed_path = fixed
     if dynamic:
         source.reference_precision = "dynamic"  # measure.judged_as: its own run-time quantization noise
     return source
+
+
+def _save(onnx, model, path: Path) -> None:
+    """Inline when it fits in one protobuf (under 2 GB), else with its weights in `<name>.data` beside it."""
+    if model.ByteSize() < 2 ** 31 - 2 ** 20:
+        onnx.save(model, str(path))
+    else:
+        onnx.save(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                  location=f"{path.name}.data")
 
 
 def _note_dynamic_quantization(model, opts) -> bool:
@@ -193,7 +238,7 @@ def _fix_outputs(onnx, model):
 
 def export(source, out_path: Path, ctx) -> list[str]:
     path, note = float_model(source)
-    shutil.copyfile(path, out_path)
+    copy_with_data(path, out_path)
     return [note]
 
 

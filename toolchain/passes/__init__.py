@@ -16,6 +16,7 @@ import pkgutil
 from types import ModuleType
 
 from ..errors import EdgekitError
+from ..plugins import import_plugin
 from .base import STAGES, flag_name, given, problems
 
 HELPERS = {"base", "distill_train", "prune_plan", "prune_keras", "prune_onnx", "sensitivity"}
@@ -24,10 +25,8 @@ ENV_VAR = "EDGEKIT_PASSES"
 
 @functools.lru_cache(maxsize=None)
 def _load(import_path: str) -> ModuleType:
-    try:
-        module = importlib.import_module(import_path)
-    except ImportError as exc:
-        raise EdgekitError(f"pass {import_path} cannot be imported: {exc}", f"fix ${ENV_VAR} or PYTHONPATH") from None
+    module = importlib.import_module(import_path) if import_path.startswith(f"{__name__}.") else \
+        import_plugin(import_path, ENV_VAR, "pass")
     found = problems(module)
     if found:
         raise EdgekitError(f"pass {import_path} does not follow the pass contract ({'; '.join(found)})",

@@ -14,6 +14,7 @@ import pkgutil
 from types import ModuleType
 
 from ..errors import EdgekitError
+from ..plugins import import_plugin
 from .base import MEMBERS, HostRun  # noqa: F401  (HostRun: what probes receive)
 
 _INTERNAL = {"base"}
@@ -21,10 +22,8 @@ _INTERNAL = {"base"}
 
 @functools.lru_cache(maxsize=None)
 def _load(import_path: str) -> ModuleType:
-    try:
-        module = importlib.import_module(import_path)
-    except ImportError as exc:
-        raise EdgekitError(f"probe {import_path} cannot be imported: {exc}", "fix $EDGEKIT_PROBES or PYTHONPATH") from None
+    module = importlib.import_module(import_path) if import_path.startswith(f"{__name__}.") else \
+        import_plugin(import_path, "EDGEKIT_PROBES", "probe")
     missing = [m for m in MEMBERS if not hasattr(module, m)]
     if missing:
         raise EdgekitError(f"probe {import_path} does not follow the probe contract (missing: {', '.join(missing)})",

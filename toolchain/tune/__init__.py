@@ -36,7 +36,7 @@ import numpy as np
 from .. import output
 from ..errors import EdgekitError
 from .choose import choose, clean_copy, pareto, quiet_phase, why_not_chosen, _unique
-from .study import StudyLost, default_workers, open_study, redacted, search, storage, study_identity, \
+from .study import StudyLost, check_url, default_workers, open_study, redacted, search, storage, study_identity, \
     _shared_sensitivity
 from .trial import HEARTBEAT_S, STUDY, TuneSetup, artifact_hash, content_hash, recipe_space, recipe_text, run_trial
 
@@ -84,6 +84,8 @@ def tune(model=None, target: str = "cpu-int8", data: Path | None = None, max_acc
     model, name = pipeline._resolve_model(model, options, progress)
     if options.data is None:
         raise EdgekitError("tune needs labelled data", "pass --data val.npz with x and y")
+    if cluster is not None:
+        check_url(cluster)  # a malformed URL or a missing driver: one line, before --out exists
     out = Path(out or Path("edgekit-out") / f"{name}-tune-{target}")
     mode = output.check(out, [model, options.data], force, resume="tune")
     labelled_npz(Path(options.data), "tune needs labelled data to measure accuracy")

@@ -7,6 +7,7 @@ import os
 import re
 import sys
 import time
+from pathlib import Path
 
 from .. import interrupt
 from ..errors import EdgekitError
@@ -67,6 +68,36 @@ def storage(url: str, heartbeat_s: int = HEARTBEAT_S):
             if attempt == 4:  # participants that start together on a fresh database race to create its tables
                 raise
             time.sleep(0.5 * (attempt + 1))
+
+
+def check_url(url: str) -> None:
+    """A --cluster URL edgekit can use, checked before anything is written: it parses, names a database
+    SQLAlchemy knows, its driver is installed, and an SQLite one is a file in an existing folder."""
+    from sqlalchemy.engine import make_url
+    shown = redacted(str(url))[:120]
+    try:
+        parsed = make_url(driver_url(url))
+        dialect = parsed.get_dialect()
+    except EdgekitError:
+        raise
+    except Exception as exc:  # user input: whatever SQLAlchemy's parser raises is one line
+        why = " ".join(str(exc).split())[:120] or type(exc).__name__
+        raise EdgekitError(f"--cluster {shown!r} is not a database URL ({why})",
+                           "give e.g. postgresql://user@host/db or sqlite:////shared/dir/study.db") from None
+    try:
+        dialect.import_dbapi()
+    except ImportError as exc:
+        raise EdgekitError(f"--cluster {shown!r}: the {parsed.drivername} driver is not installed ({exc})",
+                           "install it, or use postgresql:// (pip install 'edgekit-toolchain[cluster]') or "
+                           "sqlite:///PATH") from None
+    if parsed.get_backend_name() == "sqlite":
+        db = parsed.database or ""
+        if db in ("", ":memory:") or db.startswith("file:"):
+            raise EdgekitError(f"--cluster {shown!r} is an in-memory database: no other process can join it",
+                               "give a file, e.g. sqlite:////shared/dir/study.db")
+        if not Path(db).parent.is_dir():
+            raise EdgekitError(f"--cluster {shown!r}: folder {Path(db).parent} does not exist",
+                               "create it, or give another path")
 
 
 def driver_url(url: str) -> str:
