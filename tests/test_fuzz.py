@@ -7,8 +7,14 @@ would be an `internal error`. The input must be untouched and nothing left behin
 
 A few cases per kind also run the real `edgekit convert` in a subprocess.
 
-Cases: EDGEKIT_FUZZ_CASES (default 1200 in all, ~1-2 minutes on 2 cores) is shared out by weight;
-EDGEKIT_FUZZ_SEED explores other cases (default: derandomized, the same cases every run).
+The surfaces added since (issue #25) are fuzzed in-process too, cheaply: profiles with compiler
+flags (an accepted flag is always on the allow-list), `tune --cluster` URLs, report.json files given
+to `edgekit report`, and plug-in names in $EDGEKIT_BACKENDS / $EDGEKIT_PROBES / $EDGEKIT_PASSES.
+
+Cases: EDGEKIT_FUZZ_CASES (default 1200 for the model, data and profile files, ~1-2 minutes on 2
+cores; the new surfaces get 600 more in proportion) is shared out by weight; EDGEKIT_FUZZ_SEED
+explores other cases (default: derandomized, the same cases every run). test_fuzz_summary prints the
+count (>= 1,500 by default) and asserts it.
 """
 from __future__ import annotations
 
@@ -34,6 +40,7 @@ from edgekit.errors import EdgekitError
 TOTAL = int(os.environ.get("EDGEKIT_FUZZ_CASES", "1200"))
 SEED = os.environ.get("EDGEKIT_FUZZ_SEED")
 WEIGHTS = {"toml": 0.30, "npz": 0.25, "onnx": 0.17, "tflite": 0.17, "keras": 0.055, "h5": 0.055}
+WEIGHTS.update({"flags": 0.20, "cluster": 0.15, "report": 0.10, "plugin": 0.05})  # the issue #25 surfaces
 RAN: dict[str, int] = {}
 OUTCOMES: dict[str, int] = {}
 STARTED: list[float] = []  # when the first fuzz case ran (not when pytest imported this module)
@@ -317,6 +324,164 @@ def _flip(content: bytes, rng) -> bytes:
     return bytes(out)
 
 
+# --- the surfaces added since the first fuzz pass (issue #25) ----------------------------------------
+
+FLAGS = ["-mcpu=cortex-m4", "-mthumb", "-mfpu=fpv4-sp-d16", "-mfloat-abi=hard", "-O2", "-Os", "-ffast-math",
+         "-fno-exceptions", "-march=armv8.1-m.main+mve", "-wrapper", "sh,-c,id", "-B/tmp", "@/etc/passwd",
+         "-specs=nosys.specs", "-fplugin=x", "-fplugin-arg-x-y=z", "-fprofile-use=/p", "-fdump-tree-all", "-o",
+         "/etc/passwd", "-include", "-isystem/usr", "-L.", "-Wl,-T,/x.ld", "-mcpu=../x", "-f", "-O9", "--help",
+         "-fstack-usage", "-fmacro-prefix-map=/a=/b", "-mfloat-abi=nope", ""]
+
+
+@st.composite
+def flags_profile(draw) -> bytes:
+    import json
+    flag = st.one_of(st.sampled_from(FLAGS), st.text(max_size=24),
+                     st.builds(lambda a, b: a + b, st.sampled_from(["-f", "-m", "-O", "-mcpu=", "-fno-", "-march="]),
+                               st.text(max_size=16)))
+    flags = draw(st.lists(flag, max_size=5))
+    text = (f'name = "fz"\ndescription = {json.dumps(draw(st.text(max_size=20)))}\n[device]\nkind = "mcu"\n'
+            f'arch = "armv6m"\ngcc_flags = [{", ".join(json.dumps(f) for f in flags)}]\n')
+    data = text.encode("utf-8", "surrogatepass")
+    return draw(mutated(data)) if draw(st.integers(0, 5)) == 0 else data
+
+
+def test_fuzz_profiles_with_compiler_flags(root):
+    def load(path: Path, work: Path) -> None:
+        for flag in targets.load_profile(path).profile.device.gcc_flags:  # accepted: on the allow-list only
+            assert targets.ALLOWED_FLAGS.fullmatch(flag) and "/" not in flag and not flag.startswith("@"), flag
+
+    @budget("flags")
+    @given(content=flags_profile())
+    def case(content):
+        Case(root, "fz.toml", content).check(load, "flags")
+    case()
+
+
+URLS = ["sqlite:///{root}/s.db", "postgresql://u:pw@127.0.0.1:5432/study", "postgres://u@h/db",
+        "mysql://u@h/db", "sqlite://", "sqlite:///:memory:", "oracle://a/b", "mssql+pyodbc://x", "http://h/x"]
+
+
+@st.composite
+def cluster_url(draw, folder: str) -> bytes:
+    url = draw(st.one_of(st.sampled_from(URLS).map(lambda u: u.format(root=folder)), st.text(max_size=40),
+                         st.builds(lambda a, b: f"{a}://{b}", st.sampled_from(["sqlite", "postgresql", "mysql",
+                                                                               "x", ""]), st.text(max_size=30))))
+    data = url.encode("utf-8", "surrogatepass")
+    return draw(mutated(data)) if data and draw(st.integers(0, 3)) == 0 else data
+
+
+def test_fuzz_cluster_urls(root):
+    from edgekit.tune.study import check_url
+
+    def check(path: Path, work: Path) -> None:
+        check_url(path.read_bytes().decode("utf-8", "surrogateescape"))
+
+    @budget("cluster")
+    @given(content=cluster_url(str(root)))
+    def case(content):
+        Case(root, "url.txt", content).check(check, "cluster")
+    case()
+
+
+HOSTILE_JSON = [None, [], {}, "", "x", -1, 0, 1e308, 2 ** 70, True, [None], {"a": None}, "<script>", "\u0000"]
+
+
+@pytest.fixture(scope="module")
+def report_seed(tmp_path_factory):
+    """A real report.json (convert with the numpy-only fake backend)."""
+    from edgekit import pipeline
+    folder = tmp_path_factory.mktemp("report-seed")
+    model = fake.save_model(folder / "fake.npz", (1, 2, 3), classes=4)
+    pipeline.convert(model, formats=["fake"], runs=1, warmup=0, out=folder / "o")
+    return (folder / "o" / "report.json").read_bytes()
+
+
+@st.composite
+def report_json(draw, seed: bytes) -> bytes:
+    import json
+    doc = json.loads(seed)
+    for _ in range(draw(st.integers(1, 4))):
+        node, path = doc, []
+        while isinstance(node, (dict, list)) and node and draw(st.integers(0, 3)):
+            key = draw(st.sampled_from(sorted(node) if isinstance(node, dict) else list(range(len(node)))))
+            path.append((node, key))
+            node = node[key]
+        if not path:
+            continue
+        parent, key = path[-1]
+        if isinstance(parent, dict) and draw(st.booleans()):
+            del parent[key]
+        else:
+            parent[key] = draw(st.sampled_from(HOSTILE_JSON))
+    data = json.dumps(doc).encode()
+    return draw(mutated(data)) if draw(st.integers(0, 3)) == 0 else data
+
+
+def test_fuzz_report_json(root, report_seed):
+    from edgekit import html_report
+
+    def render(path: Path, work: Path) -> None:
+        html_report.write([path.parent], work / "page.html")
+
+    @budget("report")
+    @given(content=report_json(report_seed))
+    def case(content):
+        Case(root, "report.json", content).check(render, "report")
+    case()
+
+
+BROKEN_PLUGINS = {"fz_raises": "raise ValueError('bug')\n", "fz_syntax": "def (:\n", "fz_exits": "raise SystemExit(3)\n",
+                  "fz_empty": "", "fz_imports": "import fz_no_such_module\n"}
+
+
+@pytest.fixture(scope="module")
+def plugin_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("plugins")
+    for name, code in BROKEN_PLUGINS.items():
+        (folder / f"{name}.py").write_text(code)
+    sys.path.insert(0, str(folder))
+    yield folder
+    sys.path.remove(str(folder))
+
+
+PLUGIN_NAMES = [*BROKEN_PLUGINS, "fake_backend", "command_probe", "edgekit.backends.onnx", "json", "fz_absent",
+                "fz_absent.deeper", "../fz", "fz-dash", "fz..dots", ".fz", "fz.", " ", "9fz"]
+
+
+def test_fuzz_plugin_names(root, plugin_dir):
+    from edgekit import backends, passes, probes
+    loaders = {"EDGEKIT_BACKENDS": backends.available, "EDGEKIT_PROBES": probes.all_probes,
+               "EDGEKIT_PASSES": passes.all_passes}
+
+    @st.composite
+    def names(draw) -> bytes:
+        variable = draw(st.sampled_from(sorted(loaders)))
+        name = draw(st.one_of(st.sampled_from(PLUGIN_NAMES), st.text(max_size=20),
+                              st.from_regex(r"fz_[a-z]{1,6}(\.[a-z]{1,4})?", fullmatch=True)))
+        return f"{variable}\n{name}".encode("utf-8", "surrogatepass")
+
+    def load(path: Path, work: Path) -> None:
+        variable, _, name = path.read_bytes().decode("utf-8", "surrogateescape").partition("\n")
+        saved = os.environ.get(variable)
+        os.environ[variable] = name
+        try:
+            loaders[variable]()
+        except EdgekitError as exc:
+            assert f"${variable}" in exc.one_line() or "contract" in exc.one_line(), exc.one_line()
+            raise
+        finally:
+            os.environ.pop(variable) if saved is None else os.environ.__setitem__(variable, saved)
+            for cached in (backends._load, probes._load, passes._load):
+                cached.cache_clear()
+
+    @budget("plugin")
+    @given(content=names())
+    def case(content):
+        Case(root, "plugin.txt", content).check(load, "plugin")
+    case()
+
+
 def test_fuzz_summary(capsys):
     """How many cases ran and how long they took (printed for the closing note; -s shows it)."""
     total = sum(RAN.values())
@@ -325,4 +490,4 @@ def test_fuzz_summary(capsys):
               f"{OUTCOMES.get('accepted', 0)} accepted, {OUTCOMES.get('refused', 0)} refused with one line) in "
               f"{time.monotonic() - STARTED[0]:.0f} s" if STARTED else "no case ran")
     if set(RAN) >= set(WEIGHTS) and TOTAL >= 1000:
-        assert total >= 1000
+        assert total >= 1.25 * TOTAL  # 1,500 by default

@@ -26,7 +26,12 @@ _UNSUPPORTED = re.compile(r"Could not find an implementation for (?P<a>[\w.:]+)|
 
 
 def files(path: Path) -> list[Path]:
-    return [path, *external_files(path)]
+    if not Path(path).is_file():
+        return [path]
+    try:
+        return [path, *external_files(path)]
+    except EdgekitError:  # sizes only: a broken artifact is reported where it is loaded
+        return [path]
 
 
 def external_files(path: Path) -> list[Path]:
