@@ -34,6 +34,7 @@ RANGES: dict[str, tuple[float, float, bool]] = {
     "bench.processes": (1, 64, True),
     "bench.eval_samples": (1, 100_000, True),
     "quantize.calib_samples": (1, 100_000, True),
+    "mixed.rounds": (1, 100, True),
     "prune.amount": (0, 1, True),
     "prune.finetune_epochs": (0, 10_000, True),
     "distill.temperature": (0, 100, False),

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from .measure import OUTPUT_KINDS
 from . import passes
-from .passes import quantize
+from .passes import mixed, quantize
 from .schema import option
 
 TUNE_OBJECTIVES = ("latency", "size", "memory")  # what `edgekit tune` minimises besides the accuracy drop
@@ -31,6 +31,11 @@ class ConvertOptions:
                                       choices=quantize.CALIB_METHODS)
     per_tensor: bool = option(False, "One weight scale per tensor instead of per channel.")
     keep_float: list[str] = option([], "Layers to leave in float on every backend (adds to the profile's).")
+    mixed: str | None = option(None, "auto: when an int8 artifact misses its fidelity gate, keep the layers that "
+                                     "diverge most out of int8 until it passes (instead of the profile's).",
+                               choices=mixed.MODES)
+    mixed_rounds: int | None = option(None, "Most rebuild-and-evaluate rounds of --mixed auto per artifact "
+                                            "(instead of the profile's; default 20).")
     calib_scale: float | None = option(None, "Pixel scale for image-folder calibration, instead of the profile's.")
     threads: int | None = option(None, "Inference threads for latency, instead of the profile's.")
     threads_unbounded: bool = option(False, "Allow more than 4 inference threads per core of this host.")

@@ -25,7 +25,7 @@ from .context import Context, cache_dir
 from .options import ConvertOptions
 from .errors import ConversionError, EdgekitError
 from . import passes
-from .passes import quantize
+from .passes import mixed, quantize
 from .recipe import Recipe
 
 
@@ -71,7 +71,8 @@ def convert(model: str | Path | None = None, progress: Callable[[str], None] | N
 def check_bounds(options: ConvertOptions, target) -> None:
     """The numbers of a run (flags or API arguments) within bounds.RANGES; threads against this host."""
     for field, path in (("runs", "bench.runs"), ("warmup", "bench.warmup"), ("threads", "bench.threads"),
-                        ("calib_samples", "quantize.calib_samples"), ("finetune_epochs", "prune.finetune_epochs")):
+                        ("calib_samples", "quantize.calib_samples"), ("finetune_epochs", "prune.finetune_epochs"),
+                        ("mixed_rounds", "mixed.rounds")):
         value = getattr(options, field, None)
         why = None if value is None else bounds.out_of_range(path, value)
         if why:
@@ -292,7 +293,8 @@ def _build_format(ctx: Context, fmt: str) -> list[dict]:
         baseline = _artifact(ctx, backend, "fp32", ctx.stage / "fp32", "baseline")
         entries = [baseline, _artifact(ctx, backend, ctx.qconfig.precision, ctx.stage, "target", baseline)]
     entries += _native(ctx, backend, entries[0])
-    _time(ctx, backend, entries)
+    plain = mixed.plain_entries(entries)  # --mixed auto's plain int8 build, timed with the others
+    _time(ctx, backend, entries + plain)
     if ctx.options.ops:
         _op_profiles(ctx, entries)
     baseline = entries[0]
@@ -300,6 +302,7 @@ def _build_format(ctx: Context, fmt: str) -> list[dict]:
         if baseline["status"] == other["status"] == "ok":
             other["vs_fp32"] = {"size": other["size"]["bytes"] / baseline["size"]["bytes"],
                                 **_latency_ratio(other, baseline)}
+    mixed.latency_cost(entries, plain, _latency_ratio)
     return entries
 
 

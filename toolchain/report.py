@@ -83,6 +83,9 @@ def measurement_notes(result: dict) -> list[str]:
     notes += [f"FAILED {a['format']} {a['precision']}: {a['reason']}" for a in result["artifacts"] if a["status"] != "ok"]
     notes += [f"MISMATCH {a['format']} {a['precision']}: {a['reason']} (edgekit explain for more)"
               for a in result["artifacts"] if a["status"] == "ok" and a.get("reason")]
+    if any(a.get("mixed") for a in result["artifacts"]):
+        from .passes.mixed import summary_line
+        notes += [summary_line(a) for a in result["artifacts"] if a.get("mixed") and a["status"] == "ok"]
     notes.append(f"Data: {result['data']['origin']} ({result['data']['samples']} samples scored)"
                  + (f"; {result['data']['note']}." if result["data"].get("note") else "."))
     if result.get("calibration"):
@@ -241,6 +244,9 @@ def markdown(result: dict) -> str:
         lines += ["## Per-layer int8 sensitivity", "",
                   "Each layer quantized alone (the rest float), most sensitive first: candidates for --keep-float.",
                   "", *sensitivity_table(result["sensitivity"]), ""]
+    if any(a.get("mixed") for a in result["artifacts"]):
+        from .passes.mixed import markdown as mixed_section
+        lines += [*mixed_section([a for a in result["artifacts"] if a.get("mixed")]), ""]
     for a in result["artifacts"]:
         if a["status"] == "ok":
             lines.append(f"- **{a['format']} {a['precision']}** ({a['runtime']['name']} {a['runtime']['version']}): "

@@ -10,6 +10,7 @@ import numpy as np
 from ..errors import ConversionError
 from . import require
 from ._onnx_export import _first_line, canonical_names
+from ._onnx_rewrite import guard_float_nodes
 
 EXTRA = "onnx"  # the pip extra that installs onnxruntime (= backends/onnx.py EXTRA)
 LAYOUT_OPS = {"Transpose", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity"}  # move data, compute nothing: not counted as ops
@@ -51,6 +52,7 @@ def quantize(source, float_artifact: Path, out_path: Path, config, calib, method
     if config.precision == "int8-io":
         integer_io(quantized)
         notes.append("int8 input and output tensors (scales in the model's metadata)")
+    notes += guard_float_nodes(quantized, excluded)
     onnx.save(canonical_names(quantized), str(out_path))
     if excluded:
         notes.append(f"kept in float: {', '.join(excluded)}")

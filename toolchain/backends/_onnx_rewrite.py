@@ -323,3 +323,32 @@ def _keeps_all(node, shapes: dict, constants: dict) -> bool:
         if step != 1 or start != 0 or end < dim:
             return False
     return True
+
+
+_WEIGHT_QUANTIZED_AT_LOAD = {"Conv", "ConvTranspose", "Gemm"}
+
+
+def guard_float_nodes(model, names: list[str]) -> list[str]:
+    """Nodes kept in float stay float in onnxruntime: its WeightBiasQuantization optimizer (session level 1)
+    rewrites a Conv/ConvTranspose/Gemm with float initializer weights whose input comes from a per-tensor
+    DequantizeLinear to int8 per-tensor weights (a kept-float layer with one large weight then gives zeros).
+    A single-input Max (identity, not removed by the optimizer) between that DequantizeLinear and the node
+    keeps the pattern from matching."""
+    from onnx import helper
+    graph = model.graph
+    producers = {o: n for n in graph.node for o in n.output}
+    initializers = {t.name for t in graph.initializer}
+    guarded = []
+    for node in list(graph.node):
+        if node.name not in names or node.op_type not in _WEIGHT_QUANTIZED_AT_LOAD or len(node.input) < 2:
+            continue
+        feeder = producers.get(node.input[0])
+        if feeder is None or feeder.op_type != "DequantizeLinear" or node.input[1] not in initializers:
+            continue
+        kept = f"{node.input[0]}_float_{len(guarded)}"
+        position = list(graph.node).index(node)
+        graph.node.insert(position, helper.make_node("Max", [node.input[0]], [kept], name=f"{node.name}_float_guard"))
+        node.input[0] = kept
+        guarded.append(node.name)
+    return [f"a single-input Max before {', '.join(guarded)} keeps onnxruntime from quantizing their float "
+            f"weights when the session loads (WeightBiasQuantization)"] if guarded else []

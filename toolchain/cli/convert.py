@@ -27,6 +27,8 @@ from .common import (Number, WithPassFlags, _console, _help, _stdout, choice, js
 @click.option("--calib-scale", type=Number(0, 1e6, min_open=True), help=_help("calib_scale"))
 @click.option("--per-tensor", is_flag=True, help=_help("per_tensor"))
 @click.option("--keep-float", multiple=True, metavar="LAYER", help=_help("keep_float"))
+@click.option("--mixed", type=choice("mixed"), help=_help("mixed"))
+@click.option("--mixed-rounds", type=click.IntRange(1, limit("mixed.rounds")), help=_help("mixed_rounds"))
 @click.option("--outputs", type=choice("outputs"), default="auto", help=_help("outputs"))
 @click.option("--threads", type=click.IntRange(min=1), help=_help("threads"))
 @click.option("--threads-unbounded", is_flag=True, help=_help("threads_unbounded"))

@@ -159,7 +159,8 @@ def open_study(setup: TuneSetup, seed: int = 0):
                                "and --device; or use another --out (or database) for a new study")
         for precision in ("int8", "dynamic", "fp16"):  # start from the recipes people reach for first
             study.enqueue_trial({"precision": precision, "per_channel": True, "calib_method": "minmax",
-                                 "calib_samples": 100, "keep_float": 0, "prune": "none", "distill": "none"},
+                                 "calib_samples": 100, "keep_float": 0, "mixed": "off", "prune": "none",
+                                 "distill": "none"},
                                 skip_if_exists=True)
     except Exception as exc:
         if storage_error(exc):

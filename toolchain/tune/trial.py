@@ -199,6 +199,8 @@ def recipe_text(recipe: dict) -> str:
     if rest.get("keep_float"):
         parts.append(f"{len(rest['keep_float'])} layer(s) float")
     rest.pop("keep_float", None)
+    if rest.pop("mixed", "off") == "auto":
+        parts.append("mixed auto")
     if rest.get("distill"):
         parts.append(f"distill {rest['distill']} T={rest.get('distill_temperature') or 0:g}")
     if rest.get("prune"):

@@ -1,0 +1,73 @@
+"""--mixed auto: a model with one layer made to break int8 misses the gate as plain int8 in every format and
+passes with --mixed auto, keeping exactly that layer out of int8 (TFLite denylist, onnxruntime
+nodes_to_exclude, NNCF ignored_scope)."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from clihelp import assert_user_error, run_cli
+
+FORMATS = ("tflite", "onnx", "openvino")
+
+
+@pytest.fixture(scope="module")
+def outlier_model(tmp_path_factory):
+    """A small CNN whose `outlier` conv has weights of 1000 on an input channel that is always 0 (a dead ReLU
+    unit of conv1): no effect in float, but every per-channel int8 weight scale of that conv is set by the
+    1000s, so its other weights round to 0 in int8."""
+    import keras
+    keras.utils.set_random_seed(0)
+    layers = keras.layers
+    model = keras.Sequential([keras.Input((8, 8, 1), name="image"),
+                              layers.Conv2D(8, 3, padding="same", activation="relu", name="conv1"),
+                              layers.Conv2D(16, 3, padding="same", activation="relu", name="outlier"),
+                              layers.Conv2D(16, 3, padding="same", activation="relu", name="conv3"),
+                              layers.GlobalAveragePooling2D(name="pool"),
+                              layers.Dense(4, name="head")], name="mixed")
+    kernel, bias = model.get_layer("conv1").get_weights()
+    kernel[..., 0], bias[0] = 0.0, -1.0
+    model.get_layer("conv1").set_weights([kernel, bias])
+    kernel, bias = model.get_layer("outlier").get_weights()
+    kernel[:, :, 0, :] = 1000.0
+    model.get_layer("outlier").set_weights([kernel, bias])
+    directory = tmp_path_factory.mktemp("mixed")
+    model.save(directory / "outlier.keras")
+    np.savez(directory / "data.npz", x=np.random.default_rng(0).random((48, 8, 8, 1), dtype=np.float32))
+    return directory / "outlier.keras", directory / "data.npz"
+
+
+def convert(capsys, model, data, out, *args):
+    result = run_cli(capsys, "convert", model, "--target", "cpu-int8", "--data", data, "--out", out, "--calib-samples",
+                     "16", "--runs", "1", "--warmup", "0", "--processes", "1", *args)
+    assert result.code == 0, result.err
+    return {a["format"]: a for a in json.loads((out / "report.json").read_text())["artifacts"] if a["role"] == "target"}
+
+
+def test_mixed_auto_keeps_exactly_the_broken_layer_out_of_int8(outlier_model, capsys, tmp_path):
+    model, data = outlier_model
+    plain = convert(capsys, model, data, tmp_path / "plain")
+    mixed = convert(capsys, model, data, tmp_path / "mixed", "--mixed", "auto")
+    for fmt in FORMATS:
+        assert plain[fmt]["status"] == "ok" and not plain[fmt]["fidelity"]["verified"], (fmt, plain[fmt]["fidelity"])
+        assert "mixed" not in plain[fmt]
+        artifact = mixed[fmt]
+        assert artifact["status"] == "ok" and artifact["fidelity"]["verified"], (fmt, artifact.get("reason"))
+        m = artifact["mixed"]
+        assert m["gate_met"] and [r["layer"] for r in m["kept"]] == ["outlier"], (fmt, m)
+        assert m["kept"][0]["fix"] == "float" and m["kept"][0]["snr_db"] < 15
+        assert 2 <= m["rounds"] <= m["max_rounds"] == 20 and not m["history"][0]["verified"]
+        assert m["plain"]["size_bytes"] == plain[fmt]["size"]["bytes"] and m["size_vs_plain"] > 1
+        assert "latency_ms" in m["plain"] and "latency_vs_plain" in m
+        assert artifact["ops"]["float_ops"] > plain[fmt]["ops"]["float_ops"], fmt
+    report = (tmp_path / "mixed" / "report.md").read_text()
+    assert "## Mixed precision (--mixed auto)" in report and "MIXED onnx int8: gate met" in report
+    assert (tmp_path / "mixed" / "int8-plain" / "model.tflite").is_file()
+
+
+def test_mixed_rounds_out_of_range_is_one_line(outlier_model, capsys, tmp_path):
+    model, data = outlier_model
+    result = run_cli(capsys, "convert", model, "--data", data, "--out", tmp_path / "o", "--mixed-rounds", "1000")
+    assert result.code == 2 and "--mixed-rounds" in result.err

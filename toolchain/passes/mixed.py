@@ -1,0 +1,329 @@
+"""Automatic mixed precision (`--mixed auto`, profile `[mixed] mode = "auto"`): when a calibrated artifact
+misses its fidelity gate, find the layers responsible and keep them out of int8 until the gate is met.
+
+An artifact pass that runs right after `quantize`. Round 1 judges the artifact the quantize pass built; each
+later round is one rebuild by the backend's own `quantize` hook with more layers in `keep_float` (TFLite:
+QuantizationDebugger denylisted nodes; onnxruntime: `nodes_to_exclude`; NNCF: `ignored_scope`) + one
+evaluation on calibration samples against the source model, with the same tolerance the pipeline's verdict
+uses. The search:
+
+1. round 1 passes -> done.
+2. while the gate is missed: layer-wise divergence of the last build against the fp32 artifact of the same
+   format (`divergence.layer_divergence`, every tensor on a few calibration samples); the layer whose SNR
+   falls furthest below that of everything before it (not kept yet, matchable in this format) is kept out
+   of int8 with its cheapest fix (`FIXES`: 16x8 where the backend has it per layer, else float).
+3. once the gate is met, each kept layer but the last is dropped again in turn and kept dropped when the
+   gate still holds (the smallest set found).
+At most `rounds` rounds; when they run out, the best build seen is kept, and the entry says the gate was not
+met.
+"""
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .. import measure, runner
+from ..errors import ConversionError
+from ..schema import option
+from . import quantize
+
+NAME, STAGE, ORDER, FORMATS = "mixed", "artifact", 15, ("tflite", "onnx", "openvino")
+DESCRIPTION = "automatic mixed precision: layers that break the int8 fidelity gate kept out of int8, found by divergence"
+needs_training = None
+MODES = ("off", "auto")
+GATE_SAMPLES = 32        # calibration samples each round is judged on
+DIVERGENCE_SAMPLES = 4   # calibration samples the layer-wise divergence runs on
+PLAIN_DIR = "int8-plain"  # beside the artifact: the plain int8 build, timed against the mixed one
+CEILING_DB = 20.0        # above the gate by this much, an op's SNR counts as exact for the ranking
+FIXES = {"tflite": ("float",), "onnx": ("float",), "openvino": ("float",)}  # cheapest first, per format
+
+
+@dataclass(frozen=True)
+class MixedConfig:
+    mode: str = option("off", "auto: when a calibrated artifact misses its fidelity gate, keep the layers that "
+                              "diverge most out of int8, one per rebuild, until it passes (then drop any not "
+                              "needed); the report lists them with their divergence.", choices=MODES)
+    rounds: int = option(20, "Most rebuild-and-evaluate rounds per artifact (round 1 is the plain build).")
+
+
+Config = MixedConfig
+
+
+@dataclass
+class Flags:
+    mixed: str | None = option(None, "auto: when an int8 artifact misses its fidelity gate, keep the layers that "
+                                     "diverge most out of int8 until it passes (instead of the profile's).",
+                               choices=MODES)
+    mixed_rounds: int | None = option(None, "Most rebuild-and-evaluate rounds of --mixed auto per artifact "
+                                            "(instead of the profile's; default 20).")
+
+
+def configure(profile, flags: Flags | None) -> MixedConfig:
+    flags = flags or Flags()
+    given = {"mode": flags.mixed, "rounds": flags.mixed_rounds}
+    return dataclasses.replace(profile.mixed, **{k: v for k, v in given.items() if v is not None})
+
+
+def applies(recipe, source) -> bool:
+    return recipe[NAME].mode == "auto" and recipe["quantize"].precision in quantize.CALIBRATED
+
+
+def search_space(trial, setup) -> dict:
+    """On or off, for an int8 trial (quantize's choice, made first)."""
+    return {"mixed": trial.suggest_categorical("mixed", list(MODES))} if trial.params.get("precision") == "int8" else {}
+
+
+def run(ctx, config: MixedConfig, backend, baseline, path) -> dict:
+    """Judge the quantize pass's artifact at `path`; rebuild it from `baseline` (the fp32 artifact) with layers
+    kept out of int8 until the gate is met. Returns the report's `mixed` entry and the final build's notes on
+    what it kept in float."""
+    qconfig = ctx.recipe["quantize"]
+    rebuild = lambda kept: quantize.quantize_with(backend, ctx.source, baseline, path,  # noqa: E731
+                                                  dataclasses.replace(qconfig, keep_float=kept), ctx.calib)
+    built, entry = search(backend, ctx.source, path, baseline, qconfig, config.rounds, ctx.calib,
+                          ctx.options.outputs, rebuild)
+    return {"mixed": entry, "notes": [n for n in built.get("notes", []) if "float" in n] + _notes(entry)}
+
+
+def search(backend, source, out_path: Path, float_artifact: Path, qconfig, rounds: int, calib, outputs: str,
+           rebuild) -> tuple[dict, dict]:
+    """`rebuild(keep_float) -> report entries` writes `out_path` again; returns the entries of the build left
+    at `out_path` ({} for the first one) and the report's `mixed` entry."""
+    started = time.perf_counter()
+    samples = calib.samples[:GATE_SAMPLES]
+    judge = _Judge(backend, samples, source.predict(samples), measure.judged_as(qconfig.precision,
+                                                                                  source.reference_precision), outputs)
+    state = _State(qconfig.keep_float)
+    with tempfile.TemporaryDirectory(prefix="edgekit-mixed-") as scratch:
+        best = _Best(backend, out_path, Path(scratch))
+        built, fid = _round(state, judge, None, out_path, best)
+        plain = {"size_bytes": measure.size(backend.files(out_path))["bytes"], "fidelity": _short(fid),
+                 "file": _keep_plain(backend, out_path)}
+        while not fid["verified"] and state.rounds < rounds:
+            pick = _culprit(backend, out_path, float_artifact, calib, state, judge.gate_db)
+            if pick is None:
+                state.stopped = "no layer left to keep out of int8 (every diverging layer is already kept or " \
+                                "cannot be matched in this format)"
+                break
+            state.add(*pick, FIXES.get(backend.FORMAT, ("float",))[0])
+            try:
+                built, fid = _round(state, judge, rebuild, out_path, best)
+            except ConversionError as exc:  # the backend cannot keep that layer (no op of it in this graph)
+                state.unusable(pick[0], str(exc))
+                best.last_is_best, fid = False, {"verified": False}
+        if fid["verified"]:
+            _smallest(state, judge, rebuild, rounds, out_path, best)
+        built, fid, kept = best.restore()
+    if not kept:  # nothing kept out of int8: the artifact is the plain one
+        _drop_plain(backend, out_path)
+        plain["file"] = None
+    entry = {"mode": "auto", "rounds": state.rounds, "max_rounds": rounds, "gate_met": fid["verified"],
+             "seconds": round(time.perf_counter() - started, 2), "kept": kept, "plain": plain,
+             "fidelity": _short(fid), "samples": len(samples), "history": state.history,
+             "how": measure.how(measure.MEASURED, f"{backend.RUNTIME}, calibration samples")}
+    if state.stopped:
+        entry["stopped"] = state.stopped
+    size = measure.size(backend.files(out_path))["bytes"]
+    entry["size_vs_plain"] = size / plain["size_bytes"] if plain["size_bytes"] else None
+    return built, entry
+
+
+def plain_entries(entries: list[dict]) -> list[dict]:
+    """For the pipeline's timing phase: the plain int8 build a --mixed auto artifact started from, when it
+    kept layers out of int8 (entries: fp32 baseline, target, ...)."""
+    target = entries[1] if len(entries) > 1 and entries[1]["role"] == "target" else {}
+    plain = (target.get("mixed") or {}).get("plain") or {}
+    if target.get("status") != "ok" or not plain.get("file"):
+        return []
+    return [{"format": target["format"], "precision": f"{target['precision']} (plain)", "role": "plain",
+             "status": "ok", "notes": [], "file": str(Path(target["file"]).parent / plain["file"])}]
+
+
+def latency_cost(entries: list[dict], plain: list[dict], ratio) -> None:
+    """The plain build's latency and the target's ratio to it (`ratio(entry, other)`), in `mixed`."""
+    for p in plain:
+        target = entries[1]
+        if p["status"] == "ok" and target["status"] == "ok" and "latency_ms" in p and "latency_ms" in target:
+            target["mixed"]["plain"]["latency_ms"] = p["latency_ms"]
+            target["mixed"]["latency_vs_plain"] = ratio(target, p)
+
+
+def _keep_plain(backend, out_path: Path) -> str:
+    """A copy of round 1's artifact in PLAIN_DIR; its path relative to the artifact's directory."""
+    directory = out_path.parent / PLAIN_DIR
+    directory.mkdir(exist_ok=True)
+    for f in backend.files(out_path):
+        shutil.copy2(f, directory / f.name)
+    return f"{PLAIN_DIR}/{out_path.name}"
+
+
+def _drop_plain(backend, out_path: Path) -> None:
+    directory = out_path.parent / PLAIN_DIR
+    for f in backend.files(out_path):
+        (directory / f.name).unlink(missing_ok=True)
+    if directory.is_dir() and not any(directory.iterdir()):
+        directory.rmdir()
+
+
+class _State:
+    """The kept layers (in the order chosen), why each was chosen, and every round's outcome."""
+
+    def __init__(self, user_kept: list[str]):
+        self.user_kept = list(user_kept)
+        self.kept: dict[str, dict] = {}
+        self.skip: dict[str, str] = {}
+        self.rounds = 0
+        self.history: list[dict] = []
+        self.stopped = ""
+
+    def keep_float(self) -> list[str]:
+        return [*self.user_kept, *(layer for layer, row in self.kept.items() if row["fix"] == "float")]
+
+    def add(self, layer: str, snr: float | None, fall: float, fix: str) -> None:
+        self.kept[layer] = {"layer": layer, "fix": fix, "snr_db": snr, "fall_db": fall}
+
+    def unusable(self, layer: str, why: str) -> None:
+        self.kept.pop(layer, None)
+        self.skip[layer] = why
+
+    def kept_rows(self) -> list[dict]:
+        return list(self.kept.values())
+
+
+def _round(state: _State, judge, rebuild, out_path: Path, best) -> tuple[dict, dict]:
+    """One round: rebuild with the layers kept so far (None: judge the build already there), judge it."""
+    state.rounds += 1
+    built = rebuild(state.keep_float()) if rebuild is not None else {}
+    fid = judge(out_path)
+    state.history.append({"round": state.rounds, "kept": list(state.kept), "verified": fid["verified"],
+                          **_short(fid)})
+    best.offer(built, fid, state.kept_rows())
+    return built, fid
+
+
+def _smallest(state: _State, judge, rebuild, rounds: int, out_path, best) -> None:
+    """Drop each kept layer but the last chosen, in turn; keep it dropped while the gate still holds."""
+    for layer in list(state.kept)[:-1]:
+        if state.rounds >= rounds:
+            break
+        row = state.kept.pop(layer)
+        _, trial = _round(state, judge, rebuild, out_path, best)
+        if not trial["verified"]:
+            state.kept = {layer: row, **state.kept}
+
+
+def _culprit(backend, artifact: Path, float_artifact: Path, calib, state: _State, gate_db: float):
+    """(layer, its SNR, its fall in dB) of the layer whose output SNR falls furthest below the lowest SNR of
+    every op before it, counted from `gate_db` + CEILING_DB down (an op still above that is no culprit: the
+    input's own QUANTIZE falls from exact to ~50 dB); None when no candidate is left."""
+    from ..divergence import layer_divergence
+    rows = layer_divergence(artifact, backend.FORMAT, float_artifact, calib.samples[:DIVERGENCE_SAMPLES])
+    falls: dict[str, tuple[float, float]] = {}
+    lowest = gate_db + CEILING_DB
+    for row in rows:
+        if row.snr_db is None:
+            continue
+        if row.layer and row.layer not in state.kept and row.layer not in state.skip \
+                and row.layer not in state.user_kept:
+            fall = max(0.0, lowest - row.snr_db)
+            if fall > falls.get(row.layer, (None, 0.0))[1]:
+                falls[row.layer] = (row.snr_db, fall)
+        lowest = min(lowest, row.snr_db)
+    if not falls:
+        return None
+    layer = max(falls, key=lambda k: falls[k][1])  # first in topological order among equals
+    return layer, round(falls[layer][0], 2), round(falls[layer][1], 2)
+
+
+class _Judge:
+    """The pipeline's verdict, on calibration samples, in this process."""
+
+    def __init__(self, backend, samples, reference, judged: str, outputs: str):
+        self.backend, self.samples, self.reference, self.judged, self.outputs = backend, samples, reference, judged, outputs
+        self.gate_db = measure.TOLERANCE[judged]["min_snr_db"]
+
+    def __call__(self, path: Path) -> dict:
+        session = self.backend.Session(path)
+        got = [runner.dequantize_outputs(session, session.run(runner.quantize_inputs(session, s)))
+               for s in self.samples]
+        if not all(np.all(np.isfinite(o)) for s in got for o in s):
+            return {"verified": False, "snr_db": None, "cosine": None, "top1_agreement": None}
+        return measure.fidelity(self.reference, got, self.judged, self.outputs)
+
+
+class _Best:
+    """A copy of the best artifact seen (verified first, then fewest layers kept, then highest SNR), with its
+    report entries and kept layers; put back at `out_path` at the end when a later round was worse."""
+
+    def __init__(self, backend, out_path: Path, scratch: Path):
+        self.backend, self.out_path, self.scratch = backend, out_path, scratch
+        self.best: tuple | None = None  # (report entries, fidelity, kept rows)
+        self.last_is_best = False
+
+    def offer(self, built: dict, fid: dict, kept: list[dict]) -> None:
+        self.last_is_best = self.best is None or _score(fid, kept) > _score(self.best[1], self.best[2])
+        if self.last_is_best:
+            for f in self.backend.files(self.out_path):
+                shutil.copy2(f, self.scratch / f.name)
+            self.best = (built, fid, [dict(r) for r in kept])
+
+    def restore(self) -> tuple[dict, dict, list[dict]]:
+        if not self.last_is_best:
+            for f in self.backend.files(self.out_path):
+                shutil.copy2(self.scratch / f.name, f)
+        return self.best
+
+
+def _score(fid: dict, kept: list[dict]) -> tuple:
+    snr = fid.get("snr_db")
+    return (bool(fid.get("verified")), -len(kept) if fid.get("verified") else 0,
+            snr if snr is not None else -np.inf, fid.get("cosine") or -np.inf)
+
+
+def _short(fid: dict) -> dict:
+    return {k: fid.get(k) for k in ("verified", "snr_db", "cosine", "top1_agreement")}
+
+
+def _notes(entry: dict) -> list[str]:
+    kept = ", ".join(f"{r['layer']} ({r['fix']}; its output at {r['snr_db']:.1f} dB, {r['fall_db']:.1f} dB below "
+                     f"the ops before it)" for r in entry["kept"])
+    verdict = "gate met" if entry["gate_met"] else "gate NOT met"
+    if not entry["kept"]:
+        return [f"--mixed auto: {verdict} with plain int8 ({entry['rounds']} round(s))"]
+    return [f"--mixed auto: {verdict} after {entry['rounds']} rounds, kept out of int8: {kept}"]
+
+
+def summary_line(artifact: dict) -> str:
+    """One line for the report's notes: what was kept out of int8 and what it cost."""
+    m = artifact["mixed"]
+    kept = ", ".join(f"{r['layer']} ({r['fix']}, output at {r['snr_db']:.1f} dB)" for r in m["kept"]) or "nothing"
+    lat = m.get("latency_vs_plain") or {}
+    latency = "not timed" if not lat else "too unsteady to compare" if lat.get("latency") is None else \
+        f"{lat['latency']:.2f}x" + (" (unstable)" if lat.get("latency_unstable") else "")
+    size = f"{m['size_vs_plain']:.2f}x" if m.get("size_vs_plain") else "-"
+    return (f"MIXED {artifact['format']} {artifact['precision']}: gate {'met' if m['gate_met'] else 'NOT met'} "
+            f"after {m['rounds']} of at most {m['max_rounds']} rounds ({m['seconds']:.1f} s); kept out of int8: {kept}; "
+            f"size {size} and latency {latency} the plain int8 build (measured on host)"
+            + (f"; stopped: {m['stopped']}" if m.get("stopped") else ""))
+
+
+def markdown(artifacts: list[dict]) -> list[str]:
+    """The report's mixed-precision section: per artifact, each round and what it kept."""
+    lines = ["## Mixed precision (--mixed auto)", "",
+             "Each round rebuilt the artifact with the layers listed kept out of int8 and judged it on calibration "
+             "samples against the source model (the gate of the table above). A layer is chosen by layer-wise "
+             "divergence against the fp32 artifact: the one whose output SNR falls furthest below the ops before it.",
+             "","| format | round | kept out of int8 | SNR dB (calibration) | cosine | gate |", "|---|---|---|---|---|---|"]
+    for a in artifacts:
+        for h in a["mixed"]["history"]:
+            snr = "-" if h["snr_db"] is None else f"{h['snr_db']:.1f}"
+            cos = "-" if h["cosine"] is None else f"{h['cosine']:.4f}"
+            lines.append(f"| {a['format']} | {h['round']} | {', '.join(h['kept']) or '(plain int8)'} | {snr} | {cos} | "
+                         f"{'met' if h['verified'] else 'missed'} |")
+    return lines
