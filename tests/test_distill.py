@@ -182,7 +182,7 @@ def test_tune_searches_distillation_and_its_trials_convert(small_keras, labelled
                            holdout_data=labelled / "eval.npz", out=tmp_path, budget_points=1.0, objective="size",
                            candidates=[], keras=True, source_accuracy=1.0, trials_budget=1, storage="", targets_dirs=[])
     params = {"precision": "int8", "per_channel": True, "calib_method": "minmax", "calib_samples": 32,
-              "keep_float": 0, "prune": "none", "distill": "width:0.5", "temperature": 2.0}
+              "keep_float": 0, "mixed": "off", "prune": "none", "distill": "width:0.5", "temperature": 2.0}
     recipe = tune.recipe_space(optuna.trial.FixedTrial(params), setup)
     assert recipe["distill"] == "width:0.5" and recipe["distill_temperature"] == 2.0
     assert "distill width:0.5 T=2" in tune.recipe_text(recipe)

@@ -59,7 +59,7 @@ def test_every_pass_follows_the_contract(name, plugin):
 
 
 def test_passes_are_ordered_by_stage_and_the_recipe_round_trips(plugin):
-    assert [p.NAME for p in passes.all_passes()] == ["distill", "prune", "quantize", "pow2", "clip", "vela"]
+    assert [p.NAME for p in passes.all_passes()] == ["distill", "prune", "quantize", "mixed", "pow2", "clip", "vela"]
     recipe = Recipe.resolve(targets.get_target("fpga-int8-pot").profile, {"prune": "channels:0.5", "clip_sigmas": 2.0})
     assert recipe["pow2"].enabled and recipe["quantize"].per_channel is False  # the accelerator decides both
     assert (recipe["prune"].method, recipe["clip"].sigmas) == ("channels", 2.0)
@@ -132,7 +132,7 @@ def test_tune_searches_a_plugin_pass_and_convert_recipe_replays_a_trial_byte_for
                            candidates=[], keras=False, source_accuracy=1.0, trials_budget=1, storage="",
                            targets_dirs=[profiles])
     params = {"precision": "int8", "per_channel": True, "calib_method": "minmax", "calib_samples": 32, "keep_float": 0,
-              "prune": "none", "clip_sigmas": 2.0}
+              "mixed": "off", "prune": "none", "clip_sigmas": 2.0}
     choices = tune.recipe_space(optuna.trial.FixedTrial(params), setup)
     assert choices["clip_sigmas"] == 2.0 and "clip_sigmas=2.0" in tune.recipe_text(choices)
     figures = tune.run_trial(setup, choices)
