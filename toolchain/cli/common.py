@@ -25,10 +25,10 @@ def _help(field: str) -> str:
     return _field(field).metadata["help"]
 
 
-def choice(field: str) -> click.Choice:
-    """The allowed values of a ConvertOptions field, as declared there."""
+def choice(field: str, without: tuple = ()) -> click.Choice:
+    """The allowed values of a ConvertOptions field, as declared there (less `without`)."""
     from ..schema import choices_of
-    return click.Choice(list(choices_of(_field(field))))
+    return click.Choice([c for c in choices_of(_field(field)) if c not in without])
 
 
 def _console():

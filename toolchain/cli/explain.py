@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from .common import _stdout, json_option, print_json, working
+from .common import _stdout, choice, json_option, print_json, working
 
 FORMATS = ("tflite", "onnx", "openvino")
 
@@ -17,7 +17,7 @@ FORMATS = ("tflite", "onnx", "openvino")
 @click.option("--samples", type=click.IntRange(1, 1000), default=8, show_default=True, help="Samples to run.")
 @click.option("--reference", type=click.Path(path_type=Path),
               help="The float artifact to compare with (default: fp32/<same name> beside the artifact).")
-@click.option("--precision", type=click.Choice(["int8", "int8-io", "int16x8", "dynamic", "fp16"]),
+@click.option("--precision", type=choice("precision", without=("fp32",)),
               help="Whose SNR gate applies (default: the convert report's, else int8).")
 @click.option("--target", "-t", help="Profile of an artifact file given alone; an fpga profile runs it on the "
                                      "accelerator emulator.")
