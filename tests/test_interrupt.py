@@ -184,3 +184,20 @@ def test_leftovers_of_sigkill_are_removed_by_the_next_run(tmp_path, env):
     assert done.returncode == 0, done.stderr
     assert leftovers(tmp_path) == []
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["b"]
+
+
+def test_signal_during_a_tune_trial_leaves_no_debris(tiny_keras, tmp_path, env):
+    """Issue #25: an interrupted tune on a new --out, stopped in its first trial (nothing to resume):
+    no half-made --out, no scratch, no trial process; the user's look-alike folders in $TMPDIR stay."""
+    import numpy as np
+    from conftest import tiny_data
+    x, y = tiny_data(48)
+    np.savez(tmp_path / "d.npz", x=x, y=y)
+    proc = start(["tune", tiny_keras, "--data", tmp_path / "d.npz", "--out", tmp_path / "t", "--trials", "2"], env,
+                 tmp_path)
+    trial = wait_for_descendant(proc, "-m edgekit.tune", timeout=300)
+    code, err = stop(proc, signal.SIGINT)
+    assert code == 128 + signal.SIGINT, err
+    assert err.strip().splitlines()[-1] == "interrupted; no partial output was kept" and "Traceback" not in err
+    assert gone(trial), "the trial outlived tune"
+    assert leftovers(tmp_path) == [] and not (tmp_path / "t").exists()

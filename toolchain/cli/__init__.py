@@ -30,7 +30,8 @@ def _interrupted(exc: KeyboardInterrupt | None) -> None:
     from ..interrupt import Interrupted
     from ..output import sweep
     sweep(Path(tempfile.gettempdir()))
-    click.echo("interrupted; no partial output was kept" if exc else "aborted", err=True)
+    click.echo(getattr(exc, "kept", None) or "interrupted; no partial output was kept" if exc else "aborted",
+               err=True)
     sys.exit(exc.exit_code if isinstance(exc, Interrupted) else 130)
 
 

@@ -104,9 +104,16 @@ def tune(model=None, target: str = "cpu-int8", data: Path | None = None, max_acc
         output.write_marker(out, "tune")
     try:
         return _tune_into(out, **run)
-    except EdgekitError as exc:
-        if mode == "new" and not isinstance(exc, StudyLost):  # nothing worth resuming: leave the place as found
+    except (EdgekitError, KeyboardInterrupt) as exc:
+        finished = sorted((out / "trials").glob("*/trial.json"))
+        resumable = isinstance(exc, StudyLost) or (isinstance(exc, KeyboardInterrupt) and finished)
+        if mode == "new" and not resumable:  # nothing worth resuming: leave the place as found
             shutil.rmtree(out) if created else [shutil.rmtree(p) if p.is_dir() else p.unlink() for p in out.iterdir()]
+        elif isinstance(exc, KeyboardInterrupt):
+            for trial in (out / "trials").glob("*"):  # a trial conversion stopped half-way leaves its staging
+                output.sweep(trial)
+            exc.kept = (f"interrupted; {len(finished)} finished trial(s) kept in {out}: run the same command again "
+                        "to resume")
         raise
 
 
