@@ -21,7 +21,7 @@ def analyze(model: str | Path | None = None, sensitivity: bool = False,
     progress = progress or (lambda msg: None)
     target = targets.get_target(options.target, tuple(options.targets_dirs))
     model, name = _resolve_model(model, options, progress)
-    options.precision = "int8" if sensitivity else "fp32"
+    options.flags["precision"] = "int8" if sensitivity else "fp32"
     with output.tempdir() as work:
         ctx = prepare(model, name, target, options, work, progress)
         try:

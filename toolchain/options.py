@@ -7,7 +7,6 @@ from pathlib import Path
 
 from .measure import OUTPUT_KINDS
 from . import passes
-from .passes import mixed, quantize
 from .schema import option
 
 TUNE_OBJECTIVES = ("latency", "size", "memory")  # what `edgekit tune` minimises besides the accuracy drop
@@ -23,19 +22,8 @@ class ConvertOptions:
     force: bool = option(False, "Replace an existing output directory that edgekit wrote (or an empty one).")
     trust_model: bool = option(False, "Allow Keras models that need unsafe deserialisation (Lambda with Python code).")
     formats: list[str] = option([], "Artifact formats to build instead of the profile's list.")
-    precision: str | None = option(None, "Precision instead of the profile's.", choices=quantize.PRECISIONS)
     calib: str | None = option(None, "Calibration data: .npz/.npy, a folder of images, or 'random' (marked "
                                      "uncalibrated). Default: a held-apart slice of --data.")
-    calib_samples: int | None = option(None, "Calibration samples, instead of the profile's.")
-    calib_method: str | None = option(None, "minmax, percentile or entropy, instead of the profile's.",
-                                      choices=quantize.CALIB_METHODS)
-    per_tensor: bool = option(False, "One weight scale per tensor instead of per channel.")
-    keep_float: list[str] = option([], "Layers to leave in float on every backend (adds to the profile's).")
-    mixed: str | None = option(None, "auto: when an int8 artifact misses its fidelity gate, keep the layers that "
-                                     "diverge most out of int8 until it passes (instead of the profile's).",
-                               choices=mixed.MODES)
-    mixed_rounds: int | None = option(None, "Most rebuild-and-evaluate rounds of --mixed auto per artifact "
-                                            "(instead of the profile's; default 20).")
     calib_scale: float | None = option(None, "Pixel scale for image-folder calibration, instead of the profile's.")
     threads: int | None = option(None, "Inference threads for latency, instead of the profile's.")
     threads_unbounded: bool = option(False, "Allow more than 4 inference threads per core of this host.")
@@ -48,22 +36,8 @@ class ConvertOptions:
     sensitivity: bool = option(False, "Add per-layer int8 sensitivity (which layers to keep in float) to the report.")
     ops: bool = option(False, "Add per-op time to the report (the runtimes' own profilers): each format's fp32 "
                               "artifact, and every other one side by side with it.")
-    prune: str | None = option(None, "Pruning before quantization: magnitude:S (unstructured, sparsity S) or "
-                                     "channels:R (structured, remove fraction R of channels).")
-    prune_scope: str | None = option(None, "magnitude: per-layer or global ranking.", choices=("per-layer", "global"))
-    prune_skip: list[str] = option([], "Layer names or types never pruned (adds to the profile's).")
-    finetune_epochs: int | None = option(None, "Fine-tune a pruned Keras model for N epochs (needs labels).")
     train_data: Path | None = option(None, "Training .npz (x, and y where labels exist) for fine-tuning and distillation; "
                                            "default: a held-apart half of --data.")
-    distill: str | None = option(None, "Distil into a smaller Keras student before pruning and quantization: width:R "
-                                       "(the teacher with the fraction R of its channels) or student.keras.")
-    distill_temperature: float | None = option(None, "Softmax temperature of the soft targets, instead of the profile's.")
-    distill_alpha: float | None = option(None, "Weight of the soft targets against the labels (0..1), instead of the "
-                                               "profile's.")
-    distill_epochs: int | None = option(None, "Most distillation epochs (early stopping may end sooner).")
-    distill_init: str | None = option(None, "width:R students: inherit the teacher's strongest filters or start fresh.",
-                                      choices=("inherit", "fresh"))
-    distill_features: list[str] = option([], "Layers (same name in teacher and student) to match, or auto.")
     devices: list[str] = option([], "Also benchmark every artifact on these devices over SSH (ssh://user@host[:port]).")
     tflm_compress: bool = option(False, "MCU targets: also compress weights with TFLite Micro's LUT compression where a "
                                         "tensor's distinct values per channel fit fewer than 8 bits; report its flash "
@@ -73,13 +47,13 @@ class ConvertOptions:
                           choices=OUTPUT_KINDS)
     recipe: Path | dict | None = option(None, "Replay a recipe (recipe.json of a convert run, or of a tune trial) "
                                               "instead of the profile's pass settings and the pass flags.")
-    flags: dict = option({}, "Flag values of plug-in passes by field name (their Flags; `edgekit convert --help` "
-                             "lists them).")
+    flags: dict = option({}, "Every pass's flags by field name (each pass's Flags, passes/base.py: --precision, "
+                             "--prune, --distill, ... and plug-in passes' flags); `make` fills them in.")
     emulate: bool | None = option(None, "Also run TFLite/ONNX artifacts on emulated aarch64 (QEMU) and compare with "
                                         "the host; default: on for aarch64 targets when QEMU is installed.")
 
     def __getattr__(self, name: str):
-        """A plug-in pass's flag reads like a field (`options.clip_sigmas`)."""
+        """A pass's flag reads like a field (`options.precision`, `options.clip_sigmas`)."""
         flags = self.__dict__.get("flags") or {}
         if name in flags:
             return flags[name]
@@ -87,9 +61,10 @@ class ConvertOptions:
 
     @classmethod
     def make(cls, **kwargs) -> ConvertOptions:
-        """From keyword arguments (the CLI's, the API's): plug-in passes' flags go into `flags`."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        plugin = {name for p in passes.all_passes() for name in passes.flag_fields(p)} - known
-        flags = dict(kwargs.pop("flags", None) or {})
-        flags.update({name: kwargs.pop(name) for name in [k for k in kwargs if k in plugin]})
+        """From keyword arguments (the CLI's, the API's): the passes' flags go into `flags`, every one of them
+        (those not given at their Flags defaults)."""
+        flags = {f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
+                 for p in passes.all_passes() if p.Flags is not None for f in dataclasses.fields(p.Flags)}
+        flags.update(kwargs.pop("flags", None) or {})
+        flags.update({name: kwargs.pop(name) for name in [k for k in kwargs if k in flags]})
         return cls(**kwargs, flags=flags)

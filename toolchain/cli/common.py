@@ -15,13 +15,15 @@ _OPTION_FIELDS = None
 def _field(name: str) -> dataclasses.Field:
     global _OPTION_FIELDS
     if _OPTION_FIELDS is None:
+        from .. import passes
         from ..options import ConvertOptions
         _OPTION_FIELDS = {f.name: f for f in dataclasses.fields(ConvertOptions)}
+        _OPTION_FIELDS.update({f.name: f for p in passes.builtin_passes() if p.Flags for f in dataclasses.fields(p.Flags)})
     return _OPTION_FIELDS[name]
 
 
 def _help(field: str) -> str:
-    """Flag help comes from the documented ConvertOptions fields (one declaration)."""
+    """Flag help comes from the documented ConvertOptions fields and the passes' Flags (one declaration)."""
     return _field(field).metadata["help"]
 
 

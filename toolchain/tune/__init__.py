@@ -80,7 +80,7 @@ def tune(model=None, target: str = "cpu-int8", data: Path | None = None, max_acc
     from .. import pipeline, targets
     targets_dirs = list(targets_dirs or [])
     profile = targets.get_target(target, tuple(targets_dirs)).profile
-    options = pipeline.ConvertOptions(data=data)
+    options = pipeline.ConvertOptions.make(data=data)
     model, name = pipeline._resolve_model(model, options, progress)
     if options.data is None:
         raise EdgekitError("tune needs labelled data", "pass --data val.npz with x and y")
