@@ -15,7 +15,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import ConversionError, EdgekitError
-from ..layers import matches_layer, select  # noqa: F401  (their home is the bottom layer; kept importable here)
 from ..schema import option
 
 NAME, STAGE, ORDER, FORMATS = "quantize", "artifact", 10, ()
