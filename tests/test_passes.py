@@ -154,6 +154,7 @@ def test_a_plugin_pass_flag_is_on_the_command_line(plugin, tmp_path):
     model, profiles = _plumb(tmp_path)
     shown = CliRunner().invoke(cli, ["convert", "--help"])
     assert "--clip-sigmas" in shown.output and "standard deviations" in shown.output
+    assert "clip (artifact)" in shown.output and "quantize (artifact)" in shown.output  # the passes, described
     result = CliRunner().invoke(cli, ["convert", str(model), "--target", "plumb", "--targets-dir", profiles,
                                       "--clip-sigmas", "1", "--out", str(tmp_path / "o"), "--json"])
     assert result.exit_code == 0, result.output

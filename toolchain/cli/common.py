@@ -85,6 +85,13 @@ class WithPassFlags(click.Command):
         params = super().get_params(ctx)
         return params[:-1] + plugin_pass_options() + params[-1:]
 
+    def format_epilog(self, ctx, formatter):
+        """The passes a conversion may run, in order, each with its one-line description."""
+        from .. import passes
+        super().format_epilog(ctx, formatter)
+        with formatter.section("Passes (in the order they run; profile section [NAME], recipe key NAME)"):
+            formatter.write_dl([(f"{p.NAME} ({p.STAGE})", p.DESCRIPTION) for p in passes.all_passes()])
+
 
 def plugin_pass_options() -> list[click.Option]:
     from .. import passes
