@@ -11,27 +11,15 @@ import numpy as np
 import pytest
 
 import fake_backend as fake
+import test_contract
 from edgekit import passes, pipeline, targets
 from edgekit.errors import EdgekitError
 from edgekit.passes.base import Pass, problems
 from edgekit.recipe import Recipe
 from edgekit.schema import from_dict
 
-BUILTIN = ["distill", "prune", "quantize", "pow2", "vela"]
-PROFILE = """name = "plumb"
-[build]
-formats = ["fake"]
-[quantize]
-precision = "{precision}"
-calib_samples = 4
-[clip]
-sigmas = {sigmas}
-[bench]
-runs = 3
-warmup = 1
-processes = 1
-eval_samples = 5
-"""
+BUILTIN = [p.NAME for p in passes.builtin_passes()]  # every built-in pass, found as the pipeline finds them
+PROFILE = test_contract.PROFILE + "[clip]\nsigmas = {sigmas}\n"  # the fake backend's profile + the plug-in's table
 
 
 @pytest.fixture
