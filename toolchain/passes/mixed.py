@@ -106,7 +106,11 @@ def search(backend, source, out_path: Path, float_artifact: Path, qconfig, round
         plain = {"size_bytes": measure.size(backend.files(out_path))["bytes"], "fidelity": _short(fid),
                  "file": _keep_plain(backend, out_path)}
         while not fid["verified"] and state.rounds < rounds:
-            pick = _culprit(backend, out_path, float_artifact, calib, state, judge.gate_db)
+            try:
+                pick = _culprit(backend, out_path, float_artifact, calib, state, judge.gate_db)
+            except Exception as exc:  # a runtime refusing the tapped copy: stop here, say why
+                state.stopped = f"layer-wise divergence failed: {' '.join(str(exc).split())[:200]}"
+                break
             if pick is None:
                 state.stopped = "no layer left to keep out of int8 (every diverging layer is already kept or " \
                                 "cannot be matched in this format)"
@@ -115,8 +119,11 @@ def search(backend, source, out_path: Path, float_artifact: Path, qconfig, round
             try:
                 built, fid = _round(state, judge, rebuild, out_path, best)
             except ConversionError as exc:  # the backend cannot keep that layer (no op of it in this graph)
+                state.history.append({"round": state.rounds, "kept": list(state.kept), "verified": False,
+                                      "snr_db": None, "cosine": None, "error": str(exc)[:300]})
                 state.unusable(pick[0], str(exc))
                 best.last_is_best, fid = False, {"verified": False}
+                best.restore()  # the failed build may have left nothing usable at out_path
         if fid["verified"]:
             _smallest(state, judge, rebuild, rounds, out_path, best)
         built, fid, kept = best.restore()
@@ -127,8 +134,10 @@ def search(backend, source, out_path: Path, float_artifact: Path, qconfig, round
              "seconds": round(time.perf_counter() - started, 2), "kept": kept, "plain": plain,
              "fidelity": _short(fid), "samples": len(samples), "history": state.history,
              "how": measure.how(measure.MEASURED, f"{backend.RUNTIME}, calibration samples")}
-    if state.stopped:
-        entry["stopped"] = state.stopped
+    if not fid["verified"]:  # why no fix passed
+        entry["stopped"] = state.stopped or f"the {rounds} rounds ran out; the best build is kept"
+        if state.skip:
+            entry["unusable"] = state.skip
     size = measure.size(backend.files(out_path))["bytes"]
     entry["size_vs_plain"] = size / plain["size_bytes"] if plain["size_bytes"] else None
     return built, entry
@@ -302,6 +311,10 @@ def _notes(entry: dict) -> list[str]:
 def summary_line(artifact: dict) -> str:
     """One line for the report's notes: what was kept out of int8 and what it cost."""
     m = artifact["mixed"]
+    if not m["kept"]:
+        return (f"MIXED {artifact['format']} {artifact['precision']}: gate {'met' if m['gate_met'] else 'NOT met'} "
+                f"by the plain int8 build ({m['rounds']} round(s), {m['seconds']:.1f} s); nothing kept out of int8"
+                + (f"; stopped: {m['stopped']}" if m.get("stopped") else ""))
     kept = ", ".join(f"{r['layer']} ({r['fix']}, output at {r['snr_db']:.1f} dB)" for r in m["kept"]) or "nothing"
     lat = m.get("latency_vs_plain") or {}
     latency = "not timed" if not lat else "too unsteady to compare" if lat.get("latency") is None else \
