@@ -1,0 +1,112 @@
+"""What `--mixed auto` costs on the real-model corpus (a benchmark that prints figures; not a test).
+
+For each corpus model: one plain int8 `edgekit convert` and one with `--mixed auto`, same target, same
+real inputs (benchmarks/corpus_inputs.py), same flags, one after the other in their own processes.
+Per int8 artifact it prints the verdict without and with mixed precision, how many rebuild-and-evaluate
+rounds `--mixed auto` took (as its report records them) and what it kept out of int8; per model, the
+wall time of both conversions and their ratio. Target: median ratio <= 2x. Wall times are measured on
+whatever machine runs this: on a shared machine they are noisy (each run says its load average).
+
+    python benchmarks/mixed.py [--models a,b] [--target cpu-int8] [--out DIR] [--table-only]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from corpus import CORPUS, convert  # noqa: E402  (benchmarks/ is not a package)
+
+
+def find(record, key: str):
+    """The first value under `key` anywhere in a nested report record (None when absent)."""
+    if isinstance(record, dict):
+        if key in record:
+            return record[key]
+        record = list(record.values())
+    if isinstance(record, list):
+        for item in record:
+            found = find(item, key)
+            if found is not None:
+                return found
+    return None
+
+
+def int8_rows(result: dict) -> dict[str, dict]:
+    """format -> {status, rounds, kept} of each int8 artifact of one conversion."""
+    rows = {}
+    for a in result.get("artifacts", []):
+        if a["precision"] == "fp32":
+            continue
+        status = "FAILED" if a["status"] != "ok" else "verified" if a["fidelity"]["verified"] else "MISMATCH"
+        rounds, kept = find(a, "rounds"), find(a, "kept")
+        rows[a["format"]] = {"status": status, "rounds": len(rounds) if isinstance(rounds, list) else rounds,
+                             "kept": len(kept) if isinstance(kept, list) else kept, "precision": a["precision"]}
+    return rows
+
+
+def run_model(name: str, entry: dict, args) -> dict:
+    timed = {}
+    for mode in ("plain", "mixed"):
+        opts = argparse.Namespace(**{**vars(args), "mixed": "auto" if mode == "mixed" else "",
+                                     "out": args.out / mode, "inputs": "real"})
+        load = os.getloadavg()[0]
+        started = time.time()
+        result = convert(name, entry, args.target, opts)
+        timed[mode] = {"seconds": round(time.time() - started, 1), "load": round(load, 1),
+                       "error": result.get("error"), "int8": int8_rows(result)}
+    return timed
+
+
+def print_table(results: dict) -> None:
+    print("| model | format | int8 plain | int8 --mixed auto | rounds | layers kept out of int8 |")
+    print("|---|---|---|---|---|---|")
+    for name, r in results.items():
+        formats = sorted(set(r["plain"]["int8"]) | set(r["mixed"]["int8"]))
+        for fmt in formats:
+            p, m = r["plain"]["int8"].get(fmt, {}), r["mixed"]["int8"].get(fmt, {})
+            print(f"| {name} | {fmt} | {p.get('status', 'FAILED')} | {m.get('status', 'FAILED')} | "
+                  f"{'-' if m.get('rounds') is None else m['rounds']} | {'-' if m.get('kept') is None else m['kept']} |")
+    print("\n| model | plain convert s | --mixed auto s | ratio | load avg at start (plain / mixed) |")
+    print("|---|---|---|---|---|")
+    ratios = []
+    for name, r in results.items():
+        plain, mixed = r["plain"]["seconds"], r["mixed"]["seconds"]
+        ratio = mixed / plain if plain else float("nan")
+        ratios.append(ratio)
+        print(f"| {name} | {plain:.0f} | {mixed:.0f} | {ratio:.2f}x | {r['plain']['load']} / {r['mixed']['load']} |")
+    if ratios:
+        print(f"\nmedian wall-time ratio --mixed auto / plain: {statistics.median(ratios):.2f}x over {len(ratios)} "
+              f"models (target <= 2x); measured, noisy on a shared machine")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--target", default="cpu-int8")
+    parser.add_argument("--models", default="")
+    parser.add_argument("--runs", type=int, default=2)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--dir", type=Path, default=CORPUS)
+    parser.add_argument("--out", type=Path, default=Path("edgekit-out/bench-mixed"))
+    parser.add_argument("--timeout", type=int, default=3600, help="seconds per conversion")
+    parser.add_argument("--table-only", action="store_true", help="print the table from --out/mixed.json")
+    args = parser.parse_args()
+    manifest = json.loads((args.dir / "manifest.json").read_text())
+    path = args.out / "mixed.json"
+    results = json.loads(path.read_text()) if path.is_file() else {}
+    names = [n for n in args.models.split(",") if n] or sorted(manifest)
+    for name in names if not args.table_only else []:
+        print(f"{name}: plain int8, then --mixed auto", file=sys.stderr, flush=True)
+        results[name] = run_model(name, manifest[name], args)
+        args.out.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(results, indent=1, sort_keys=True))
+    print_table({n: results[n] for n in names if n in results})
+
+
+if __name__ == "__main__":
+    main()
