@@ -44,9 +44,11 @@ def int8_rows(result: dict) -> dict[str, dict]:
         if a["precision"] == "fp32":
             continue
         status = "FAILED" if a["status"] != "ok" else "verified" if a["fidelity"]["verified"] else "MISMATCH"
-        rounds, kept = find(a, "rounds"), find(a, "kept")
+        entry = find(a, "mixed") or {}  # the report's mixed-precision entry of this artifact
+        rounds, kept = entry.get("rounds"), entry.get("kept")
         rows[a["format"]] = {"status": status, "rounds": len(rounds) if isinstance(rounds, list) else rounds,
-                             "kept": len(kept) if isinstance(kept, list) else kept, "precision": a["precision"]}
+                             "kept": [k.get("layer", k) if isinstance(k, dict) else k for k in kept or []],
+                             "mixed_seconds": entry.get("seconds"), "stopped": entry.get("stopped")}
     return rows
 
 
@@ -63,6 +65,12 @@ def run_model(name: str, entry: dict, args) -> dict:
     return timed
 
 
+def kept_text(row: dict) -> str:
+    kept = row.get("kept") or []
+    text = f"{len(kept)}: " + ", ".join(map(str, kept[:4])) + (" ..." if len(kept) > 4 else "") if kept else "none"
+    return text + (f" (stopped: {row['stopped']})" if row.get("stopped") else "")
+
+
 def print_table(results: dict) -> None:
     print("| model | format | int8 plain | int8 --mixed auto | rounds | layers kept out of int8 |")
     print("|---|---|---|---|---|---|")
@@ -71,7 +79,7 @@ def print_table(results: dict) -> None:
         for fmt in formats:
             p, m = r["plain"]["int8"].get(fmt, {}), r["mixed"]["int8"].get(fmt, {})
             print(f"| {name} | {fmt} | {p.get('status', 'FAILED')} | {m.get('status', 'FAILED')} | "
-                  f"{'-' if m.get('rounds') is None else m['rounds']} | {'-' if m.get('kept') is None else m['kept']} |")
+                  f"{'-' if m.get('rounds') is None else m['rounds']} | {kept_text(m)} |")
     print("\n| model | plain convert s | --mixed auto s | ratio | load avg at start (plain / mixed) |")
     print("|---|---|---|---|---|")
     ratios = []
