@@ -51,6 +51,8 @@ def main() -> None:
     parser.add_argument("--mixed", default="", help="pass --mixed MODE to edgekit convert (e.g. auto)")
     parser.add_argument("--timeout", type=int, default=3600, help="seconds per model and target")
     parser.add_argument("--table-only", action="store_true", help="print the table from --out/corpus.json, convert nothing")
+    parser.add_argument("--explain", action="store_true",
+                        help="run `edgekit explain` on every MISMATCH artifact and name its first diverging op")
     args = parser.parse_args()
     manifest_path = args.dir / "manifest.json"
     if not manifest_path.is_file():
@@ -70,6 +72,10 @@ def main() -> None:
             results[f"{name}|{target}"]["seconds"] = round(time.time() - started)
             results_path.write_text(json.dumps(results, indent=1, sort_keys=True))
     rows = table_rows(results, manifest, names, args.targets.split(","))
+    if args.explain:
+        explain_mismatches(rows, results, args.out)
+        results_path.write_text(json.dumps(results, indent=1, sort_keys=True))
+        rows = table_rows(results, manifest, names, args.targets.split(","))
     print_table(rows, results)
     print(f"\nwrote {results_path}", file=sys.stderr)
 
@@ -119,6 +125,28 @@ def input_flags(name: str, entry: dict, target: str, args, folder: Path) -> list
     return ["--calib", "random"] if calibrated else []
 
 
+def explain_mismatches(rows: list[dict], results: dict, out: Path) -> None:
+    """`edgekit explain` on each MISMATCH artifact (once; kept in corpus.json): its first op below the gate."""
+    for r in rows:
+        result = results[f"{r['model']}|{r['target']}"]
+        done = result.setdefault("explain", {})
+        if r["status"] != "MISMATCH" or f"{r['format']}/{r['precision']}" in done:
+            continue
+        print(f"explaining {r['model']} {r['format']} {r['precision']}", file=sys.stderr, flush=True)
+        proc = subprocess.run([str(BIN / "edgekit"), "explain", str(out / r["model"] / r["target"]), "--format",
+                               r["format"], "--samples", "4", "--json"], capture_output=True, text=True)
+        try:
+            artifact = next(a for a in json.loads(proc.stdout)["artifacts"] if a.get("precision") == r["precision"])
+            first = artifact.get("first_divergent")
+            done[f"{r['format']}/{r['precision']}"] = (
+                f"first op below {artifact['gate_db']:g} dB: {first['op_type']} '{first['op']}' (layer "
+                f"{first['layer']}), SNR {first['snr_db']:.1f} dB" if first else
+                f"no single op below {artifact['gate_db']:g} dB (the error builds up)")
+        except (ValueError, KeyError, StopIteration):
+            done[f"{r['format']}/{r['precision']}"] = "explain failed: " + \
+                ((proc.stderr.strip().splitlines() or ["no output"])[-1])
+
+
 def digest(path: Path) -> str:
     h = hashlib.sha256()
     for f in sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]:
@@ -159,7 +187,8 @@ def table_rows(results: dict, manifest: dict, names: list[str], targets: list[st
                                median_ms=a["latency_ms"].get("median"),
                                # a delivered-but-differing onnx2tf result: the other recipes' reasons name nodes
                                why=" | ".join([*([a["reason"]] if a.get("reason") else []),  # the op that diverges
-                                               *(n for n in a.get("notes", []) if n.startswith("recipe "))]))
+                                               *(n for n in a.get("notes", []) if n.startswith("recipe "))]),
+                               explained=result.get("explain", {}).get(f"{a['format']}/{a['precision']}"))
                 rows.append(row)
     return rows
 
@@ -184,7 +213,8 @@ def print_table(rows: list[dict], results: dict) -> None:
         if r["status"] == "FAILED":
             print(f"- {r['model']} {r['format']} {r['precision']}: {r['reason']}")
         elif r["status"] == "MISMATCH":
-            why = f"; {r['why']}" if r.get("why") else ""
+            why = f"; {r['explained']}" if r.get("explained") else ""
+            why += f"; {r['why']}" if r.get("why") else ""
             print(f"- {r['model']} {r['format']} {r['precision']}: MISMATCH ({r['fidelity']}){why}")
 
 
