@@ -89,6 +89,8 @@ def convert(name: str, entry: dict, target: str, args) -> dict:
     cmd += input_flags(name, entry, target, args, out.parent)
     if args.mixed:
         cmd += ["--mixed", args.mixed]
+    for fmt in getattr(args, "formats", None) or []:
+        cmd += ["--format", fmt]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
         error = None if (out / "report.json").is_file() else (proc.stderr.strip().splitlines() or ["no output"])[-1]

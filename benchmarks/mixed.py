@@ -8,6 +8,13 @@ wall time of both conversions and their ratio. Target: median ratio <= 2x. Wall 
 whatever machine runs this: on a shared machine they are noisy (each run says its load average).
 
     python benchmarks/mixed.py [--models a,b] [--target cpu-int8] [--out DIR] [--table-only]
+    python benchmarks/mixed.py --failed-from CORPUS_OUT [--out DIR]   # the corpus rate with --mixed auto
+
+--failed-from reads a plain corpus run (benchmarks/corpus.py --out CORPUS_OUT) and converts again, with
+--mixed auto, only the int8 formats that did not verify there (`--format` each); an artifact that verified
+plain is what --mixed auto delivers too (its round 1 is the plain artifact and it stops there), so the rate
+with --mixed auto is the plain run's verified artifacts plus those this run verifies. Prints both rates
+side by side; its wall times are of the failing formats only, not a comparison with a plain convert.
 """
 from __future__ import annotations
 
@@ -41,7 +48,7 @@ def int8_rows(result: dict) -> dict[str, dict]:
     """format -> {status, rounds, kept} of each int8 artifact of one conversion."""
     rows = {}
     for a in result.get("artifacts", []):
-        if a["precision"] == "fp32":
+        if not a["precision"].startswith("int"):  # fp32 baselines and native (bf16/fp16) rows
             continue
         status = "FAILED" if a["status"] != "ok" else "verified" if a["fidelity"]["verified"] else "MISMATCH"
         entry = find(a, "mixed") or {}  # the report's mixed-precision entry of this artifact
@@ -69,6 +76,59 @@ def kept_text(row: dict) -> str:
     kept = row.get("kept") or []
     text = f"{len(kept)}: " + ", ".join(map(str, kept[:4])) + (" ..." if len(kept) > 4 else "") if kept else "none"
     return text + (f" (stopped: {row['stopped']})" if row.get("stopped") else "")
+
+
+def failed_formats(plain: dict) -> dict[str, list[str]]:
+    """model -> the int8 formats that did not verify in a plain corpus run's corpus.json."""
+    failed = {}
+    for key, result in plain.items():
+        name = key.split("|")[0]
+        if "error" in result:
+            failed[name] = ["tflite", "onnx", "openvino"]
+            continue
+        formats = [fmt for fmt, row in int8_rows(result).items() if row["status"] != "verified"]
+        if formats:
+            failed[name] = formats
+    return failed
+
+
+def rerun_failed(plain_dir: Path, manifest: dict, args) -> None:
+    plain = json.loads((plain_dir / "corpus.json").read_text())
+    path = args.out / "mixed-failed.json"
+    results = json.loads(path.read_text()) if path.is_file() else {}
+    for name, formats in failed_formats(plain).items() if not args.table_only else []:
+        if name in results or (args.models and name not in args.models.split(",")):
+            continue
+        print(f"{name}: --mixed auto on {', '.join(formats)}", file=sys.stderr, flush=True)
+        opts = argparse.Namespace(**{**vars(args), "mixed": "auto", "formats": formats, "inputs": "real"})
+        started = time.time()
+        result = convert(name, manifest[name], args.target, opts)
+        results[name] = {"seconds": round(time.time() - started, 1), "error": result.get("error"),
+                         "int8": int8_rows(result), "formats": formats}
+        args.out.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(results, indent=1, sort_keys=True))
+    print_side_by_side(plain, results)
+
+
+def print_side_by_side(plain: dict, mixed: dict) -> None:
+    print("| model | format | int8 plain | int8 --mixed auto | rounds | layers kept out of int8 |")
+    print("|---|---|---|---|---|---|")
+    total = verified_plain = verified_mixed = 0
+    for key in sorted(plain):
+        name = key.split("|")[0]
+        rows = int8_rows(plain[key]) if "error" not in plain[key] else {}
+        for fmt in ("tflite", "onnx", "openvino"):
+            p = rows.get(fmt, {"status": "FAILED"})
+            m = p if p["status"] == "verified" else mixed.get(name, {}).get("int8", {}).get(fmt)
+            total += 1
+            verified_plain += p["status"] == "verified"
+            verified_mixed += bool(m) and m["status"] == "verified"
+            if p["status"] != "verified":
+                shown = "not re-run" if m is None else m["status"]
+                rounds = "-" if not m or m.get("rounds") is None else m["rounds"]
+                print(f"| {name} | {fmt} | {p['status']} | {shown} | {rounds} | {kept_text(m or {})} |")
+    print(f"\n- int8 built and verified, plain: {verified_plain}/{total} ({verified_plain / max(total, 1):.0%}); "
+          f"with --mixed auto: {verified_mixed}/{total} ({verified_mixed / max(total, 1):.0%})")
 
 
 def print_table(results: dict) -> None:
@@ -103,8 +163,12 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("edgekit-out/bench-mixed"))
     parser.add_argument("--timeout", type=int, default=3600, help="seconds per conversion")
     parser.add_argument("--table-only", action="store_true", help="print the table from --out/mixed.json")
+    parser.add_argument("--failed-from", type=Path, help="a plain corpus run's --out: re-run its failing int8 formats")
     args = parser.parse_args()
     manifest = json.loads((args.dir / "manifest.json").read_text())
+    if args.failed_from:
+        rerun_failed(args.failed_from, manifest, args)
+        return
     path = args.out / "mixed.json"
     results = json.loads(path.read_text()) if path.is_file() else {}
     names = [n for n in args.models.split(",") if n] or sorted(manifest)

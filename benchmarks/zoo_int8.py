@@ -8,7 +8,7 @@ converted for a target (default cpu-int8) in two ways, each with calibration dis
     resized to 32x32, binarised, 4x4 blocks counted: 8x8 values 0..16, as the UCI set was made), then
     to the model's input like the training data; calibrated on 100 other MNIST digits, as a user with
     MNIST-like data would. All 1000 are scored: the target's profile is used with eval_samples raised
-    to 1000 (a copy of it on --targets-dir), one sample is 0.1 pt. A different data set from the one
+    to 1000 (a copy of it, given by path), one sample is 0.1 pt. A different data set from the one
     the models were trained on: fp32 accuracy is far lower there (about 60-70%), so this is a stress
     test of int8 on shifted real data.
 Prints fp32 and int8 accuracy per format and the int8 loss in points (target: <= 0.5).
@@ -51,14 +51,15 @@ def as_model_input(x8: np.ndarray, shape) -> np.ndarray:
 
 
 def wider(target: str, out: Path) -> Path:
-    """A folder with a copy of the target's profile scoring up to 1000 samples (bench.eval_samples)."""
+    """A copy of the target's profile scoring up to 1000 samples (bench.eval_samples), given by path."""
     import re
     from edgekit import targets
     folder = out / "profiles"
     folder.mkdir(parents=True, exist_ok=True)
     text = (targets.builtin_dir() / f"{target}.toml").read_text()
-    (folder / f"{target}.toml").write_text(re.sub(r"(?m)^eval_samples = \d+", "eval_samples = 1000", text))
-    return folder
+    path = folder / f"{target}.toml"
+    path.write_text(re.sub(r"(?m)^eval_samples = \d+", "eval_samples = 1000", text))
+    return path
 
 
 def accuracies(report: dict) -> dict:
@@ -78,9 +79,9 @@ def run(name: str, target: str, out: Path, runs: int) -> list[dict]:
     np.savez(mnist, x=as_model_input(x8, shape), y=y)
     np.savez(calib, x=as_model_input(mnist_like_digits(MNIST_CALIB)[0], shape))
     rows = []
-    for data, extra in (("digits", {}), ("mnist", {"calib": str(calib), "targets_dirs": [str(wider(target, out))]})):
-        path = paths["eval"] if data == "digits" else mnist
-        report = edgekit.convert(paths["model"], target=target, data=path, out=out / name / data, force=True,
+    for data, path, profile, extra in (("digits", paths["eval"], target, {}),
+                                       ("mnist", mnist, str(wider(target, out)), {"calib": str(calib)})):
+        report = edgekit.convert(paths["model"], target=profile, data=path, out=out / name / data, force=True,
                                  runs=runs, warmup=1, **extra)
         acc = accuracies(report)
         for fmt in ("tflite", "onnx", "openvino"):
