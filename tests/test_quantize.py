@@ -233,3 +233,20 @@ def test_layer_sensitivity_from_analyze_and_in_the_report(small_keras, tiny_eval
                      "--calib-samples", "8", "--format", "onnx", "--sensitivity")
     assert [r["layer"] for r in report["sensitivity"]] == [r["layer"] for r in rows]
     assert "Per-layer int8 sensitivity" in (tmp_path / "o" / "report.md").read_text()
+
+
+def test_openvino_minmax_is_the_true_range_and_the_overflow_fix_follows_the_cpu(monkeypatch):
+    """NNCF's default activation estimator averages per-sample extremes (it clipped shifted real digits);
+    edgekit's minmax asks for the true min/max. The 7-bit first-layer overflow fix is for x86 CPUs
+    without VNNI only."""
+    import nncf
+    from nncf.quantization.advanced_parameters import OverflowFix
+    from nncf.quantization.range_estimator import RangeEstimatorParametersSet
+    from edgekit.backends import openvino
+    from edgekit.passes.quantize import QuantizeConfig
+    params = openvino._advanced(nncf, QuantizeConfig(), "minmax")
+    assert params.activations_range_estimator_params == RangeEstimatorParametersSet.MINMAX
+    monkeypatch.setattr(openvino, "int16_saturates", lambda: True)
+    assert openvino._advanced(nncf, QuantizeConfig(), "minmax").overflow_fix == OverflowFix.FIRST_LAYER
+    monkeypatch.setattr(openvino, "int16_saturates", lambda: False)
+    assert openvino._advanced(nncf, QuantizeConfig(), "minmax").overflow_fix == OverflowFix.DISABLE
