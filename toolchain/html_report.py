@@ -67,7 +67,7 @@ def _table(columns, rows) -> str:
 
 
 def _convert(result: dict, path: Path) -> str:
-    notes = "".join(f"<p class='{'warn' if n.startswith(('WARNING', 'FAILED')) else 'note'}'>{html.escape(n)}</p>"
+    notes = "".join(f"<p class='{'warn' if n.startswith(('WARNING', 'FAILED', 'MISMATCH')) else 'note'}'>{html.escape(n)}</p>"
                     for n in report.measurement_notes(result))
     parts = [f"<h2>{html.escape(report.title(result))}</h2><p class='note'>{html.escape(str(path))}</p>",
              _table(report.COLUMNS, report.rows(result)), notes]

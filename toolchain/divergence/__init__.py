@@ -46,8 +46,8 @@ class LayerDivergence:
     op_type: str               # FULLY_CONNECTED, Conv, MatMul, ...
     reference: str | None      # the matched node of the float model (ONNX node / OpenVINO op / TFLite tensor)
     layer: str | None          # source layer it belongs to (Keras layer, PyTorch module path, ONNX node)
-    matched_by: str | None     # "name", "name family + order", "shape+order", "through its input/consumer
-    #                            (QUANTIZE)"; None: unmatched
+    matched_by: str | None     # "name", "name family + order", "shape+order" (+ ", fused chain": the last of
+    #                            float ops the quantizer fused), "through its input/consumer (QUANTIZE)"; None
     snr_db: float | None       # output tensor vs the float model's, over all samples
     input_scales: tuple        # quantization scale of each non-constant input (None: float, per-channel)
     output_scale: float | None
@@ -114,8 +114,8 @@ def layer_divergence(artifact: Path, fmt: str, reference: Path, samples, spec=No
     for n in range(len(samples)):
         if n:
             got, want = art.run(samples[n]), ref.run(samples[n])
-        for key, (j, _) in pairs.items():
-            a, r = _flat(got.get(key)), _flat(want.get(ref.nodes[j].key))
+        for key, pair in pairs.items():
+            a, r = _flat(got.get(key)), _flat(want.get(ref.nodes[pair[0]].key))
             if a is None or r is None or a.size != r.size:
                 continue
             sums[key][0] += float(np.sum(r ** 2))
@@ -161,10 +161,33 @@ def match(art: list[Node], ref: list[Node], got: dict, want: dict) -> dict[str, 
         if node.key in pairs and node.same_as is not None and node.same_as not in pairs:
             pairs[node.same_as] = (pairs[node.key][0], f"through its consumer ({node.op_type})")
     _by_order(art, ref, pairs, same_shape, got, want)
+    _fused_chains(art, ref, pairs, same_shape, got, want)
     for node in art:
         if node.key not in pairs and node.same_as in pairs:
             pairs[node.key] = (pairs[node.same_as][0], f"through its input ({node.op_type})")
     return pairs
+
+
+def _fused_chains(art: list[Node], ref: list[Node], pairs: dict, same_shape, got: dict, want: dict) -> None:
+    """A quantizer's optimiser fuses ops and keeps the first one's name (onnxruntime: Conv + BatchNormalization
+    -> `Conv`, whose output is the BatchNormalization's): a matched node may stand for a chain of float ops
+    up to the next match. Its output is compared with the chain member of its shape closest to it, when that
+    one is FUSED_MARGIN_DB closer than the matched op (a broken op is far from all of them)."""
+    used = {pair[0] for pair in pairs.values()}
+    order = [pairs[a.key][0] if a.key in pairs else None for a in art]
+    for i, node in enumerate(art):
+        if order[i] is None or node.op_type == "input" or node.same_as is not None:
+            continue
+        j, how = pairs[node.key][:2]
+        end = min((k for k in order[i + 1:] if k is not None and k > j), default=len(ref))
+        chain = [c for c in range(j + 1, end) if c not in used and same_shape(node, c)]
+        if not chain:
+            continue
+        snr = {c: _snr(want[ref[c].key], got[node.key]) for c in [j, *chain]}
+        best = max(chain, key=lambda c: (snr[c], -c))
+        if snr[best] >= snr[j] + FUSED_MARGIN_DB:
+            pairs[node.key] = (best, f"{how}, fused chain", j)  # the layer is still the chain's head
+            used.add(best)
 
 
 def _by_family(art: list[Node], ref: list[Node], pairs: dict, same_shape) -> None:
@@ -175,7 +198,7 @@ def _by_family(art: list[Node], ref: list[Node], pairs: dict, same_shape) -> Non
     for j, node in enumerate(ref):
         if node.family in families:
             families[node.family][1].append(j)
-    used = {j for j, _ in pairs.values()}
+    used = {pair[0] for pair in pairs.values()}
     for mine, theirs in families.values():
         if len(mine) != len(theirs):
             continue  # a quantizer fused or added some: order within the family says nothing
@@ -191,7 +214,7 @@ def _by_order(art: list[Node], ref: list[Node], pairs: dict, same_shape, got: di
     type), down to MIN_ORDER_SNR_DB. A quantizer that splits or fuses ops leaves look-alikes of the right
     shape (HardSwish -> HardSigmoid + Mul, Conv + Relu -> Conv): the one that really is the float op wins, a
     node with no float counterpart stays unmatched."""
-    used = {j for j, _ in pairs.values()}
+    used = {pair[0] for pair in pairs.values()}
     run: list[int] = []
     for i in range(len(art) + 1):
         if i < len(art) and art[i].key not in pairs and art[i].same_as is None:
@@ -210,6 +233,7 @@ def _by_order(art: list[Node], ref: list[Node], pairs: dict, same_shape, got: di
             run = []
 
 
+FUSED_MARGIN_DB = 3.0  # a chain member replaces the matched op only when it is this much closer
 MIN_ORDER_SNR_DB = 0.0  # closer to the float tensor than zeros are: a weaker match is no match
 
 
@@ -220,9 +244,10 @@ def _snr(reference, actual) -> float:
 
 def _row(index: int, node: Node, ref: list[Node], pair, sums, samples: int) -> LayerDivergence:
     matched = ref[pair[0]] if pair else None
+    head = ref[pair[2]] if pair and len(pair) > 2 else matched
     snr = measure.snr_db(sums[0], sums[1]) if sums and sums[2] else None
     return LayerDivergence(index, node.op, node.tensor, node.op_type, matched.op if matched else None,
-                           source_layer(matched) if matched else None, pair[1] if pair else None, snr,
+                           source_layer(head) if head else None, pair[1] if pair else None, snr,
                            tuple(node.input_scales), node.output_scale, samples)
 
 
