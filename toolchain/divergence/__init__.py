@@ -255,7 +255,11 @@ def source_layer(node: Node) -> str:
     """The source layer of a reference node: from its name, else from its weights' name (TFLite names a
     model's last op after the output, `Identity`, and its weights after the layer)."""
     name = node.op.split(";")[0]
-    return layer_of(name if "/" in name or not node.scope else node.scope.split(";")[0])
+    name = name if "/" in name or not node.scope else node.scope.split(";")[0]
+    parts = [p for p in name.split("/") if p]
+    if len(parts) >= 4 and not name.startswith("/"):  # nested models (`model_1/model/bn_11/FusedBatchNormV3`):
+        return parts[-2]                              # the innermost scope, as written (layers.matches_layer)
+    return layer_of(name)
 
 
 def _flat(values) -> np.ndarray | None:
