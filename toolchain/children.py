@@ -54,13 +54,14 @@ def _kill_group(pgid: int, sig: int) -> None:
 def safe_python(argv: list[str], env: dict | None = None, cwd=None) -> tuple[list[str], dict | None, str | None]:
     """A Python child (argv[0] is this interpreter, or `python=` says so) that imports nothing from its
     working directory: `-P` (safe path: no cwd or script folder on sys.path), PYTHONSAFEPATH=1 for
-    its own children, PYTHONPATH without empty or relative entries (those mean the cwd), and an
-    explicit cwd. Not `-I`: plug-ins ($EDGEKIT_BACKENDS, $EDGEKIT_PROBES) may live on PYTHONPATH."""
+    its own children, PYTHONPATH without empty entries (an accidental `$PYTHONPATH:` means the cwd)
+    and with relative ones made absolute (they keep meaning what they meant here), and an explicit
+    cwd. Not `-I`: plug-ins ($EDGEKIT_BACKENDS, $EDGEKIT_PROBES) may live on PYTHONPATH."""
     if not argv or argv[0] != sys.executable:
         return argv, env, cwd
     env = dict(os.environ if env is None else env)
     env["PYTHONSAFEPATH"] = "1"
-    paths = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and os.path.isabs(p)]
+    paths = [os.path.abspath(p) for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
     if paths:
         env["PYTHONPATH"] = os.pathsep.join(paths)
     else:

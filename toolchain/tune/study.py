@@ -201,13 +201,25 @@ def _counted(study) -> int:
                                                          optuna.trial.TrialState.PRUNED)))
 
 
+def _restore_env(name: str, value: str | None) -> None:
+    if value is None:
+        os.environ.pop(name, None)
+    else:
+        os.environ[name] = value
+
+
 def _run_workers(setup: TuneSetup, workers: int, trials: int) -> int:
     """Start the local workers and wait for them; how many died. Losing the database stops the participant."""
     context = multiprocessing.get_context("spawn")
     processes = [context.Process(target=_worker, args=(setup, trials)) for _ in range(workers)]
+    saved = os.environ.get("PYTHONSAFEPATH")
     try:
-        for p in processes:
-            p.start()
+        try:
+            os.environ["PYTHONSAFEPATH"] = "1"  # spawn's `python -c`: nothing imported from the working directory
+            for p in processes:
+                p.start()
+        finally:
+            _restore_env("PYTHONSAFEPATH", saved)
         for p in processes:
             p.join()
     except BaseException:  # interrupted: stop the workers (each stops its trial) before cleaning up

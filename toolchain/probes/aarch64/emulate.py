@@ -25,6 +25,7 @@ import zipfile
 from importlib import metadata
 from pathlib import Path
 
+from ... import children
 from ...errors import ConversionError
 from ...measure import EMULATED, how
 
@@ -103,7 +104,8 @@ def _site(site: Path) -> None:
 
 
 def _run(cmd: list[str], what: str) -> None:
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    cmd, env, cwd = children.safe_python(cmd)  # `python -m pip`: nothing imported from the cwd
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=cwd)
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
         raise ConversionError(f"provisioning the aarch64 environment failed at {what}: {tail[0][:200]}")
