@@ -26,6 +26,7 @@ API (used by `edgekit explain` and by automatic mixed precision):
 """
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -257,9 +258,15 @@ def source_layer(node: Node) -> str:
     name = node.op.split(";")[0]
     name = name if "/" in name or not node.scope else node.scope.split(";")[0]
     parts = [p for p in name.split("/") if p]
-    if len(parts) >= 4 and not name.startswith("/"):  # nested models (`model_1/model/bn_11/FusedBatchNormV3`):
-        return parts[-2]                              # the innermost scope, as written (layers.matches_layer)
+    lead = 0
+    while lead < len(parts) - 1 and _MODEL_SCOPE.fullmatch(parts[lead]):
+        lead += 1
+    if lead >= 2 and lead < len(parts) - 1:  # nested models (`model_1/model/bn_11/FusedBatchNormV3`): the scope
+        return parts[lead]                   # under the models', as written (layers.matches_layer)
     return layer_of(name)
+
+
+_MODEL_SCOPE = re.compile(r"(model|functional|sequential)(_\d+)?")
 
 
 def _flat(values) -> np.ndarray | None:
