@@ -72,3 +72,11 @@ def build(fmt: str, precision: str, float_artifact: Path, out_path: Path) -> lis
     ov.save_model(model, str(out_path), compress_to_fp16=False)
     return [f"the float32 IR with INFERENCE_PRECISION_HINT={hint} in its rt_info (runtime_options): OpenVINO's CPU "
             f"plugin computes in {precision} on this host's native instructions; weights stay float32"]
+
+
+def against_native(entries: list[dict], latency_ratio) -> None:
+    """A quantized artifact's latency against each native row of its format (`vs_native`): the runtime's own
+    default on this host (OpenVINO runs bf16 there unless pinned), the baseline users' tools report."""
+    natives = [e for e in entries if e.get("role") == "native" and e["status"] == "ok"]
+    for entry in (e for e in entries if e.get("role") == "target" and e["status"] == "ok" and e["precision"] != "fp32"):
+        entry["vs_native"] = {n["precision"]: latency_ratio(entry, n) for n in natives}

@@ -16,6 +16,21 @@ def bench_ops(artifact: Path, threads: int, warmup: int, runs: int, inputs: Path
                              inputs=inputs, ops=True, what=f"the {artifact.suffix.lstrip('.')} runner")
 
 
+def profile_entries(ctx, entries: list[dict]) -> None:
+    """convert --ops: every working artifact's per-op time (opprofile), the others set against fp32's."""
+    from .errors import EdgekitError
+    for entry in (e for e in entries if e["status"] == "ok"):
+        ctx.progress(f"{entry['format']} {entry['precision']}: per-op time")
+        try:
+            entry["op_profile"] = bench_ops(ctx.stage / entry["file"], ctx.host_threads(), 2, 20,
+                                            timing.one_sample(ctx.evalset.samples, ctx.workdir), ctx.progress)["op_profile"]
+        except EdgekitError as exc:
+            entry["notes"].append(f"no per-op time: {exc}")
+    fp32 = entries[0]
+    for other in (e for e in entries[1:] if e.get("op_profile") and fp32.get("op_profile")):
+        other["op_compare"] = opprofile.compare(fp32["op_profile"], other["op_profile"])
+
+
 def show(console, title: str, prof: dict, show_table, show_note) -> None:
     show_table(console, f"{title}: time per op type", opprofile.TYPE_COLUMNS, opprofile.type_rows(prof))
     show_table(console, f"{title}: the {len(prof['slowest'])} slowest ops", opprofile.SLOWEST_COLUMNS,

@@ -19,8 +19,8 @@ from typing import Callable
 
 import numpy as np
 
-from . import (backends, bounds, convert_report, data, explain, measure, native, output, probes, recommend, report,
-               runner, sources, targets, timing)
+from . import (backends, bounds, convert_report, data, explain, measure, native, opreport, output, probes, recommend,
+               report, runner, sources, targets, timing)
 from .context import Context, cache_dir
 from .options import ConvertOptions
 from .errors import ConversionError, EdgekitError
@@ -296,30 +296,15 @@ def _build_format(ctx: Context, fmt: str) -> list[dict]:
     plain = mixed.plain_entries(entries)  # --mixed auto's plain int8 build, timed with the others
     _time(ctx, backend, entries + plain)
     if ctx.options.ops:
-        _op_profiles(ctx, entries)
+        opreport.profile_entries(ctx, entries)
     baseline = entries[0]
     for other in entries[1:]:
         if baseline["status"] == other["status"] == "ok":
             other["vs_fp32"] = {"size": other["size"]["bytes"] / baseline["size"]["bytes"],
                                 **_latency_ratio(other, baseline)}
     mixed.latency_cost(entries, plain, _latency_ratio)
+    native.against_native(entries, _latency_ratio)
     return entries
-
-
-def _op_profiles(ctx: Context, entries: list[dict]) -> None:
-    """convert --ops: every working artifact's per-op time (opprofile), the others set against fp32's."""
-    from . import opprofile, opreport
-    for entry in (e for e in entries if e["status"] == "ok"):
-        ctx.progress(f"{entry['format']} {entry['precision']}: per-op time")
-        try:
-            entry["op_profile"] = opreport.bench_ops(ctx.stage / entry["file"], ctx.host_threads(), 2, 20,
-                                                     timing.one_sample(ctx.evalset.samples, ctx.workdir),
-                                                     ctx.progress)["op_profile"]
-        except EdgekitError as exc:
-            entry["notes"].append(f"no per-op time: {exc}")
-    fp32 = entries[0]
-    for other in (e for e in entries[1:] if e.get("op_profile") and fp32.get("op_profile")):
-        other["op_compare"] = opprofile.compare(fp32["op_profile"], other["op_profile"])
 
 
 def _native(ctx: Context, backend, fp32: dict) -> list[dict]:

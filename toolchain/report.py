@@ -116,6 +116,11 @@ def measurement_notes(result: dict) -> list[str]:
                  f"agreement ≥ {tolerance['min_top1_agreement']:.0%} and cosine ≥ {tolerance['min_cosine']} on "
                  f"class-score outputs, SNR ≥ {tolerance.get('min_snr_db', 0):g} dB on every other output "
                  "(boxes, masks, landmarks, embeddings: --outputs overrides the choice).")
+    for a in (a for a in result["artifacts"] if a.get("vs_native")):
+        for precision, ratio in a["vs_native"].items():
+            notes.append(f"{a['format']} {a['precision']} against {precision} native (the runtime's default here): "
+                         + ("latency too unsteady to compare" if ratio.get("latency_unstable") or not ratio["latency"]
+                            else f"{ratio['latency']:.2f}x latency") + ".")
     for precision in dict.fromkeys(a["precision"] for a in result["artifacts"] if a.get("role") == "native"):
         tol = TOLERANCE[precision]
         notes.append(f"{precision} native: the fp32 graph run in {precision} by the runtime's own precision hint, on this "
