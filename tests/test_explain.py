@@ -126,3 +126,30 @@ def test_explain_user_errors(broken, capsys, tmp_path):
     assert_user_error(run_cli(capsys, "explain", lone, "--reference", broken / "cpu-int8" / "fp32" / "model.onnx"),
                       "not a tflite model")
     assert_user_error(run_cli(capsys, "explain", broken / "cpu-int8" / "fp32"), "not an edgekit convert output")
+
+
+def test_matching_positional_names_fusions_and_look_alikes():
+    """match() on hand-made graphs: what onnxruntime's and OpenVINO's rewrites of a float graph look like."""
+    from edgekit.divergence.base import Node
+    rng = np.random.default_rng(0)
+    x, conv, bn = rng.normal(size=(4, 8)), rng.normal(size=(4, 8)), rng.normal(size=(4, 8))
+    hswish = np.maximum(bn, 0) * 0.5
+
+    def node(key, name, kind, family=None, named=True):
+        return Node(key, name, kind, key, {name} if named else set(), family=family)
+
+    ref = [node("x", "x", "input"), node("c", "a/Conv#1", "Conv", "a/Conv|Conv", named=False),
+           node("b", "a/BatchNormalization", "BatchNormalization"), node("h", "a/HardSwish", "HardSwish"),
+           node("o", "Add_7", "Add", "Add", named=False)]
+    want = {"x": x, "c": conv, "b": bn, "h": hswish, "o": hswish + 1}
+    # int8: BatchNormalization folded into the Conv (which keeps the Conv's name, renumbered), HardSwish split
+    # into HardSigmoid + Mul, OpenVINO-style positional Add renumbered
+    art = [node("x", "x", "input"), node("c", "a/Conv#4", "Conv", "a/Conv|Conv", named=False),
+           node("s", "HardSigmoid", "HardSigmoid", "HardSigmoid|HardSigmoid", named=False),
+           node("m", "Mul", "Mul", "Mul|Mul", named=False), node("o", "Add_9", "Add", "Add", named=False)]
+    got = {"x": x, "c": bn + 0.01, "s": np.clip(bn / 6 + 0.5, 0, 1), "m": hswish + 0.01, "o": hswish + 1.01}
+    pairs = divergence.match(art, ref, got, want)
+    assert pairs["x"][:2] == (0, "name")
+    assert pairs["c"][:2] == (2, "name family + order, fused chain") and pairs["c"][2] == 1
+    assert pairs["m"] == (3, "shape+order") and "s" not in pairs  # the look-alike has no float twin
+    assert pairs["o"] == (4, "name family + order")

@@ -161,8 +161,8 @@ def match(art: list[Node], ref: list[Node], got: dict, want: dict) -> dict[str, 
     for node in art:  # a requantizing op matched by name passes its match back to its input (TFLite's output)
         if node.key in pairs and node.same_as is not None and node.same_as not in pairs:
             pairs[node.same_as] = (pairs[node.key][0], f"through its consumer ({node.op_type})")
-    _by_order(art, ref, pairs, same_shape, got, want)
     _fused_chains(art, ref, pairs, same_shape, got, want)
+    _by_order(art, ref, pairs, same_shape, got, want)
     for node in art:
         if node.key not in pairs and node.same_as in pairs:
             pairs[node.key] = (pairs[node.same_as][0], f"through its input ({node.op_type})")
