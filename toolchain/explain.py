@@ -66,7 +66,7 @@ def mismatch(ctx, fmt: str, artifact: Path, reference: Path, precision: str) -> 
         found = isolate.run("edgekit.divergence:summary", artifact, "fpga" if fpga else fmt, reference,
                             ctx.evalset.samples[:MISMATCH_SAMPLES], judged_as(precision, ctx.source.reference_precision),
                             profile.accelerator if fpga else None, step=f"{fmt} tensor-by-tensor run")
-    except ConversionError as exc:
+    except (ConversionError, EdgekitError) as exc:  # that artifact only; a MISMATCH stays a MISMATCH
         return {"reason": f"the op that diverges first was not found: {exc}"}
     keep = ("first_divergent", "worst", "gate_db", "samples", "mapped", "how")
     return {"reason": divergence.reason(found), "divergence": {k: found[k] for k in keep}}
@@ -78,7 +78,7 @@ def _explain_one(job: Job, data_path: Path | None, count: int, progress) -> dict
     try:
         entry.update(isolate.run("edgekit.divergence:summary", job.artifact, job.fmt, job.reference, inputs,
                                  job.precision, job.spec, step=f"{job.fmt} tensor-by-tensor run", progress=progress))
-    except ConversionError as exc:
+    except (ConversionError, EdgekitError) as exc:  # that artifact only; a MISMATCH stays a MISMATCH
         entry.update(format=job.fmt, precision=job.precision, error=str(exc))
     return entry
 
