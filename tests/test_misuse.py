@@ -18,17 +18,22 @@ from conftest import tree_digest
 PROFILE = 'name = "plumb"\n[build]\nformats = ["fake"]\n[bench]\nruns = 1\nwarmup = 0\neval_samples = 4\n'
 
 
+@pytest.fixture(scope="module")
+def converted_once(tmp_path_factory):
+    """A convert output directory (numpy-only fake backend: fast), made once for the module."""
+    from edgekit import pipeline
+    folder = tmp_path_factory.mktemp("converted")
+    model = fake.save_model(folder / "fake.npz", (1, 2, 3), classes=4)
+    pipeline.convert(model, formats=["fake"], runs=1, warmup=0, out=folder / "o")
+    return folder / "o"
+
+
 @pytest.fixture
-def converted(tmp_path, capsys):
-    """A convert output directory (numpy-only fake backend: fast)."""
-    profiles = tmp_path / "profiles"
-    profiles.mkdir()
-    (profiles / "plumb.toml").write_text(PROFILE)
-    model = fake.save_model(tmp_path / "fake.npz", (1, 2, 3), classes=4)
-    out = tmp_path / "o"
-    result = run_cli(capsys, "convert", model, "--target", "plumb", "--targets-dir", profiles, "--out", out)
-    assert result.code == 0, result.err
-    return out
+def converted(converted_once, tmp_path):
+    """A private copy of it for one test."""
+    import shutil
+    shutil.copytree(converted_once, tmp_path / "o")
+    return tmp_path / "o"
 
 
 def test_report_out_replaces_an_existing_file_only_with_force(converted, capsys, tmp_path):
