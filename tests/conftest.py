@@ -35,10 +35,14 @@ def lookalikes_digest(directory: Path) -> str:
 
 
 @pytest.fixture(scope="session", autouse=True)
-def user_tmpdir(tmp_path_factory) -> Path:
-    """The suite's $TMPDIR (set before module- and session-scoped fixtures build models or tune)."""
+def user_tmpdir() -> Path:
+    """The suite's $TMPDIR (set before module- and session-scoped fixtures build models or tune). Made
+    like /tmp (sticky, open to all) beside it, not under pytest's private basetemp: tests run services
+    as other users in it (PostgreSQL's initdb runs as `postgres`)."""
+    import shutil
     import tempfile
-    path = tmp_path_factory.mktemp("tmpdir")
+    path = Path(tempfile.mkdtemp(prefix="pytest-tmpdir-", dir=tempfile.gettempdir()))
+    path.chmod(0o1777)
     saved = os.environ.get("TMPDIR"), tempfile.tempdir
     os.environ["TMPDIR"], tempfile.tempdir = str(path), str(path)
     user_lookalikes(path)
@@ -48,6 +52,7 @@ def user_tmpdir(tmp_path_factory) -> Path:
     else:
         os.environ["TMPDIR"] = saved[0]
     tempfile.tempdir = saved[1]
+    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(autouse=True)
