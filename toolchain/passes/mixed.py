@@ -119,7 +119,10 @@ def search(backend, source, out_path: Path, float_artifact: Path, qconfig, round
                 break
             state.add(*pick, FIXES.get(backend.FORMAT, ("float",))[0])
             try:
+                before = fid
                 built, fid = _round(state, judge, rebuild, out_path, best)
+                if _same(before, fid):  # keeping it changed nothing (e.g. an op the quantizer leaves alone)
+                    state.unusable(pick[0], "keeping it out of int8 changed no output")
             except ConversionError as exc:  # the backend cannot keep that layer (no op of it in this graph)
                 state.history.append({"round": state.rounds, "kept": list(state.kept), "verified": False,
                                       "snr_db": None, "cosine": None, "error": str(exc)[:300]})
@@ -194,10 +197,13 @@ class _State:
         self.stopped = ""
 
     def keep_float(self) -> list[str]:
-        return [*self.user_kept, *(layer for layer, row in self.kept.items() if row["fix"] == "float")]
+        return [*self.user_kept, *(name for name, row in self.kept.items() if row["fix"] == "float")]
 
-    def add(self, layer: str, snr: float | None, fall: float, fix: str) -> None:
-        self.kept[layer] = {"layer": layer, "fix": fix, "snr_db": snr, "fall_db": fall}
+    def open(self, name: str) -> bool:
+        return name not in self.kept and name not in self.skip and name not in self.user_kept
+
+    def add(self, name: str, layer: str | None, snr: float | None, fall: float, fix: str) -> None:
+        self.kept[name] = {"layer": layer or name, "name": name, "fix": fix, "snr_db": snr, "fall_db": fall}
 
     def unusable(self, layer: str, why: str) -> None:
         self.kept.pop(layer, None)
@@ -230,26 +236,39 @@ def _smallest(state: _State, judge, rebuild, rounds: int, out_path, best) -> Non
 
 
 def _culprit(backend, artifact: Path, float_artifact: Path, calib, state: _State, gate_db: float):
-    """(layer, its SNR, its fall in dB) of the layer whose output SNR falls furthest below the lowest SNR of
-    every op before it, counted from `gate_db` + CEILING_DB down (an op still above that is no culprit: the
-    input's own QUANTIZE falls from exact to ~50 dB); None when no candidate is left."""
+    """(name to keep, source layer, its SNR, its fall in dB) of the layer whose output SNR falls furthest
+    below the lowest SNR of every op before it, counted from `gate_db` + CEILING_DB down (an op still above
+    that is no culprit: the input's own QUANTIZE falls from exact to ~50 dB); when none falls (an earlier
+    op already lost it all), the lowest-SNR layer below the gate; None when no candidate is left."""
     from ..divergence import layer_divergence
     rows = layer_divergence(artifact, backend.FORMAT, float_artifact, calib.samples[:DIVERGENCE_SAMPLES])
-    falls: dict[str, tuple[float, float]] = {}
+    falls: dict[str, tuple[str, float, float]] = {}
     lowest = gate_db + CEILING_DB
-    for row in rows:
-        if row.snr_db is None:
-            continue
-        if row.layer and row.layer not in state.kept and row.layer not in state.skip \
-                and row.layer not in state.user_kept:
+    for row in (r for r in rows if r.snr_db is not None):
+        name = _keep_name(row)
+        if name and state.open(name):
             fall = max(0.0, lowest - row.snr_db)
-            if fall > falls.get(row.layer, (None, 0.0))[1]:
-                falls[row.layer] = (row.snr_db, fall)
+            if name not in falls or fall > falls[name][2]:
+                falls[name] = (row.layer, row.snr_db, fall)
         lowest = min(lowest, row.snr_db)
     if not falls:
         return None
-    layer = max(falls, key=lambda k: falls[k][1])  # first in topological order among equals
-    return layer, round(falls[layer][0], 2), round(falls[layer][1], 2)
+    name = max(falls, key=lambda k: falls[k][2])  # first in topological order among equals
+    if falls[name][2] <= 0:
+        name = min(falls, key=lambda k: falls[k][1])
+        if falls[name][1] >= gate_db:
+            return None
+    return name, falls[name][0], round(falls[name][1], 2), round(falls[name][2], 2)
+
+
+def _keep_name(row) -> str | None:
+    """What `keep_float` gets for a divergence row: the scope with its numeric suffix (`tf.math.add_20`, not
+    every `tf.math.add_N`; `GroupConvolution_7`, not every GroupConvolution), else the row's source layer."""
+    from .sensitivity import layer_of
+    name = (row.reference or "").split(";")[0]
+    if not name or (row.layer and "/" not in name and layer_of(name) != row.layer):
+        return row.layer  # the layer came from the op's weights' scope (TFLite names a last op after the output)
+    return layer_of(name, suffix=True)
 
 
 class _Judge:
@@ -299,6 +318,10 @@ def _score(fid: dict, kept: list[dict]) -> tuple:
     snr = fid.get("snr_db")
     return (bool(fid.get("verified")), -len(kept) if fid.get("verified") else 0,
             snr if snr is not None else -np.inf, fid.get("cosine") or -np.inf)
+
+
+def _same(a: dict, b: dict) -> bool:
+    return all(a.get(k) is not None and a.get(k) == b.get(k) for k in ("snr_db", "cosine"))
 
 
 def _short(fid: dict) -> dict:

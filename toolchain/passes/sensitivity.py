@@ -20,17 +20,18 @@ from .quantize import Calibration
 QUANTIZABLE = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
 
 
-def layer_of(node_name: str) -> str:
+def layer_of(node_name: str, suffix: bool = False) -> str:
     """The source layer a node belongs to.
 
-    TF scopes (tf2onnx): `model_1/conv2_1/BiasAdd` -> conv2 (Keras adds the _1 suffixes).
+    TF scopes (tf2onnx): `model_1/conv2_1/BiasAdd` -> conv2 (Keras adds the _1 suffixes; `suffix` keeps
+    them: conv2_1, which names that one scope where `tf.math.add` would name every `tf.math.add_N`).
     PyTorch exports: `/layer1/conv/Conv` -> layer1/conv (the module path without the op).
     """
     parts = [p for p in re.sub(r"#\d+$", "", node_name).split("/") if p]
     if node_name.startswith("/"):
         return "/".join(parts[:-1]) or parts[0]
     name = parts[1] if len(parts) >= 3 else parts[0]
-    return re.sub(r"_\d+$", "", name)
+    return name if suffix else re.sub(r"_\d+$", "", name)
 
 
 def analyze(source, samples: list[list[np.ndarray]], calib: Calibration, limit: int = 100) -> list[dict]:
