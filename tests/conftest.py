@@ -246,7 +246,7 @@ class PostgresServer:
     def __init__(self, bin_dir: Path):
         import tempfile
         self.bin = bin_dir
-        self.dir = Path(tempfile.mkdtemp(prefix="edgekit-pg-"))  # under /tmp: initdb's user must reach it
+        self.dir = Path(tempfile.mkdtemp(prefix="edgekit-pg-", dir="/tmp"))  # not $TMPDIR (the suite sets it under pytest's 0700 dir): initdb's user must reach it
         self.as_user = []
         if os.geteuid() == 0:  # initdb refuses to run as root
             import pwd
