@@ -226,12 +226,34 @@ def _quantize_once(source, float_artifact: Path, out_path: Path, config, calib, 
         raise ConversionError(f"--keep-float needs a calibrated precision on TFLite, not {config.precision}")
     denied = select([t["name"] for t in _tensor_details(float_artifact)], config.keep_float, "TFLite") \
         if config.keep_float else []
-    options = tf.lite.experimental.QuantizationDebugOptions(
-        denylisted_nodes=denied + kept, denylisted_ops=kept_ops, fully_quantize=config.precision == "int8-io")
-    debugger = tf.lite.experimental.QuantizationDebugger(
-        converter=converter, debug_dataset=converter.representative_dataset, debug_options=options)
-    _write(out_path, debugger.get_nondebug_quantized_model)
+    from tensorflow.lite.python import convert
+    calibrated = _calibrated(source, converter, config, calib)
+    _write(out_path, lambda: convert.mlir_quantize(  # what QuantizationDebugger's denylists do, minus its debug model
+        calibrated, disable_per_channel=not config.per_channel, fully_quantize=config.precision == "int8-io",
+        denylisted_ops=kept_ops, denylisted_nodes=denied + kept))
     return [f"kept in float: {len(denied)} tensors of {', '.join(config.keep_float)}"] if denied else []
+
+
+def _calibrated(source, converter, config, calib) -> bytes:
+    """The converter's calibrated float model (ranges recorded, nothing quantized), made once per source and
+    calibration setting: each rebuild with other ops kept in float (the run-once check, --mixed auto rounds)
+    only re-quantizes it."""
+    cache = getattr(source, "tflite_calibrated", None)
+    if cache is None:
+        cache = source.tflite_calibrated = {}
+    import hashlib
+    digest = hashlib.sha256()
+    for array in (a for sample in calib.samples for a in sample):
+        digest.update(np.ascontiguousarray(array).tobytes())
+    key = (config.precision, config.per_channel, digest.hexdigest())
+    if key not in cache:
+        converter.experimental_mlir_quantizer = True
+        converter._experimental_calibrate_only = True
+        try:
+            cache[key] = converter.convert()
+        except Exception as exc:
+            raise ConversionError(f"TFLite converter failed: {_last_error_line(str(exc))}") from None
+    return cache[key]
 
 
 _FAILED_NODE = re.compile(r"Node number (\d+) \((\w+)\) failed")
