@@ -9,6 +9,9 @@ import numpy as np
 from .spec import MAC_OPS, AcceleratorSpec
 
 HOW = "estimated (MAC-array cycle model, docs/ACCELERATOR.md)"
+# with fuse_activations: applied in the output stage of the op before them, or (PAD) folded into the
+# next conv's padding, at no cost of their own
+FUSED = ("RELU", "RELU6", "RELU_N1_TO_1", "RELU_0_TO_1", "HARD_SWISH", "LOGISTIC", "TANH", "PAD")
 
 
 def cycles(emu, spec: AcceleratorSpec) -> dict:
@@ -17,13 +20,14 @@ def cycles(emu, spec: AcceleratorSpec) -> dict:
     onchip_per_cycle = spec.onchip_gbps * 1e9 / (spec.clock_mhz * 1e6) * spec.dram_efficiency
     layers, total, macs_on, dram = [], 0, 0, 0
     for op, where in emu.placement():
-        if where != "accelerator" or op.kind in ("RESHAPE",):
+        if where != "accelerator" or op.kind in ("RESHAPE",) or spec.fuse_activations and op.kind in FUSED:
             continue
         out = emu.t(op.outputs[0])
         compute, macs = layer_compute(emu, op, spec)
         compute = math.ceil(compute / spec.compute_efficiency)
         weights = int(sum(emu.t(i).data.nbytes for i in op.inputs[1:] if i >= 0 and emu.t(i).data is not None))
-        acts = sum(int(np.prod(emu.t(i).shape)) for i in op.inputs[:1] if i >= 0) + int(np.prod(out.shape))
+        acts = sum(int(np.prod(emu.t(i).shape)) for i in op.inputs if i >= 0 and emu.t(i).data is None) + \
+            int(np.prod(out.shape))  # every non-constant input (both operands of an ADD) and the output
         fits = weights + acts <= onchip
         tiles = 1 if fits else math.ceil(acts / max(onchip - weights, onchip // 2))
         traffic = weights * tiles + (acts if spec.activations_offchip or not fits else 0)

@@ -29,6 +29,9 @@ class AcceleratorSpec:
                             choices=("flattened", "channels"))
     elementwise_per_cycle: float = option(0.0, "Output elements per cycle of elementwise ops (ADD, MUL, activations, "
                                                "copies); 0 = one per column (`mac_cols`).")
+    fuse_activations: bool = option(False, "Activation ops (RELU*, HARD_SWISH, LOGISTIC, TANH) run in the output "
+                                           "stage of the op before them and PAD folds into the next conv's "
+                                           "padding, at no cost of their own (as Ethos-U and Vela do).")
     compute_efficiency: float = option(1.0, "Fraction of the array's peak MAC rate a layer reaches (the cycle model "
                                             "divides its compute cycles by it); 1 = the ideal array. Calibrated "
                                             "for Ethos-U against Vela (docs/ACCELERATOR.md).")

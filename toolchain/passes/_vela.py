@@ -246,7 +246,8 @@ def accel_spec(device, base, figures: dict):
                                dram_gbps=gib_s.get(figures["weights_area"].lower(), 1.0) * 2 ** 30 / 1e9,
                                onchip_kib=max(1, onchip // 1024), onchip_gbps=gib_s.get("sram", 0.0) * 2 ** 30 / 1e9,
                                activations_offchip=offchip, reduction="channels",  # Ethos-U: taps in sequence
-                               elementwise_per_cycle=macs_per_cycle(figures["accelerator"]) / ELEMENTWISE_MACS)
+                               elementwise_per_cycle=macs_per_cycle(figures["accelerator"]) / ELEMENTWISE_MACS,
+                               fuse_activations=True)
 
 
 def placed_cycles(model: Path, spec, cpu: set[int]) -> dict:
