@@ -202,8 +202,8 @@ def print_table(results: dict, names: list[str], configs: list[str], fitted: dic
         cells += [f"{x['ops']['npu']}/{x['ops']['total']}" if "error" not in x else "not compiled"
                   for x in compiled.values()]
         x0 = compiled[configs[0]]
-        cells.append((", ".join(sorted(set(x0["fallback"])))[:200] or "none") if "error" not in x0 else
-                     x0["error"][:150])
+        cells.append((", ".join(sorted({f.split(" (")[0] for f in x0["fallback"]})) or "none")  # reasons: npu.json
+                     if "error" not in x0 else x0["error"][:150])
         for c, x in compiled.items():
             if "error" in x:
                 cells.append("-")
