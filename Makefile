@@ -62,6 +62,9 @@ image-assets: $(STAMP)
 # The runtime image (linux/amd64, linux/arm64; archives in dist/images/) and the toolchain image
 # (linux/amd64). IMAGE_BASE=python:3.11-slim-bookworm builds from the public base instead.
 IMAGE_BASE ?= local
+# Test files run in two worker processes (pytest-xdist; a file's tests stay in one worker, so module fixtures
+# are built once). TEST_WORKERS=0 runs them in this process.
+TEST_WORKERS ?= 2
 images: setup
 	$(BIN)/python docker/build.py all --base $(IMAGE_BASE)
 
@@ -69,7 +72,7 @@ demo: $(STAMP)
 	$(BIN)/edgekit convert --target cpu --force
 
 test: setup
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) .wheelhouse edgekit-out build *.egg-info
