@@ -176,13 +176,16 @@ def quantize(source, float_artifact: Path, out_path: Path, config, calib, method
 
 
 def _without_progress_bars():
-    """NNCF draws rich progress bars on stdout while it calibrates; edgekit shows its own progress.
-    EDGEKIT_VERBOSE=1 (--verbose) keeps them."""
+    """NNCF draws rich progress bars on stdout while it calibrates, and logs every ignored_scope match at INFO
+    on stderr (a line per node and --mixed auto round); edgekit shows its own progress. EDGEKIT_VERBOSE=1
+    (--verbose) keeps them."""
     import contextlib
     import io
+    import logging
     import os
     if os.environ.get("EDGEKIT_VERBOSE") == "1":
         return contextlib.nullcontext()
+    logging.getLogger("nncf").setLevel(logging.WARNING)
     return contextlib.redirect_stdout(io.StringIO())
 
 
