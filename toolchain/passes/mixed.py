@@ -42,6 +42,7 @@ GATE_MARGIN_DB = 1.0     # an SNR gate counts as met on calibration samples only
                          # samples are others (ddddocr_crnn OpenVINO: 15.2 dB on calibration, 14.9 scored, gate 15)
 DIVERGENCE_SAMPLES = 4   # calibration samples the layer-wise divergence runs on
 PLAIN_DIR = "int8-plain"  # beside the artifact: the plain int8 build, timed against the mixed one
+GROUP_GAIN_DB = 1.0      # a kept scope that gains less than this widens to every scope of its layer
 CEILING_DB = 20.0        # above the gate by this much, an op's SNR counts as exact for the ranking
 FIXES = {"tflite": ("float",), "onnx": ("float",), "openvino": ("float",)}  # cheapest first, per format
 
@@ -123,6 +124,8 @@ def search(backend, source, out_path: Path, float_artifact: Path, qconfig, round
                 built, fid = _round(state, judge, rebuild, out_path, best)
                 if _same(before, fid):  # keeping it changed nothing (e.g. an op the quantizer leaves alone)
                     state.unusable(pick[0], "keeping it out of int8 changed no output")
+                elif not fid["verified"] and _gain(before, fid) < GROUP_GAIN_DB:
+                    state.widen(pick[0])  # the error is spread over scopes like it: all of them next round
             except ConversionError as exc:  # the backend cannot keep that layer (no op of it in this graph)
                 state.history.append({"round": state.rounds, "kept": list(state.kept), "verified": False,
                                       "snr_db": None, "cosine": None, "error": str(exc)[:300]})
@@ -200,10 +203,20 @@ class _State:
         return [*self.user_kept, *(name for name, row in self.kept.items() if row["fix"] == "float")]
 
     def open(self, name: str) -> bool:
-        return name not in self.kept and name not in self.skip and name not in self.user_kept
+        widened = any(r.get("widened_from") and name.startswith(g) for g, r in self.kept.items())
+        return name not in self.kept and name not in self.skip and name not in self.user_kept and not widened
 
     def add(self, name: str, layer: str | None, snr: float | None, fall: float, fix: str) -> None:
         self.kept[name] = {"layer": layer or name, "name": name, "fix": fix, "snr_db": snr, "fall_db": fall}
+
+    def widen(self, name: str) -> None:
+        """Keep every scope of the kept one's source layer (`GroupConvolution` for `GroupConvolution_7`,
+        `tf.math.add` for `tf.math.add_20`) instead, once, where that is a wider name."""
+        row = self.kept.get(name)
+        group = row and row["layer"]
+        if group and group != name and name.startswith(group) and self.open(group):
+            self.kept.pop(name)
+            self.kept[group] = {**row, "name": group, "widened_from": name}
 
     def unusable(self, layer: str, why: str) -> None:
         self.kept.pop(layer, None)
@@ -318,6 +331,10 @@ def _score(fid: dict, kept: list[dict]) -> tuple:
     snr = fid.get("snr_db")
     return (bool(fid.get("verified")), -len(kept) if fid.get("verified") else 0,
             snr if snr is not None else -np.inf, fid.get("cosine") or -np.inf)
+
+
+def _gain(a: dict, b: dict) -> float:
+    return (b["snr_db"] - a["snr_db"]) if a.get("snr_db") is not None and b.get("snr_db") is not None else 0.0
 
 
 def _same(a: dict, b: dict) -> bool:
