@@ -82,3 +82,23 @@ def test_a_pair_side_by_side():
     assert set(cmp["added"]) == {"QuantizeLinear", "QLinearConv", "Softmax"} and cmp["layout_or_quantize_ms"] == 0.5
     assert cmp["stayed_float"] == [{"type": "Softmax", "count": 1, "ms": 0.2}]
     assert cmp["total_ms"] == [2.0, pytest.approx(1.2)]
+
+
+def test_bench_a_pair_interleaved_and_per_op(tmp_path, capsys):
+    """bench A B: one interleaved timing phase with B's latency as a ratio of A's; with --ops, op types side by
+    side (MatMul gone, DynamicQuantizeMatMul added: onnxruntime fuses a dynamic-range copy's MatMulInteger)."""
+    from onnxruntime.quantization import quantize_dynamic
+    fp32 = _onnx_model(tmp_path / "fp32.onnx")
+    quantize_dynamic(str(fp32), str(tmp_path / "dyn.onnx"), op_types_to_quantize=["MatMul"])
+    pair = run_cli(capsys, "bench", fp32, tmp_path / "dyn.onnx", "--runs", "5", "--warmup", "1", "--processes", "2",
+                   "--json")
+    assert pair.code == 0, pair.err
+    result = json.loads(pair.out)
+    assert len(result["artifacts"]) == 2 and result["ratio"]["value"] > 0 and len(result["ratio"]["range"]) == 2
+    shown = run_cli(capsys, "bench", fp32, tmp_path / "dyn.onnx", "--runs", "3", "--warmup", "0", "--processes", "1")
+    assert "dyn.onnx / fp32.onnx:" in shown.out and "interleaved" in shown.out
+    ops = run_cli(capsys, "bench", fp32, tmp_path / "dyn.onnx", "--ops", "--runs", "2", "--warmup", "0", "--json")
+    cmp = json.loads(ops.out)["op_compare"]
+    assert cmp["added"] == ["DynamicQuantizeMatMul"] and {r["type"]: r["verdict"] for r in cmp["by_type"]}["MatMul"] == "gone"
+    three = run_cli(capsys, "bench", fp32, fp32, fp32)
+    assert three.code == 2 and "one or two artifacts" in three.err

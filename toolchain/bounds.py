@@ -121,6 +121,9 @@ def check_tensor(name: str, shape, itemsize: int = 4) -> None:
 
 
 def host_threads(asked: int) -> int:
-    """Threads for timing a profile on this host: its count, capped at this host's cores (a 4-thread
-    device profile on a 2-core host oversubscribes it, and every figure turns unstable)."""
-    return max(1, min(asked, os.cpu_count() or 1))
+    """Threads for timing a profile on this host: its count where it fits this host's cores; a profile asking
+    for more (a 4-thread Raspberry Pi profile on a 2-core host) is timed with every core but one, at least 1:
+    all cores oversubscribed turn every figure unstable, and a timing that takes every core is stalled by
+    whatever else the host runs (the spare core takes it)."""
+    cores = os.cpu_count() or 1
+    return asked if asked <= cores else max(1, min(asked, cores - 1))

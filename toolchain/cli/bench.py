@@ -11,7 +11,7 @@ from .common import _stdout, json_option, print_json, working
 
 
 @click.command()
-@click.argument("artifact", type=click.Path(path_type=Path))
+@click.argument("artifacts", nargs=-1, required=True, metavar="ARTIFACT [OTHER]", type=click.Path(path_type=Path))
 @click.option("--threads", default=1, show_default=True, type=click.IntRange(min=1),
               help="Inference threads (at most 4 per core unless --threads-unbounded).")
 @click.option("--threads-unbounded", is_flag=True, help="Allow more than 4 threads per core of this host.")
@@ -28,27 +28,45 @@ from .common import _stdout, json_option, print_json, working
                    "a time); results are compared.")
 @click.option("--timeout", default=600, show_default=True, type=click.IntRange(1, 86_400), help="Seconds per remote step.")
 @click.option("--ops", is_flag=True, help="Time every op with the runtime's own profiler: op type x count x time x "
-                                          "share, and the 10 slowest ops.")
-def bench(artifact, threads, threads_unbounded, runs, warmup, processes, inputs, as_json, devices, timeout, ops):
-    """Time one artifact (.tflite, .onnx or OpenVINO .xml) in runner processes here, or on devices over SSH."""
+                                          "share, and the 10 slowest ops; with two artifacts, op types side by side.")
+def bench(artifacts, threads, threads_unbounded, runs, warmup, processes, inputs, as_json, devices, timeout, ops):
+    """Time one artifact (.tflite, .onnx or OpenVINO .xml) in runner processes here, or on devices over SSH.
+    Two artifacts (e.g. a model's fp32 and int8) are timed in one interleaved phase, with the second's
+    latency as a ratio of the first's; with --ops, their op types side by side."""
     from .. import timing
     from ..bounds import check_threads
-    if not artifact.is_file():
-        raise EdgekitError(f"artifact not found: {artifact}", "check the path")
-    artifact = artifact.absolute()  # a name starting with '-' is never read as an option (scp, the runner)
+    if len(artifacts) > 2:
+        raise EdgekitError(f"bench takes one or two artifacts, not {len(artifacts)}", "give ARTIFACT [OTHER]")
+    for artifact in artifacts:
+        if not artifact.is_file():
+            raise EdgekitError(f"artifact not found: {artifact}", "check the path")
+    # absolute: a name starting with '-' is never read as an option (scp, the runner)
+    artifacts = [a.absolute() for a in artifacts]
     if devices:
-        return _remote_bench(artifact, threads, runs, warmup, inputs, as_json, devices, timeout)
+        if len(artifacts) > 1:
+            raise EdgekitError("--device benches one artifact", "run bench once per artifact")
+        return _remote_bench(artifacts[0], threads, runs, warmup, inputs, as_json, devices, timeout)
     check_threads(threads, threads_unbounded)  # here; a device's cores are its own business
     if ops:
-        return _ops(artifact, threads, warmup, runs, inputs, as_json)
+        return _ops(artifacts, threads, warmup, runs, inputs, as_json)
     stack, status = working("timing")
     with stack:
-        result = timing.measure([artifact], inputs, threads=threads, warmup=warmup, runs=runs, processes=processes,
-                                progress=status.update)[0]
-    if "error" in result:
-        raise EdgekitError(result["error"], "check that the artifact loads: python -m edgekit.runner ARTIFACT")
+        results = timing.measure(artifacts, inputs, threads=threads, warmup=warmup, runs=runs, processes=processes,
+                                 progress=status.update)
+    for artifact, result in zip(artifacts, results):
+        if "error" in result:
+            raise EdgekitError(f"{artifact.name}: {result['error']}",
+                               "check that the artifact loads: python -m edgekit.runner ARTIFACT")
+    pair = timing.ratio(results[1]["latency_ms"], results[0]["latency_ms"]) if len(results) == 2 else None
     if as_json:
-        return print_json(result)
+        return print_json(results[0] if len(results) == 1 else {"artifacts": results, "ratio": pair})
+    for artifact, result in zip(artifacts, results):
+        _echo_figures(artifact, result, threads, warmup, runs, processes)
+    if pair:
+        click.echo(_ratio_line(artifacts, pair))
+
+
+def _echo_figures(artifact: Path, result: dict, threads: int, warmup: int, runs: int, processes: int) -> None:
     lat, memory = result["latency_ms"], result["memory"]
     click.echo(f"{artifact.name} [{result['runtime']['name']} {result['runtime']['version']}] threads={threads} "
                f"warmup={warmup} runs={runs} x {processes} processes: median {lat['median']:.4g} ms "
@@ -58,20 +76,34 @@ def bench(artifact, threads, threads_unbounded, runs, warmup, processes, inputs,
                f"{result['host']['hostname']})")
 
 
-def _ops(artifact: Path, threads: int, warmup: int, runs: int, inputs: Path | None, as_json: bool) -> None:
-    from .. import opreport
+def _ratio_line(artifacts: list[Path], pair: dict) -> str:
+    spread = f" (per process pair {pair['range'][0]:.2f}-{pair['range'][1]:.2f})" if pair["range"] else ""
+    verdict = "; UNSTABLE: not a reliable ratio" if pair["unstable"] else ""
+    return f"{artifacts[1].name} / {artifacts[0].name}: {pair['value']:.2f}x latency{spread}, interleaved{verdict}"
+
+
+def _ops(artifacts: list[Path], threads: int, warmup: int, runs: int, inputs: Path | None, as_json: bool) -> None:
+    from .. import opprofile, opreport
     from ..errors import RunnerError
     stack, status = working("profiling")
+    results = []
     with stack:
-        try:
-            result = opreport.bench_ops(artifact, threads, warmup, runs, inputs, status.update)
-        except RunnerError as exc:
-            raise EdgekitError(str(exc), "check that the artifact loads: python -m edgekit.runner ARTIFACT") from None
+        for artifact in artifacts:
+            try:
+                results.append(opreport.bench_ops(artifact, threads, warmup, runs, inputs, status.update))
+            except RunnerError as exc:
+                raise EdgekitError(f"{artifact.name}: {exc}",
+                                   "check that the artifact loads: python -m edgekit.runner ARTIFACT") from None
+    pair = opprofile.compare(results[0]["op_profile"], results[1]["op_profile"]) if len(results) == 2 else None
     if as_json:
-        return print_json(result)
+        return print_json(results[0] if pair is None else {"artifacts": results, "op_compare": pair})
     from ..report import show_note, show_table
-    opreport.show(_stdout(), f"{artifact.name} [{result['runtime']['name']} {result['runtime']['version']}]",
-                  result["op_profile"], show_table, show_note)
+    for artifact, result in zip(artifacts, results):
+        opreport.show(_stdout(), f"{artifact.name} [{result['runtime']['name']} {result['runtime']['version']}]",
+                      result["op_profile"], show_table, show_note)
+    if pair:
+        opreport.show_pair(_stdout(), f"{artifacts[0].name} against {artifacts[1].name}, per op type", pair,
+                           show_table, show_note)
 
 
 def _on_each(devices: list[str], job) -> list:
