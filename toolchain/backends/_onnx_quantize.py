@@ -1,6 +1,8 @@
 """ONNX backend, quantize hook: onnxruntime.quantization (QDQ static, dynamic, float16), with its
-retries from the configured settings to the safest, a load-and-run check of every quantized file, and
-int8 graph I/O (int8-io)."""
+retries from the configured settings to the safest, a load-and-run check of every quantized file,
+int8 graph I/O (int8-io), and 16-bit activations per layer (`keep_int16`: onnxruntime's own
+TensorQuantOverrides, QInt16/QUInt16 on the layer's input and output tensors; quantize_static then lifts
+the model to opset 21, whose QuantizeLinear/DequantizeLinear take 16-bit types)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -56,6 +58,8 @@ def quantize(source, float_artifact: Path, out_path: Path, config, calib, method
     onnx.save(canonical_names(quantized), str(out_path))
     if excluded:
         notes.append(f"kept in float: {', '.join(excluded)}")
+    if config.keep_int16:
+        notes.append(f"16-bit activations (int16 Q/DQ, int8 weights) on the tensors of: {', '.join(config.keep_int16)}")
     return notes + [f"QDQ, {config.activations} activations, {'per-channel' if attempt['per_channel'] else 'per-tensor'} "
                     f"int8 weights" if config.precision != "dynamic" else "int8 weights, activations quantized at run time"]
 
@@ -88,11 +92,32 @@ def _quantize_once(q, weights: Path, out_path: Path, config, calib, method: str,
                               weight_type=q.QuantType.QInt8, nodes_to_exclude=excluded,
                               op_types_to_quantize=attempt["op_types"],
                               calibrate_method=_CALIBRATORS[method](q.CalibrationMethod),
-                              extra_options={"CalibMovingAverage": False})
+                              extra_options={"CalibMovingAverage": False, **_int16_overrides(q, pre, config)})
     finally:
         pre.unlink(missing_ok=True)
 
 
+def _int16_overrides(q, pre: Path, config) -> dict:
+    """extra_options giving every float input and output tensor of the `keep_int16` layers' nodes 16-bit
+    activations (the signedness of the other activations); int8-io's graph edges stay int8. A tensor has one
+    type for every consumer: a kept layer's input is 16-bit where its producer writes it too."""
+    if not config.keep_int16:
+        return {}
+    from ..layers import select
+    model = require("onnx", "full").load(str(pre), load_external_data=False)
+    graph = model.graph
+    chosen = set(select([n.name for n in graph.node], config.keep_int16, "ONNX"))
+    skip = {t.name for t in graph.initializer} | {n.output[0] for n in graph.node if n.op_type == "Constant"}
+    if config.precision == "int8-io":
+        skip |= {v.name for v in [*graph.input, *graph.output]}
+    types = {v.name: v.type.tensor_type.elem_type for v in [*graph.value_info, *graph.input, *graph.output]}
+    qtype = q.QuantType.QUInt16 if config.activations == "uint8" else q.QuantType.QInt16
+    tensors = [t for n in graph.node if n.name in chosen for t in [*n.input, *n.output]
+               if t not in skip and types.get(t) == FLOAT]  # typed by shape inference, float
+    return {"TensorQuantOverrides": {t: [{"quant_type": qtype}] for t in dict.fromkeys(tensors)}}
+
+
+FLOAT = 1  # onnx.TensorProto.FLOAT
 PER_AXIS_OPSET = 13  # DequantizeLinear's `axis` (per-channel weights) is opset 13
 
 

@@ -11,11 +11,15 @@ uses. The search:
 2. while the gate is missed: layer-wise divergence of the last build against the fp32 artifact of the same
    format (`divergence.layer_divergence`, every tensor on a few calibration samples); the layer whose SNR
    falls furthest below that of everything before it (not kept yet, matchable in this format) is kept out
-   of int8 with its cheapest fix (`FIXES`: 16x8 where the backend has it per layer, else float).
+   of int8 with its cheapest fix: the first of the target's `[mixed] fixes` that the format has per layer
+   (`FIXES`); a fix that gains under GROUP_GAIN_DB gives way to the layer's next one before anything widens.
 3. once the gate is met, each kept layer but the last is dropped again in turn and kept dropped when the
    gate still holds (the smallest set found).
 At most `rounds` rounds; when they run out, the best build seen is kept, and the entry says the gate was not
-met.
+met. A format with a whole-model fix (`quantize.WHOLE_MODEL_FIXES`: TFLite's int16x8) keeps the last round for
+it: when per-layer keeping misses the gate, the whole model is built in that precision and kept if it meets the
+gate asked for (the artifact's precision then says so). FIXES (what each format does per layer, and why OpenVINO
+has float only) is documented in quantize.py; the order tried is target data, `[mixed] fixes`.
 """
 from __future__ import annotations
 
@@ -32,6 +36,7 @@ from .. import measure, runner
 from ..errors import ConversionError
 from ..schema import option
 from . import quantize
+from ._mixed_report import markdown, notes as _notes, summary_line  # noqa: F401  (report.py reads them here)
 
 NAME, STAGE, ORDER, FORMATS = "mixed", "artifact", 15, ("tflite", "onnx", "openvino")
 DESCRIPTION = "automatic mixed precision: layers that break the int8 fidelity gate kept out of int8, found by divergence"
@@ -44,7 +49,8 @@ DIVERGENCE_SAMPLES = 4   # calibration samples the layer-wise divergence runs on
 PLAIN_DIR = "int8-plain"  # beside the artifact: the plain int8 build, timed against the mixed one
 GROUP_GAIN_DB = 1.0      # a kept scope that gains less than this widens to every scope of its layer
 CEILING_DB = 20.0        # above the gate by this much, an op's SNR counts as exact for the ranking
-FIXES = {"tflite": ("float",), "onnx": ("float",), "openvino": ("float",)}  # cheapest first, per format
+FIXES = quantize.LAYER_FIXES  # per-layer fixes each format has; the order tried is the target's [mixed] fixes
+FIX_NAMES = ("float", "int16x8")
 
 
 @dataclass(frozen=True)
@@ -53,6 +59,11 @@ class MixedConfig:
                               "diverge most out of int8, one per rebuild, until it passes (then drop any not "
                               "needed); the report lists them with their divergence.", choices=MODES)
     rounds: int = option(20, "Most rebuild-and-evaluate rounds per artifact (round 1 is the plain build).")
+    fixes: list[str] = option(["float", "int16x8"], "Per-layer fixes in the order tried, cheapest first on this "
+                              "target: float (the layer's ops in float) and int16x8 (its activations 16-bit, weights "
+                              "int8; ONNX only). Each format uses the ones it has, float where it has none of them. "
+                              "Default float first (a CPU runs int16 Q/DQ layers in float anyway); int8 "
+                              "accelerators list int16x8 first.", choices=FIX_NAMES)
 
 
 Config = MixedConfig
@@ -87,30 +98,39 @@ def run(ctx, config: MixedConfig, backend, baseline, path) -> dict:
     kept out of int8 until the gate is met. Returns the report's `mixed` entry and the final build's notes on
     what it kept in float."""
     qconfig = ctx.recipe["quantize"]
-    rebuild = lambda kept: quantize.quantize_with(backend, ctx.source, baseline, path,  # noqa: E731
-                                                  dataclasses.replace(qconfig, keep_float=kept), ctx.calib)
+    rebuild = lambda **given: quantize.quantize_with(backend, ctx.source, baseline, path,  # noqa: E731
+                                                     dataclasses.replace(qconfig, **given), ctx.calib)
     built, entry = search(backend, ctx.source, path, baseline, qconfig, config.rounds, ctx.calib,
-                          ctx.options.outputs, rebuild)
-    return {"mixed": entry, "notes": [n for n in built.get("notes", []) if "float" in n] + _notes(entry)}
+                          ctx.options.outputs, rebuild, fix_order(config.fixes, backend.FORMAT))
+    notes = [n for n in built.get("notes", []) if "float" in n or "16-bit" in n] + _notes(entry)
+    chosen = (entry.get("fallback") or {}).get("chosen")
+    return {"mixed": entry, "notes": notes, **({"precision": entry["fallback"]["precision"]} if chosen else {})}
+
+
+def fix_order(fixes: list[str], fmt: str) -> list[str]:
+    """The target's fixes that this format has per layer, in the target's order; float when none."""
+    return [f for f in fixes if f in FIXES.get(fmt, ("float",))] or ["float"]
 
 
 def search(backend, source, out_path: Path, float_artifact: Path, qconfig, rounds: int, calib, outputs: str,
-           rebuild) -> tuple[dict, dict]:
-    """`rebuild(keep_float) -> report entries` writes `out_path` again; returns the entries of the build left
-    at `out_path` ({} for the first one) and the report's `mixed` entry."""
+           rebuild, fixes: list[str] = ("float",)) -> tuple[dict, dict]:
+    """`rebuild(**quantize config changes) -> report entries` writes `out_path` again; returns the entries of the
+    build left at `out_path` ({} for the first one) and the report's `mixed` entry."""
     started = time.perf_counter()
     samples = calib.samples[:GATE_SAMPLES]
     judge = _Judge(backend, samples, source.predict(samples), measure.judged_as(qconfig.precision,
                                                                                   source.reference_precision), outputs)
-    state = _State(qconfig.keep_float)
+    state = _State(qconfig.keep_float, qconfig.keep_int16)
+    whole = quantize.WHOLE_MODEL_FIXES.get(backend.FORMAT) if qconfig.precision == "int8" else None  # int8-io: int8 I/O
+    refix = None  # a layer whose fix gained too little: its next fix is built next round, no new pick
     with tempfile.TemporaryDirectory(prefix="edgekit-mixed-") as scratch:
         best = _Best(backend, out_path, Path(scratch))
         built, fid = _round(state, judge, None, out_path, best)
         plain = {"size_bytes": measure.size(backend.files(out_path))["bytes"], "fidelity": _short(fid),
-                 "file": _keep_plain(backend, out_path)}
-        while not fid["verified"] and state.rounds < rounds:
+                 "file": _keep_plain(backend, out_path), "precision": qconfig.precision}
+        while not fid["verified"] and state.rounds < rounds - bool(whole):  # the last round kept for `whole`
             try:
-                pick = _culprit(backend, out_path, float_artifact, calib, state, judge.gate_db)
+                pick = pick if refix else _culprit(backend, out_path, float_artifact, calib, state, judge.gate_db)
             except Exception as exc:  # a runtime refusing the tapped copy: stop here, say why
                 state.stopped = f"layer-wise divergence failed: {' '.join(str(exc).split())[:200]}"
                 break
@@ -118,10 +138,15 @@ def search(backend, source, out_path: Path, float_artifact: Path, qconfig, round
                 state.stopped = "no layer left to keep out of int8 (every diverging layer is already kept or " \
                                 "cannot be matched in this format)"
                 break
-            state.add(*pick, FIXES.get(backend.FORMAT, ("float",))[0])
+            if not refix:
+                state.add(*pick, fixes[0])
             try:
                 before = fid
                 built, fid = _round(state, judge, rebuild, out_path, best)
+                little = _same(before, fid) or (not fid["verified"] and _gain(before, fid) < GROUP_GAIN_DB)
+                refix = little and state.next_fix(pick[0], fixes)
+                if refix:  # e.g. 16-bit activations do not help a layer whose int8 weights are the problem
+                    continue
                 if _same(before, fid):  # keeping it changed nothing (e.g. an op the quantizer leaves alone)
                     state.unusable(pick[0], "keeping it out of int8 changed no output")
                 elif not fid["verified"] and _gain(before, fid) < GROUP_GAIN_DB:
@@ -130,18 +155,22 @@ def search(backend, source, out_path: Path, float_artifact: Path, qconfig, round
                 state.history.append({"round": state.rounds, "kept": list(state.kept), "verified": False,
                                       "snr_db": None, "cosine": None, "error": str(exc)[:300]})
                 state.unusable(pick[0], str(exc))
-                best.last_is_best, fid = False, {"verified": False}
+                best.last_is_best, fid, refix = False, {"verified": False}, None
                 best.restore()  # the failed build may have left nothing usable at out_path
-        if fid["verified"]:
+        if not fid["verified"] and whole:
+            fid = _whole_model(state, judge, rebuild, out_path, best, whole, rounds)
+        elif fid["verified"]:
             _smallest(state, judge, rebuild, rounds, out_path, best)
         built, fid, kept = best.restore()
-    if not kept:  # nothing kept out of int8: the artifact is the plain one
+    if not kept and not (state.fallback or {}).get("chosen"):  # nothing kept out of int8: the artifact is the plain one
         _drop_plain(backend, out_path)
         plain["file"] = None
     entry = {"mode": "auto", "rounds": state.rounds, "max_rounds": rounds, "gate_met": fid["verified"],
              "seconds": round(time.perf_counter() - started, 2), "kept": kept, "plain": plain,
              "fidelity": _short(fid), "samples": len(samples), "history": state.history,
              "how": measure.how(measure.MEASURED, f"{backend.RUNTIME}, calibration samples")}
+    if state.fallback:
+        entry["fallback"] = state.fallback
     if not fid["verified"]:  # why no fix passed
         entry["stopped"] = state.stopped or f"the {rounds} rounds ran out; the best build is kept"
         if state.skip:
@@ -158,7 +187,8 @@ def plain_entries(entries: list[dict]) -> list[dict]:
     plain = (target.get("mixed") or {}).get("plain") or {}
     if target.get("status") != "ok" or not plain.get("file"):
         return []
-    return [{"format": target["format"], "precision": f"{target['precision']} (plain)", "role": "plain",
+    precision = plain.get("precision", target["precision"])  # the target's may be a whole-model fallback's
+    return [{"format": target["format"], "precision": f"{precision} (plain)", "role": "plain",
              "status": "ok", "notes": [], "file": str(Path(target["file"]).parent / plain["file"])}]
 
 
@@ -191,20 +221,34 @@ def _drop_plain(backend, out_path: Path) -> None:
 class _State:
     """The kept layers (in the order chosen), why each was chosen, and every round's outcome."""
 
-    def __init__(self, user_kept: list[str]):
-        self.user_kept = list(user_kept)
+    def __init__(self, user_kept: list[str], user_int16: list[str] = ()):
+        self.user_kept, self.user_int16 = list(user_kept), list(user_int16)
         self.kept: dict[str, dict] = {}
         self.skip: dict[str, str] = {}
         self.rounds = 0
         self.history: list[dict] = []
         self.stopped = ""
+        self.fallback: dict | None = None  # the whole-model build, when one was tried
 
-    def keep_float(self) -> list[str]:
-        return [*self.user_kept, *(name for name, row in self.kept.items() if row["fix"] == "float")]
+    def settings(self) -> dict:
+        """The quantize config's layer lists for the layers kept so far, each by its fix."""
+        chosen = lambda fix: [name for name, row in self.kept.items() if row["fix"] == fix]  # noqa: E731
+        return {"keep_float": [*self.user_kept, *chosen("float")], "keep_int16": [*self.user_int16, *chosen("int16x8")]}
 
     def open(self, name: str) -> bool:
         widened = any(r.get("widened_from") and name.startswith(g) for g, r in self.kept.items())
-        return name not in self.kept and name not in self.skip and name not in self.user_kept and not widened
+        return name not in self.kept and name not in self.skip and name not in [*self.user_kept, *self.user_int16] \
+            and not widened
+
+    def next_fix(self, name: str, fixes: list[str]) -> bool:
+        """Give a kept layer the fix after its current one in `fixes`; False when it has none left."""
+        row = self.kept.get(name)
+        at = fixes.index(row["fix"]) if row and row["fix"] in fixes else len(fixes)
+        if at + 1 >= len(fixes):
+            return False
+        row.setdefault("tried", []).append(row["fix"])
+        row["fix"] = fixes[at + 1]
+        return True
 
     def add(self, name: str, layer: str | None, snr: float | None, fall: float, fix: str) -> None:
         self.kept[name] = {"layer": layer or name, "name": name, "fix": fix, "snr_db": snr, "fall_db": fall}
@@ -229,12 +273,32 @@ class _State:
 def _round(state: _State, judge, rebuild, out_path: Path, best) -> tuple[dict, dict]:
     """One round: rebuild with the layers kept so far (None: judge the build already there), judge it."""
     state.rounds += 1
-    built = rebuild(state.keep_float()) if rebuild is not None else {}
+    built = rebuild(**state.settings()) if rebuild is not None else {}
     fid = judge(out_path)
-    state.history.append({"round": state.rounds, "kept": list(state.kept), "verified": fid["verified"],
-                          **_short(fid)})
+    state.history.append({"round": state.rounds, "verified": fid["verified"], **_short(fid),
+                          "kept": [n if r["fix"] == "float" else f"{n} ({r['fix']})" for n, r in state.kept.items()]})
     best.offer(built, fid, state.kept_rows())
     return built, fid
+
+
+def _whole_model(state: _State, judge, rebuild, out_path: Path, best, precision: str, rounds: int) -> dict:
+    """The last round: the whole model in `precision` (TFLite 16x8) with only the user's keep_float, judged at
+    the gate asked for; kept only when it meets it (else the best per-layer build is put back)."""
+    why = state.stopped or f"per-layer keeping used its {rounds - 1} round(s) without meeting the gate"
+    state.rounds += 1
+    try:
+        built = rebuild(precision=precision, keep_float=state.user_kept, keep_int16=[])
+        fid = judge(out_path)
+    except ConversionError as exc:
+        built, fid = {}, {"verified": False, "error": str(exc)[:300]}
+    state.history.append({"round": state.rounds, "kept": [f"(whole model {precision})"],
+                          "verified": fid["verified"], **_short(fid)})
+    state.fallback = {"precision": precision, "why": why, "chosen": bool(fid["verified"]), **_short(fid),
+                      **({"error": fid["error"]} if "error" in fid else {})}
+    best.last_is_best = False
+    if fid["verified"]:
+        best.offer(built, fid, [])
+    return fid
 
 
 def _smallest(state: _State, judge, rebuild, rounds: int, out_path, best) -> None:
@@ -343,46 +407,3 @@ def _same(a: dict, b: dict) -> bool:
 
 def _short(fid: dict) -> dict:
     return {k: fid.get(k) for k in ("verified", "snr_db", "cosine", "top1_agreement")}
-
-
-def _notes(entry: dict) -> list[str]:
-    kept = ", ".join(f"{r['layer']} ({r['fix']}; its output at {r['snr_db']:.1f} dB, {r['fall_db']:.1f} dB below "
-                     f"the ops before it)" for r in entry["kept"])
-    verdict = "gate met" if entry["gate_met"] else "gate NOT met"
-    if not entry["kept"]:
-        return [f"--mixed auto: {verdict} with plain int8 ({entry['rounds']} round(s))"]
-    return [f"--mixed auto: {verdict} after {entry['rounds']} rounds, kept out of int8: {kept}"]
-
-
-def summary_line(artifact: dict) -> str:
-    """One line for the report's notes: what was kept out of int8 and what it cost."""
-    m = artifact["mixed"]
-    if not m["kept"]:
-        return (f"MIXED {artifact['format']} {artifact['precision']}: gate {'met' if m['gate_met'] else 'NOT met'} "
-                f"by the plain int8 build ({m['rounds']} round(s), {m['seconds']:.1f} s); nothing kept out of int8"
-                + (f"; stopped: {m['stopped']}" if m.get("stopped") else ""))
-    kept = ", ".join(f"{r['layer']} ({r['fix']}, output at {r['snr_db']:.1f} dB)" for r in m["kept"]) or "nothing"
-    lat = m.get("latency_vs_plain") or {}
-    latency = "not timed" if not lat else "too unsteady to compare" if lat.get("latency") is None else \
-        f"{lat['latency']:.2f}x" + (" (unstable)" if lat.get("latency_unstable") else "")
-    size = f"{m['size_vs_plain']:.2f}x" if m.get("size_vs_plain") else "-"
-    return (f"MIXED {artifact['format']} {artifact['precision']}: gate {'met' if m['gate_met'] else 'NOT met'} "
-            f"after {m['rounds']} of at most {m['max_rounds']} rounds ({m['seconds']:.1f} s); kept out of int8: {kept}; "
-            f"size {size} and latency {latency} the plain int8 build (measured on host)"
-            + (f"; stopped: {m['stopped']}" if m.get("stopped") else ""))
-
-
-def markdown(artifacts: list[dict]) -> list[str]:
-    """The report's mixed-precision section: per artifact, each round and what it kept."""
-    lines = ["## Mixed precision (--mixed auto)", "",
-             "Each round rebuilt the artifact with the layers listed kept out of int8 and judged it on calibration "
-             "samples against the source model (the gate of the table above). A layer is chosen by layer-wise "
-             "divergence against the fp32 artifact: the one whose output SNR falls furthest below the ops before it.",
-             "","| format | round | kept out of int8 | SNR dB (calibration) | cosine | gate |", "|---|---|---|---|---|---|"]
-    for a in artifacts:
-        for h in a["mixed"]["history"]:
-            snr = "-" if h["snr_db"] is None else f"{h['snr_db']:.1f}"
-            cos = "-" if h["cosine"] is None else f"{h['cosine']:.4f}"
-            lines.append(f"| {a['format']} | {h['round']} | {', '.join(h['kept']) or '(plain int8)'} | {snr} | {cos} | "
-                         f"{'met' if h['verified'] else 'missed'} |")
-    return lines

@@ -6,6 +6,13 @@ before any work:
     PRECISIONS    precision modes it implements (besides fp32)
     CALIB_METHODS calibration methods it implements; others fall back to minmax, and the report says so
     quantize(source, float_artifact, out_path, config, calib, method) -> list[str] of notes
+
+What each format's hook can do for one layer is LAYER_FIXES (automatic mixed precision picks from it, in
+the order the target's `[mixed] fixes` gives): `keep_float` leaves a layer's ops in float everywhere;
+`keep_int16` quantizes a layer's activations (its ops' inputs and outputs) to 16 bits with int8 weights
+(16x8), which only onnxruntime does per layer (TensorQuantOverrides, int16 Q/DQ at opset 21). TFLite's
+converter has 16x8 for a whole model only (precision int16x8: WHOLE_MODEL_FIXES); NNCF has no per-layer
+16-bit activations on CPU, so float is OpenVINO's only fix.
 """
 from __future__ import annotations
 
@@ -23,6 +30,8 @@ DESCRIPTION = "post-training quantization of each format's fp32 artifact by its 
 PRECISIONS = ("fp32", "fp16", "dynamic", "int8", "int8-io", "int16x8")
 CALIBRATED = ("int8", "int8-io", "int16x8")  # precisions that need activation ranges
 CALIB_METHODS = ("minmax", "percentile", "entropy")
+LAYER_FIXES = {"tflite": ("float",), "onnx": ("float", "int16x8"), "openvino": ("float",)}  # per layer, by format
+WHOLE_MODEL_FIXES = {"tflite": "int16x8"}  # a precision for the whole model where no per-layer fix reaches a gate
 
 
 @dataclass(frozen=True)
@@ -38,6 +47,9 @@ class QuantizeConfig:
                                       "auto is uint8 on x86-64 (U8S8, its fast path there) and int8 elsewhere "
                                       "and for int8-io.", choices=("auto", "int8", "uint8"))
     keep_float: list[str] = option([], "Layers left in float (names as in the source model).")
+    keep_int16: list[str] = option([], "Layers whose activations are quantized to 16 bits, weights staying int8 "
+                                       "(16x8), where the format does that per layer (ONNX); --mixed auto fills it "
+                                       "when the target's [mixed] fixes try int16x8.")
 
 
 @dataclass
@@ -114,6 +126,11 @@ def quantize_with(backend, source, float_artifact, out_path, config: QuantizeCon
     if config.precision not in backend.PRECISIONS:
         raise ConversionError(f"{backend.FORMAT} has no {config.precision} mode "
                               f"(it has: {', '.join(backend.PRECISIONS) or 'fp32 only'})")
+    if config.keep_int16 and "int16x8" not in LAYER_FIXES.get(backend.FORMAT, ()):
+        raise ConversionError(f"{backend.FORMAT} has no per-layer 16-bit activations (keep_int16): keep those "
+                              "layers in float instead")
+    if config.keep_int16 and config.precision not in ("int8", "int8-io"):
+        raise ConversionError(f"keep_int16 applies to an int8 build, not {config.precision}")
     method = config.calib_method if config.calib_method in backend.CALIB_METHODS else "minmax"
     needs_calib = config.precision in CALIBRATED
     notes = backend.quantize(source, float_artifact, out_path, config, calib if needs_calib else None, method)
