@@ -7,7 +7,7 @@ rounds `--mixed auto` took (as its report records them) and what it kept out of 
 wall time of both conversions and their ratio. Target: median ratio <= 2x. Wall times are measured on
 whatever machine runs this: on a shared machine they are noisy (each run says its load average).
 
-    python benchmarks/mixed.py [--models a,b] [--target cpu-int8] [--out DIR] [--table-only]
+    python benchmarks/mixed.py [--models a,b] [--formats onnx] [--target cpu-int8] [--out DIR] [--table-only]
     python benchmarks/mixed.py --failed-from CORPUS_OUT [--out DIR]   # the corpus rate with --mixed auto
 
 --failed-from reads a plain corpus run (benchmarks/corpus.py --out CORPUS_OUT) and converts again, with
@@ -55,7 +55,9 @@ def int8_rows(result: dict) -> dict[str, dict]:
         rounds, kept = entry.get("rounds"), entry.get("kept")
         rows[a["format"]] = {"status": status, "rounds": len(rounds) if isinstance(rounds, list) else rounds,
                              "kept": [k.get("layer", k) if isinstance(k, dict) else k for k in kept or []],
-                             "mixed_seconds": entry.get("seconds"), "stopped": entry.get("stopped")}
+                             "mixed_seconds": entry.get("seconds"), "stopped": entry.get("stopped"),
+                             "snr_db": (a.get("fidelity") or {}).get("snr_db"),
+                             "int8_share": (entry.get("int8_share") or {}).get("int8_share")}
     return rows
 
 
@@ -130,14 +132,17 @@ def print_side_by_side(plain: dict, mixed: dict) -> None:
 
 
 def print_table(results: dict) -> None:
-    print("| model | format | int8 plain | int8 --mixed auto | rounds | layers kept out of int8 |")
-    print("|---|---|---|---|---|---|")
+    print("| model | format | int8 plain | int8 --mixed auto | SNR dB plain / mixed | rounds | MACs still int8 | "
+          "layers kept out of int8 |")
+    print("|---|---|---|---|---|---|---|---|")
     for name, r in results.items():
         formats = sorted(set(r["plain"]["int8"]) | set(r["mixed"]["int8"]))
         for fmt in formats:
             p, m = r["plain"]["int8"].get(fmt, {}), r["mixed"]["int8"].get(fmt, {})
-            print(f"| {name} | {fmt} | {p.get('status', 'FAILED')} | {m.get('status', 'FAILED')} | "
-                  f"{'-' if m.get('rounds') is None else m['rounds']} | {kept_text(m)} |")
+            snr = " / ".join("-" if x.get("snr_db") is None else f"{x['snr_db']:.1f}" for x in (p, m))
+            share = "-" if m.get("int8_share") is None else f"{m['int8_share']:.0%}"
+            print(f"| {name} | {fmt} | {p.get('status', 'FAILED')} | {m.get('status', 'FAILED')} | {snr} | "
+                  f"{'-' if m.get('rounds') is None else m['rounds']} | {share} | {kept_text(m)} |")
     print("\n| model | plain convert s | --mixed auto s | ratio | load avg at start (plain / mixed) |")
     print("|---|---|---|---|---|")
     ratios = []
@@ -162,7 +167,9 @@ def main() -> None:
     parser.add_argument("--timeout", type=int, default=3600, help="seconds per conversion")
     parser.add_argument("--table-only", action="store_true", help="print the table from --out/mixed.json")
     parser.add_argument("--failed-from", type=Path, help="a plain corpus run's --out: re-run its failing int8 formats")
+    parser.add_argument("--formats", default="", help="comma list: convert only these formats (both runs)")
     args = parser.parse_args()
+    args.formats = [f for f in args.formats.split(",") if f]
     manifest = json.loads((args.dir / "manifest.json").read_text())
     if args.failed_from:
         rerun_failed(args.failed_from, manifest, args)

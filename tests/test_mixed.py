@@ -62,8 +62,12 @@ def test_mixed_auto_keeps_exactly_the_broken_layer_out_of_int8(outlier_model, ca
         assert m["plain"]["size_bytes"] == plain[fmt]["size"]["bytes"] and m["size_vs_plain"] > 1
         assert "latency_ms" in m["plain"] and "latency_vs_plain" in m
         assert artifact["ops"]["float_ops"] > plain[fmt]["ops"]["float_ops"], fmt
+        share, plain_share = m["int8_share"], m["plain"]["int8_share"]  # the outlier conv: 73,728 of 225,856 MACs
+        assert share["macs"] == plain_share["macs"] == 225856 and plain_share["int8_share"] == 1.0, (fmt, share)
+        assert share["int8_macs"] == 225856 - 73728, (fmt, share)
     report = (tmp_path / "mixed" / "report.md").read_text()
     assert "## Mixed precision (--mixed auto)" in report and "MIXED onnx int8: gate met" in report
+    assert "67% of MACs still int8 (plain int8 build: 100%)" in report and "int8 mixed, 67% int8 MACs" in report
     assert (tmp_path / "mixed" / "int8-plain" / "model.tflite").is_file()
 
 
@@ -71,3 +75,19 @@ def test_mixed_rounds_out_of_range_is_one_line(outlier_model, capsys, tmp_path):
     model, data = outlier_model
     result = run_cli(capsys, "convert", model, "--data", data, "--out", tmp_path / "o", "--mixed-rounds", "1000")
     assert result.code == 2 and "--mixed-rounds" in result.err
+
+
+@pytest.mark.parametrize("mixed_section, expected", [("", "auto"), ('[mixed]\nmode = "auto"\n', "auto"),
+                                                      ('[mixed]\nmode = "off"\n', None)])
+def test_the_issue_spelling_quantize_mixed_is_an_alias_of_mixed_mode(tmp_path, mixed_section, expected):
+    from edgekit import targets
+    from edgekit.errors import EdgekitError
+    path = tmp_path / "p.toml"
+    path.write_text(f'name = "p"\n[quantize]\nprecision = "int8"\nmixed = "auto"\n{mixed_section}')
+    if expected:
+        assert targets.load_profile(path).profile.mixed.mode == expected
+        return
+    with pytest.raises(EdgekitError) as err:
+        targets.load_profile(path)
+    assert "quantize.mixed = 'auto'" in str(err.value) and "mixed.mode = 'off'" in str(err.value)
+    assert "\n" not in str(err.value)

@@ -22,7 +22,12 @@ def node_stats(onnx_path: Path) -> list[dict]:
     """One row per compute node in graph order, with its tensors' element counts."""
     from .passes.sensitivity import layer_of
     onnx = require("onnx", "full")
-    model = onnx.shape_inference.infer_shapes(onnx.load(str(onnx_path)))
+    model = onnx.load(str(onnx_path))
+    try:
+        model = onnx.shape_inference.infer_shapes(model)
+    except Exception:  # stale value_info (a quantizer's rewritten tensors, int8 QDQ files): infer them afresh
+        del model.graph.value_info[:]
+        model = onnx.shape_inference.infer_shapes(model)
     graph = model.graph
     weights = {t.name: onnx.numpy_helper.to_array(t) for t in graph.initializer}
     shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]

@@ -22,6 +22,9 @@ def rows(result: dict) -> list[tuple[str, ...]]:
 
 def _row(a: dict) -> tuple[str, ...]:
     precision = a["precision"] + {"baseline": " base", "native": " native"}.get(a.get("role"), "")
+    if a.get("mixed"):  # --mixed auto kept layers out of int8: say so, with the share of MACs still int8
+        from .passes.mixed import precision_label
+        precision += precision_label(a)
     if a["status"] != "ok":
         return (a["format"], precision, *["-"] * (len(COLUMNS) - 3), "FAILED (see below)")
     lat, fid, acc = a["latency_ms"], a["fidelity"], a.get("accuracy")

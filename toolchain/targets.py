@@ -181,7 +181,7 @@ def load_profile(path: Path) -> Target:
     except (tomllib.TOMLDecodeError, RecursionError, ValueError) as exc:
         raise EdgekitError(f"{path}: invalid TOML ({str(exc)[:200]})", "fix the syntax; see targets/README.md") from None
     try:
-        profile = from_dict(profile_class(), data)
+        profile = from_dict(profile_class(), _aliased(data, path))
     except SchemaError as exc:
         raise EdgekitError(f"{path}: field '{exc.where}': {exc.problem}", "see targets/README.md for the schema") from None
     if profile.name != path.stem:
@@ -200,6 +200,26 @@ def load_profile(path: Path) -> Target:
     except EdgekitError as exc:
         raise EdgekitError(f"{path}: {exc.problem}", exc.fix) from None
     return Target(profile, path)
+
+
+def _aliased(data: dict, path: Path) -> dict:
+    """A pass's PROFILE_ALIASES ({"quantize.mixed": "mixed.mode"}: another spelling of one of its fields, in
+    another section) moved to the field they stand for; both given and different is an error."""
+    data = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
+    for module in passes.all_passes():
+        for alias, field in getattr(module, "PROFILE_ALIASES", {}).items():
+            (a_section, a_key), (f_section, f_key) = alias.split("."), field.split(".")
+            section = data.get(a_section)
+            if not isinstance(section, dict) or a_key not in section:
+                continue
+            value = section.pop(a_key)
+            target = data.setdefault(f_section, {})
+            if isinstance(target, dict) and f_key in target and target[f_key] != value:
+                raise EdgekitError(f"{path}: '{alias} = {value!r}' and '{field} = {target[f_key]!r}' disagree "
+                                   f"('{alias}' is another spelling of '{field}')", "give one of them")
+            if isinstance(target, dict):
+                target[f_key] = value
+    return data
 
 
 def _check_numbers(p: Profile, path: Path) -> None:

@@ -248,11 +248,23 @@ def export(source, out_path: Path, ctx) -> list[str]:
 
 
 def op_summary(path: Path) -> dict:
-    """Count compute ops that run in integer. In a QDQ graph a node whose inputs all come from
-    DequantizeLinear (or int8 graph inputs) and whose outputs all go to Quantize/DequantizeLinear
-    (or int8 graph outputs) is fused into an integer kernel by onnxruntime."""
+    """Count compute ops that run in integer (`integer_nodes`)."""
     onnx = require("onnx", "full")
     graph = onnx.load(str(path)).graph
+    qdq = {"QuantizeLinear", "DequantizeLinear"}
+    by_type: dict[str, int] = {}
+    for node in graph.node:
+        by_type[node.op_type] = by_type.get(node.op_type, 0) + 1
+    float_ops = sum(not integer for _, integer in integer_nodes(graph))
+    compute = sum(v for k, v in by_type.items() if k not in qdq and k not in LAYOUT_OPS)
+    return {"ops": compute, "float_ops": float_ops, "by_type": by_type, "how": "graph inspection (QDQ fusion rules)"}
+
+
+def integer_nodes(graph) -> list[tuple[str, bool]]:
+    """(node name, whether it runs in integer) of every compute node. In a QDQ graph a node whose inputs all come from
+    DequantizeLinear (or int8 graph inputs) and whose outputs all go to Quantize/DequantizeLinear (or int8
+    graph outputs) is fused into an integer kernel by onnxruntime; Q/DQ and layout ops are not listed."""
+    onnx = require("onnx", "full")
     producers = {o: n for n in graph.node for o in n.output}
     consumers: dict[str, list] = {}
     for n in graph.node:
@@ -262,20 +274,20 @@ def op_summary(path: Path) -> dict:
     int_io = {v.name for v in [*graph.input, *graph.output] if v.type.tensor_type.elem_type not in floating}
     constants = {t.name for t in graph.initializer}
     qdq = {"QuantizeLinear", "DequantizeLinear"}
-    by_type: dict[str, int] = {}
-    float_ops = 0
+    flags = []
     for node in graph.node:
-        by_type[node.op_type] = by_type.get(node.op_type, 0) + 1
-        if node.op_type in qdq or node.op_type in _INTEGER_OPS or node.op_type in LAYOUT_OPS:
+        if node.op_type in qdq or node.op_type in LAYOUT_OPS:
+            continue
+        if node.op_type in _INTEGER_OPS:
+            flags.append((node.name, True))
             continue
         ins = [i for i in node.input if i and i not in constants]
         ins_integer = bool(ins) and all(i in int_io or (i in producers and producers[i].op_type == "DequantizeLinear")
                                         for i in ins)
         outs_integer = all(o in int_io or (consumers.get(o) and all(c.op_type in qdq for c in consumers[o]))
                            for o in node.output)
-        float_ops += not (ins_integer and outs_integer)
-    compute = sum(v for k, v in by_type.items() if k not in qdq and k not in LAYOUT_OPS)
-    return {"ops": compute, "float_ops": float_ops, "by_type": by_type, "how": "graph inspection (QDQ fusion rules)"}
+        flags.append((node.name, bool(ins_integer and outs_integer)))
+    return flags
 
 
 _INTEGER_OPS = {"QLinearConv", "QLinearMatMul", "QGemm", "ConvInteger", "MatMulInteger", "DynamicQuantizeLinear",

@@ -1,29 +1,34 @@
-"""Automatic mixed precision (`--mixed auto`, profile `[mixed] mode = "auto"`): when a calibrated artifact
-misses its fidelity gate, find the layers responsible and keep them out of int8 until the gate is met.
+"""Automatic mixed precision (`--mixed auto`, profile `[mixed] mode = "auto"`, or its alias `[quantize] mixed =
+"auto"`): when a calibrated artifact misses its fidelity gate, find the layers responsible and keep them out of
+int8 until the gate is met.
 
 An artifact pass that runs right after `quantize`. Round 1 judges the artifact the quantize pass built; each
 later round is one rebuild by the backend's own `quantize` hook with more layers in `keep_float` (TFLite:
-QuantizationDebugger denylisted nodes; onnxruntime: `nodes_to_exclude`; NNCF: `ignored_scope`) + one
-evaluation on calibration samples against the source model, with the same tolerance the pipeline's verdict
-uses. The search:
+mlir_quantize denylisted nodes; onnxruntime: `nodes_to_exclude`) or `keep_int16` (onnxruntime's 16-bit
+activations per layer; NNCF: `ignored_scope`) + one evaluation on calibration samples against the source model,
+with the same tolerance the pipeline's verdict uses. The search converges in a logarithmic number of rounds when
+the error is spread over the network:
 
 1. round 1 passes -> done.
-2. while the gate is missed: layer-wise divergence of the last build against the fp32 artifact of the same
-   format (`divergence.layer_divergence`, every tensor on a few calibration samples); the layer whose SNR
-   falls furthest below that of everything before it (not kept yet, matchable in this format) is kept out
-   of int8 with its cheapest fix: the first of the target's `[mixed] fixes` that the format has per layer
-   (`FIXES`); a fix that gains under GROUP_GAIN_DB gives way to the layer's next one before anything widens.
-3. once the gate is met, each kept layer but the last is dropped again in turn and kept dropped when the
-   gate still holds (the smallest set found).
+2. grow, while the gate is missed: one layer-wise divergence run of the last build against the fp32 artifact
+   of the same format (`divergence.layer_divergence`, every tensor on a few calibration samples) ranks every
+   open layer (not kept yet, matchable in this format) by how far its SNR falls below everything before it;
+   the top k are kept out of int8 with the cheapest fix (the first of the target's `[mixed] fixes` the format
+   has per layer, `FIXES`), k = as many as are kept already, so the kept set doubles (1, 2, 4, 8, ...),
+   re-ranked from the new build each round. A batch whose fix gains under GROUP_GAIN_DB is rebuilt with the
+   layers' next fix first.
+3. shrink, once the gate is met: bisection on how many of the kept layers (in the order chosen) are needed,
+   then groups of them dropped again (halves first, down to single layers) while the gate still holds.
 At most `rounds` rounds; when they run out, the best build seen is kept, and the entry says the gate was not
 met. A format with a whole-model fix (`quantize.WHOLE_MODEL_FIXES`: TFLite's int16x8) keeps the last round for
 it: when per-layer keeping misses the gate, the whole model is built in that precision and kept if it meets the
-gate asked for (the artifact's precision then says so). FIXES (what each format does per layer, and why OpenVINO
-has float only) is documented in quantize.py; the order tried is target data, `[mixed] fixes`.
+gate asked for (the artifact's precision then says so). FIXES is documented in quantize.py. The entry says how
+much of the network's compute still runs quantized (`_mixed_share`: the share of MACs).
 """
 from __future__ import annotations
 
 import dataclasses
+import re
 import shutil
 import tempfile
 import time
@@ -35,10 +40,11 @@ import numpy as np
 from .. import measure, runner
 from ..errors import ConversionError
 from ..schema import option
-from . import quantize
-from ._mixed_report import markdown, notes as _notes, summary_line  # noqa: F401  (report.py reads them here)
+from . import _mixed_share, quantize
+from ._mixed_report import latency_cost, markdown, notes as _notes, plain_entries, precision_label, summary_line  # noqa: F401
 
 NAME, STAGE, ORDER, FORMATS = "mixed", "artifact", 15, ("tflite", "onnx", "openvino")
+PROFILE_ALIASES = {"quantize.mixed": "mixed.mode"}  # the issue's spelling (targets.load_profile applies it)
 DESCRIPTION = "automatic mixed precision: layers that break the int8 fidelity gate kept out of int8, found by divergence"
 needs_training = None
 MODES = ("off", "auto")
@@ -47,8 +53,9 @@ GATE_MARGIN_DB = 1.0     # an SNR gate counts as met on calibration samples only
                          # samples are others (ddddocr_crnn OpenVINO: 15.2 dB on calibration, 14.9 scored, gate 15)
 DIVERGENCE_SAMPLES = 4   # calibration samples the layer-wise divergence runs on
 PLAIN_DIR = "int8-plain"  # beside the artifact: the plain int8 build, timed against the mixed one
-GROUP_GAIN_DB = 1.0      # a kept scope that gains less than this widens to every scope of its layer
+GROUP_GAIN_DB = 1.0      # a batch whose fix gains less than this is rebuilt with the layers' next fix
 CEILING_DB = 20.0        # above the gate by this much, an op's SNR counts as exact for the ranking
+DROP_ROUNDS = 4          # rounds the shrink spends dropping groups of kept layers after its bisection
 FIXES = quantize.LAYER_FIXES  # per-layer fixes each format has; the order tried is the target's [mixed] fixes
 FIX_NAMES = ("float", "int16x8")
 
@@ -56,8 +63,9 @@ FIX_NAMES = ("float", "int16x8")
 @dataclass(frozen=True)
 class MixedConfig:
     mode: str = option("off", "auto: when a calibrated artifact misses its fidelity gate, keep the layers that "
-                              "diverge most out of int8, one per rebuild, until it passes (then drop any not "
-                              "needed); the report lists them with their divergence.", choices=MODES)
+                              "diverge most out of int8, the kept set doubling each rebuild, until it passes (then "
+                              "the smallest passing set); the report lists them with their divergence and the share "
+                              "of MACs still int8. `[quantize] mixed` is an alias.", choices=MODES)
     rounds: int = option(20, "Most rebuild-and-evaluate rounds per artifact (round 1 is the plain build).")
     fixes: list[str] = option(["float", "int16x8"], "Per-layer fixes in the order tried, cheapest first on this "
                               "target: float (the layer's ops in float) and int16x8 (its activations 16-bit, weights "
@@ -122,45 +130,19 @@ def search(backend, source, out_path: Path, float_artifact: Path, qconfig, round
                                                                                   source.reference_precision), outputs)
     state = _State(qconfig.keep_float, qconfig.keep_int16)
     whole = quantize.WHOLE_MODEL_FIXES.get(backend.FORMAT) if qconfig.precision == "int8" else None  # int8-io: int8 I/O
-    refix = None  # a layer whose fix gained too little: its next fix is built next round, no new pick
     with tempfile.TemporaryDirectory(prefix="edgekit-mixed-") as scratch:
         best = _Best(backend, out_path, Path(scratch))
         built, fid = _round(state, judge, None, out_path, best)
         plain = {"size_bytes": measure.size(backend.files(out_path))["bytes"], "fidelity": _short(fid),
-                 "file": _keep_plain(backend, out_path), "precision": qconfig.precision}
-        while not fid["verified"] and state.rounds < rounds - bool(whole):  # the last round kept for `whole`
-            try:
-                pick = pick if refix else _culprit(backend, out_path, float_artifact, calib, state, judge.gate_db)
-            except Exception as exc:  # a runtime refusing the tapped copy: stop here, say why
-                state.stopped = f"layer-wise divergence failed: {' '.join(str(exc).split())[:200]}"
-                break
-            if pick is None:
-                state.stopped = "no layer left to keep out of int8 (every diverging layer is already kept or " \
-                                "cannot be matched in this format)"
-                break
-            if not refix:
-                state.add(*pick, fixes[0])
-            try:
-                before = fid
-                built, fid = _round(state, judge, rebuild, out_path, best)
-                little = _same(before, fid) or (not fid["verified"] and _gain(before, fid) < GROUP_GAIN_DB)
-                refix = little and state.next_fix(pick[0], fixes)
-                if refix:  # e.g. 16-bit activations do not help a layer whose int8 weights are the problem
-                    continue
-                if _same(before, fid):  # keeping it changed nothing (e.g. an op the quantizer leaves alone)
-                    state.unusable(pick[0], "keeping it out of int8 changed no output")
-                elif not fid["verified"] and _gain(before, fid) < GROUP_GAIN_DB:
-                    state.widen(pick[0])  # the error is spread over scopes like it: all of them next round
-            except ConversionError as exc:  # the backend cannot keep that layer (no op of it in this graph)
-                state.history.append({"round": state.rounds, "kept": list(state.kept), "verified": False,
-                                      "snr_db": None, "cosine": None, "error": str(exc)[:300]})
-                state.unusable(pick[0], str(exc))
-                best.last_is_best, fid, refix = False, {"verified": False}, None
-                best.restore()  # the failed build may have left nothing usable at out_path
+                 "file": _keep_plain(backend, out_path), "precision": qconfig.precision,
+                 **_mixed_share.entry(backend, out_path)}
+        if not fid["verified"]:  # the last round kept for `whole`
+            fid = _grow(state, judge, rebuild, rounds - bool(whole), (backend, out_path, float_artifact, calib),
+                        best, fid, fixes)
         if not fid["verified"] and whole:
             fid = _whole_model(state, judge, rebuild, out_path, best, whole, rounds)
         elif fid["verified"]:
-            _smallest(state, judge, rebuild, rounds, out_path, best)
+            _shrink(state, judge, rebuild, rounds, out_path, best)
         built, fid, kept = best.restore()
     if not kept and not (state.fallback or {}).get("chosen"):  # nothing kept out of int8: the artifact is the plain one
         _drop_plain(backend, out_path)
@@ -168,6 +150,7 @@ def search(backend, source, out_path: Path, float_artifact: Path, qconfig, round
     entry = {"mode": "auto", "rounds": state.rounds, "max_rounds": rounds, "gate_met": fid["verified"],
              "seconds": round(time.perf_counter() - started, 2), "kept": kept, "plain": plain,
              "fidelity": _short(fid), "samples": len(samples), "history": state.history,
+             "divergence_runs": state.rankings, **_mixed_share.entry(backend, out_path),
              "how": measure.how(measure.MEASURED, f"{backend.RUNTIME}, calibration samples")}
     if state.fallback:
         entry["fallback"] = state.fallback
@@ -180,25 +163,77 @@ def search(backend, source, out_path: Path, float_artifact: Path, qconfig, round
     return built, entry
 
 
-def plain_entries(entries: list[dict]) -> list[dict]:
-    """For the pipeline's timing phase: the plain int8 build a --mixed auto artifact started from, when it
-    kept layers out of int8 (entries: fp32 baseline, target, ...)."""
-    target = entries[1] if len(entries) > 1 and entries[1]["role"] == "target" else {}
-    plain = (target.get("mixed") or {}).get("plain") or {}
-    if target.get("status") != "ok" or not plain.get("file"):
-        return []
-    precision = plain.get("precision", target["precision"])  # the target's may be a whole-model fallback's
-    return [{"format": target["format"], "precision": f"{precision} (plain)", "role": "plain",
-             "status": "ok", "notes": [], "file": str(Path(target["file"]).parent / plain["file"])}]
+def _grow(state, judge, rebuild, rounds: int, where: tuple, best, fid: dict, fixes: list[str]) -> dict:
+    """While the gate is missed: rank the open layers from one layer-wise divergence run of the last build and
+    keep the top k more out of int8 with `fixes[0]`, k = as many as are kept already (1, 2, 4, 8, ... in all).
+    A batch gaining under GROUP_GAIN_DB is rebuilt with its layers' next fix first (no new ranking)."""
+    batch: list[str] = []
+    while not fid["verified"] and state.rounds < rounds:
+        if not batch:
+            try:
+                ranking = _ranking(*where, state, judge.gate_db)
+            except Exception as exc:  # a runtime refusing the tapped copy: stop here, say why
+                state.stopped = f"layer-wise divergence failed: {' '.join(str(exc).split())[:200]}"
+                break
+            if not ranking:
+                state.stopped = "no layer left to keep out of int8 (every diverging layer is already kept or " \
+                                "cannot be matched in this format)"
+                break
+            for pick in ranking[:max(1, len(state.kept))]:
+                state.add(*pick, fixes[0])
+                batch.append(pick[0])
+        before = fid
+        built, fid = _round(state, judge, rebuild, where[1], best)
+        little = not fid.get("error") and (_same(before, fid) or not fid["verified"]
+                                           and _gain(before, fid) < GROUP_GAIN_DB)
+        if little and any([state.next_fix(name, fixes) for name in batch if name in state.kept]):
+            continue  # e.g. 16-bit activations do not help layers whose int8 weights are the problem
+        for name in batch if fid.get("error") or _same(before, fid) else []:  # not tried again
+            state.unusable(name, fid.get("error") or "keeping it out of int8 changed no output")
+        if not fid["verified"] and state.kept:
+            state.failed.append(list(state.kept))
+        batch = []
+    return fid
 
 
-def latency_cost(entries: list[dict], plain: list[dict], ratio) -> None:
-    """The plain build's latency and the target's ratio to it (`ratio(entry, other)`), in `mixed`."""
-    for p in plain:
-        target = entries[1]
-        if p["status"] == "ok" and target["status"] == "ok" and "latency_ms" in p and "latency_ms" in target:
-            target["mixed"]["plain"]["latency_ms"] = p["latency_ms"]
-            target["mixed"]["latency_vs_plain"] = ratio(target, p)
+def _shrink(state, judge, rebuild, rounds: int, out_path, best) -> None:
+    """From a passing kept set (in the order chosen): bisection on how many of the first ones are needed (the
+    first `failed` ones are known to miss the gate), then groups dropped again, halves first, down to single
+    layers, each dropped for good while the gate still holds: at most DROP_ROUNDS of those (a single dropped
+    layer saves little; every round costs a rebuild), within the rounds left."""
+    order = list(state.kept)
+    low = max((len(f) for f in state.failed if f == order[:len(f)]), default=0)
+    high = len(order)
+    while high - low > 1 and state.rounds < rounds:
+        middle = (low + high) // 2
+        if _trial(state, judge, rebuild, out_path, best, order[:middle]):
+            high = middle
+        else:
+            low = middle
+    kept, last = order[:high], min(rounds, state.rounds + DROP_ROUNDS)
+    size = len(kept) // 2
+    while size >= 1 and state.rounds < last:
+        for group in [kept[i:i + size] for i in range(0, len(kept), size)]:
+            trial = [k for k in kept if k not in group]
+            if state.rounds >= last or not trial or _known_to_fail(state, trial):
+                continue
+            if _trial(state, judge, rebuild, out_path, best, trial):
+                kept = trial
+        size //= 2
+    state.keep_only(kept)
+
+
+def _trial(state, judge, rebuild, out_path, best, kept: list[str]) -> bool:
+    """One round with only `kept` kept out of int8; whether it met the gate."""
+    state.keep_only(kept)
+    _, fid = _round(state, judge, rebuild, out_path, best)
+    if not fid["verified"]:
+        state.failed.append(list(kept))
+    return bool(fid["verified"])
+
+
+def _known_to_fail(state, kept: list[str]) -> bool:
+    return any(set(kept) <= set(f) for f in state.failed)
 
 
 def _keep_plain(backend, out_path: Path) -> str:
@@ -224,8 +259,10 @@ class _State:
     def __init__(self, user_kept: list[str], user_int16: list[str] = ()):
         self.user_kept, self.user_int16 = list(user_kept), list(user_int16)
         self.kept: dict[str, dict] = {}
+        self.chosen: dict[str, dict] = {}  # every layer ever kept, by name: the shrink puts some back
         self.skip: dict[str, str] = {}
-        self.rounds = 0
+        self.failed: list[list[str]] = []  # kept sets that missed the gate
+        self.rounds = self.rankings = 0
         self.history: list[dict] = []
         self.stopped = ""
         self.fallback: dict | None = None  # the whole-model build, when one was tried
@@ -236,9 +273,7 @@ class _State:
         return {"keep_float": [*self.user_kept, *chosen("float")], "keep_int16": [*self.user_int16, *chosen("int16x8")]}
 
     def open(self, name: str) -> bool:
-        widened = any(r.get("widened_from") and name.startswith(g) for g, r in self.kept.items())
-        return name not in self.kept and name not in self.skip and name not in [*self.user_kept, *self.user_int16] \
-            and not widened
+        return name not in self.kept and name not in self.skip and name not in [*self.user_kept, *self.user_int16]
 
     def next_fix(self, name: str, fixes: list[str]) -> bool:
         """Give a kept layer the fix after its current one in `fixes`; False when it has none left."""
@@ -251,16 +286,11 @@ class _State:
         return True
 
     def add(self, name: str, layer: str | None, snr: float | None, fall: float, fix: str) -> None:
-        self.kept[name] = {"layer": layer or name, "name": name, "fix": fix, "snr_db": snr, "fall_db": fall}
+        self.kept[name] = self.chosen[name] = {"layer": layer or name, "name": name, "fix": fix, "snr_db": snr,
+                                               "fall_db": fall}
 
-    def widen(self, name: str) -> None:
-        """Keep every scope of the kept one's source layer (`GroupConvolution` for `GroupConvolution_7`,
-        `tf.math.add` for `tf.math.add_20`) instead, once, where that is a wider name."""
-        row = self.kept.get(name)
-        group = row and row["layer"]
-        if group and group != name and name.startswith(group) and self.open(group):
-            self.kept.pop(name)
-            self.kept[group] = {**row, "name": group, "widened_from": name}
+    def keep_only(self, names: list[str]) -> None:
+        self.kept = {name: self.chosen[name] for name in names}
 
     def unusable(self, layer: str, why: str) -> None:
         self.kept.pop(layer, None)
@@ -270,15 +300,38 @@ class _State:
         return list(self.kept.values())
 
 
+_UNMATCHED = re.compile(r"--keep-float (.+?): no op of the")
+
+
 def _round(state: _State, judge, rebuild, out_path: Path, best) -> tuple[dict, dict]:
-    """One round: rebuild with the layers kept so far (None: judge the build already there), judge it."""
+    """One round: rebuild with the layers kept so far (None: judge the build already there), judge it. A kept
+    name the backend finds no op for is dropped (and not tried again) before the build; a build that fails
+    otherwise is recorded, and the best build so far is put back at `out_path`."""
     state.rounds += 1
-    built = rebuild(**state.settings()) if rebuild is not None else {}
+    while True:
+        try:
+            built = rebuild(**state.settings()) if rebuild is not None else {}
+            break
+        except ConversionError as exc:
+            unmatched = _UNMATCHED.search(str(exc))
+            if unmatched and unmatched.group(1) in state.kept:
+                state.unusable(unmatched.group(1), "no op of this format's graph belongs to it")
+                continue
+            error = " ".join(str(exc).split())[:300]
+            state.history.append({"round": state.rounds, "kept": _kept_names(state), "verified": False,
+                                  "snr_db": None, "cosine": None, "error": error})
+            best.last_is_best = False
+            best.restore()
+            return {}, {"verified": False, "error": error}
     fid = judge(out_path)
     state.history.append({"round": state.rounds, "verified": fid["verified"], **_short(fid),
-                          "kept": [n if r["fix"] == "float" else f"{n} ({r['fix']})" for n, r in state.kept.items()]})
+                          "kept": _kept_names(state)})
     best.offer(built, fid, state.kept_rows())
     return built, fid
+
+
+def _kept_names(state: _State) -> list[str]:
+    return [n if r["fix"] == "float" else f"{n} ({r['fix']})" for n, r in state.kept.items()]
 
 
 def _whole_model(state: _State, judge, rebuild, out_path: Path, best, precision: str, rounds: int) -> dict:
@@ -301,41 +354,26 @@ def _whole_model(state: _State, judge, rebuild, out_path: Path, best, precision:
     return fid
 
 
-def _smallest(state: _State, judge, rebuild, rounds: int, out_path, best) -> None:
-    """Drop each kept layer but the last chosen, in turn; keep it dropped while the gate still holds."""
-    for layer in list(state.kept)[:-1]:
-        if state.rounds >= rounds:
-            break
-        row = state.kept.pop(layer)
-        _, trial = _round(state, judge, rebuild, out_path, best)
-        if not trial["verified"]:
-            state.kept = {layer: row, **state.kept}
-
-
-def _culprit(backend, artifact: Path, float_artifact: Path, calib, state: _State, gate_db: float):
-    """(name to keep, source layer, its SNR, its fall in dB) of the layer whose output SNR falls furthest
-    below the lowest SNR of every op before it, counted from `gate_db` + CEILING_DB down (an op still above
-    that is no culprit: the input's own QUANTIZE falls from exact to ~50 dB); when none falls (an earlier
-    op already lost it all), the lowest-SNR layer below the gate; None when no candidate is left."""
+def _ranking(backend, artifact: Path, float_artifact: Path, calib, state: _State, gate_db: float) -> list[tuple]:
+    """Every open layer (not kept yet, matchable in this format) whose output SNR is below `gate_db` +
+    CEILING_DB (above it an op counts as exact: the input's own QUANTIZE falls from exact to ~50 dB), as
+    (name to keep, source layer, its SNR, its fall in dB), from one layer-wise divergence run of `artifact`:
+    most divergent first, by how far its SNR falls below the lowest SNR of every op before it (from
+    `gate_db` + CEILING_DB down), then by its SNR; topological order among equals."""
     from ..divergence import layer_divergence
     rows = layer_divergence(artifact, backend.FORMAT, float_artifact, calib.samples[:DIVERGENCE_SAMPLES])
+    state.rankings += 1
     falls: dict[str, tuple[str, float, float]] = {}
     lowest = gate_db + CEILING_DB
     for row in (r for r in rows if r.snr_db is not None):
         name = _keep_name(row)
-        if name and state.open(name):
+        if name and state.open(name) and row.snr_db < gate_db + CEILING_DB:
             fall = max(0.0, lowest - row.snr_db)
-            if name not in falls or fall > falls[name][2]:
+            if name not in falls or (fall, -row.snr_db) > (falls[name][2], -falls[name][1]):
                 falls[name] = (row.layer, row.snr_db, fall)
         lowest = min(lowest, row.snr_db)
-    if not falls:
-        return None
-    name = max(falls, key=lambda k: falls[k][2])  # first in topological order among equals
-    if falls[name][2] <= 0:
-        name = min(falls, key=lambda k: falls[k][1])
-        if falls[name][1] >= gate_db:
-            return None
-    return name, falls[name][0], round(falls[name][1], 2), round(falls[name][2], 2)
+    order = sorted(falls, key=lambda k: (-falls[k][2], falls[k][1]))
+    return [(name, falls[name][0], round(falls[name][1], 2), round(falls[name][2], 2)) for name in order]
 
 
 def _keep_name(row) -> str | None:
