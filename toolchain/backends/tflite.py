@@ -157,13 +157,24 @@ def quantize(source, float_artifact: Path, out_path: Path, config, calib, method
     """Post-training quantization with the TFLite converter (see passes/quantize.py). The result is run
     on a calibration sample; when an op fails or is the first to give NaN/inf (e.g. a divisor quantized
     to exactly zero), that op and the producers of its inputs are kept in float and the model is
-    rebuilt, up to MAX_FLOAT_RETRIES times."""
+    rebuilt, up to MAX_FLOAT_RETRIES times. For int8 (float I/O: CPU targets) the op types XNNPACK
+    refuses in int8 are then kept in float (backends/_xnnpack.py)."""
     notes = [f"TFLite post-training {config.precision}, {'per-channel' if config.per_channel else 'per-tensor'} weights"]
     if source.kind == "tflite":
         notes.append("float graph rebuilt from the .tflite input (tf2onnx, then onnx2tf) to quantize it")
+    notes += _quantize_checked(source, float_artifact, out_path, config, calib, [])
+    if config.precision == "int8" and calib is not None:  # float I/O: a CPU target, run through XNNPACK
+        from . import _xnnpack
+        notes += _xnnpack.keep_refused_in_float(out_path, lambda ops, path: _quantize_checked(
+            source, float_artifact, path, config, calib, list(ops)))
+    return notes
+
+
+def _quantize_checked(source, float_artifact: Path, out_path: Path, config, calib, kept_ops: list[str]) -> list[str]:
+    """Quantize, run, and rebuild with the failing op kept in float, up to MAX_FLOAT_RETRIES times."""
+    notes = []
     float_names = {t["name"] for t in _tensor_details(float_artifact)}
     kept: list[str] = []
-    kept_ops: list[str] = []
     for _ in range(MAX_FLOAT_RETRIES + 1):
         notes_now = _quantize_once(source, float_artifact, out_path, config, calib, kept, kept_ops)
         notes_now += _channels_first_outputs(out_path, float_artifact)
