@@ -191,23 +191,53 @@ def table_rows(results: dict, manifest: dict, names: list[str], targets: list[st
                                why=" | ".join([*([a["reason"]] if a.get("reason") else []),  # the op that diverges
                                                *(n for n in a.get("notes", []) if n.startswith("recipe "))]),
                                explained=result.get("explain", {}).get(f"{a['format']}/{a['precision']}"))
+                row.update(_mixed_columns(a, row))
                 rows.append(row)
     return rows
 
 
+def _mixed_columns(a: dict, row: dict) -> dict:
+    """With --mixed auto: the same convert's plain int8 build judged on the scored samples (mixed.plain.scored),
+    and what --mixed auto kept; an artifact that kept nothing is its own plain build."""
+    m = a.get("mixed")
+    if not m:
+        return {}
+    scored = (m.get("plain") or {}).get("scored")
+    plain = ("verified" if scored["verified"] else "MISMATCH") if scored else row["status"]
+    share = (m.get("int8_share") or {}).get("int8_share")
+    return {"group": (m.get("plain") or {}).get("precision") or row["precision"], "plain_status": plain, "plain_fidelity": fidelity_of(scored) if scored else row.get("fidelity", "-"),
+            "mixed_note": f"{m.get('rounds', '-')} round(s), {len(m.get('kept') or [])} kept"
+                          + (f", {share:.0%} of MACs int8" if share is not None else "")
+                          + (f", whole-model {m['fallback']['chosen']}" if (m.get("fallback") or {}).get("chosen") else "")}
+
+
+def fidelity_of(fid: dict) -> str:
+    from edgekit.report import fidelity_figure
+    return fidelity_figure(fid)
+
+
 def print_table(rows: list[dict], results: dict) -> None:
-    print("| model | task | target | format | precision | status | fidelity | size KiB | median ms | recipe |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    mixed = any("plain_status" in r for r in rows)
+    extra = " plain int8 (same run) | --mixed auto |" if mixed else ""
+    print(f"| model | task | target | format | precision | status | fidelity | size KiB | median ms | recipe |{extra}")
+    print("|---|---|---|---|---|---|---|---|---|---|" + ("---|---|" if mixed else ""))
     for r in rows:
         size = f"{r['size_kib']:.0f}" if "size_kib" in r else "-"
         ms = f"{r['median_ms']:.3g}" if r.get("median_ms") else "-"
+        cells = f" {r['plain_status']} ({r['plain_fidelity']}) | {r['mixed_note']} |" if "plain_status" in r else \
+            (" - | - |" if mixed else "")
         print(f"| {r['model']} | {r['task']} | {r['target']} | {r['format']} | {r['precision']} | {r['status']} | "
-              f"{r.get('fidelity', '-')} | {size} | {ms} | {r.get('recipe', '')} |")
+              f"{r.get('fidelity', '-')} | {size} | {ms} | {r.get('recipe', '')} |{cells}")
     print()
-    for precision in sorted({r["precision"] for r in rows if r["precision"] != "-"}):
-        picked = [r for r in rows if r["precision"] == precision]
+    for precision in sorted({r.get("group", r["precision"]) for r in rows if r["precision"] != "-"}):
+        picked = [r for r in rows if r.get("group", r["precision"]) == precision]  # a 16x8 fallback counts as int8
         ok = sum(r["status"] == "verified" for r in picked)
-        print(f"- {precision}: built and verified / attempted = {ok}/{len(picked)} ({ok / max(len(picked), 1):.0%})")
+        print(f"- {precision}: built and verified / attempted = {ok}/{len(picked)} ({ok / max(len(picked), 1):.0%})"
+              + (" with --mixed auto" if any("plain_status" in r for r in picked) else ""))
+        if any("plain_status" in r for r in picked):
+            plain = sum(r.get("plain_status", r["status"]) == "verified" for r in picked)
+            print(f"- {precision} plain (the same run's plain builds, scored samples): {plain}/{len(picked)} "
+                  f"({plain / max(len(picked), 1):.0%})")
     unchanged = [r["input_unchanged"] for r in results.values()]
     print(f"- input model files byte-identical after conversion: {sum(unchanged)}/{len(unchanged)} conversions")
     print("\nFailures and mismatches:\n")

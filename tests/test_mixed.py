@@ -61,6 +61,8 @@ def test_mixed_auto_keeps_exactly_the_broken_layer_out_of_int8(outlier_model, ca
         assert 2 <= m["rounds"] <= m["max_rounds"] == 20 and not m["history"][0]["verified"]
         assert m["plain"]["size_bytes"] == plain[fmt]["size"]["bytes"] and m["size_vs_plain"] > 1
         assert "latency_ms" in m["plain"] and "latency_vs_plain" in m
+        scored = m["plain"]["scored"]  # the same convert's plain build on the scored samples: the plain run's verdict
+        assert not scored["verified"] and scored["verified"] == plain[fmt]["fidelity"]["verified"], (fmt, scored)
         assert artifact["ops"]["float_ops"] > plain[fmt]["ops"]["float_ops"], fmt
         share, plain_share = m["int8_share"], m["plain"]["int8_share"]  # the outlier conv: 73,728 of 225,856 MACs
         assert share["macs"] == plain_share["macs"] == 225856 and plain_share["int8_share"] == 1.0, (fmt, share)

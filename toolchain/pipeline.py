@@ -303,6 +303,7 @@ def _build_format(ctx: Context, fmt: str) -> list[dict]:
             other["vs_fp32"] = {"size": other["size"]["bytes"] / baseline["size"]["bytes"],
                                 **_latency_ratio(other, baseline)}
     mixed.latency_cost(entries, plain, _latency_ratio)
+    mixed.scored_fidelity(entries, plain, lambda p: _fidelity(ctx, ctx.stage / p["file"], p["precision"].split()[0]))
     native.against_native(entries, _latency_ratio)
     return entries
 
@@ -399,14 +400,7 @@ def _artifact_passes(ctx: Context, backend, entry: dict, path: Path, baseline: d
 
 def _measure(ctx: Context, backend, artifact: Path, precision: str) -> dict:
     result, outputs, run_dir = _run(ctx, backend, artifact)
-    try:
-        _check_finite(outputs, "the artifact's outputs")
-        judged = measure.judged_as(precision, ctx.source.reference_precision)
-        figures = {"fidelity": measure.fidelity(ctx.reference, outputs, judged, ctx.options.outputs)}
-    except EdgekitError as exc:
-        raise ConversionError(exc.problem) from None
-    except ValueError as exc:
-        raise ConversionError(f"artifact outputs do not match the source model: {exc}") from None
+    figures = {"fidelity": _judged(ctx, outputs, precision)}
     where = f"{measure.MEASURED} ({result['host']['cpu']}, {result['host']['machine']})"
     figures["size"] = measure.size(backend.files(artifact))
     figures["memory"] = {**result["memory"], "how": where}  # replaced by the timing phase's on the CPU
@@ -421,6 +415,22 @@ def _measure(ctx: Context, backend, artifact: Path, precision: str) -> dict:
         figures["accuracy"] = {"value": acc, "delta": acc - ctx.source_accuracy, "samples": len(outputs),
                                "how": measure.MEASURED}
     return figures
+
+
+def _judged(ctx: Context, outputs: list[list[np.ndarray]], precision: str) -> dict:
+    try:
+        _check_finite(outputs, "the artifact's outputs")
+        judged = measure.judged_as(precision, ctx.source.reference_precision)
+        return measure.fidelity(ctx.reference, outputs, judged, ctx.options.outputs)
+    except EdgekitError as exc:
+        raise ConversionError(exc.problem) from None
+    except ValueError as exc:
+        raise ConversionError(f"artifact outputs do not match the source model: {exc}") from None
+
+
+def _fidelity(ctx: Context, artifact: Path, precision: str) -> dict:
+    """Only the verdict: the artifact run on every scored sample, judged at its precision's tolerance."""
+    return _judged(ctx, _run(ctx, backends.for_artifact(artifact), artifact)[1], precision)
 
 
 def _run(ctx: Context, backend, artifact: Path) -> tuple[dict, list[list[np.ndarray]], Path]:

@@ -30,6 +30,17 @@ def latency_cost(entries: list[dict], plain: list[dict], ratio) -> None:
             target["mixed"]["latency_vs_plain"] = ratio(target, p)
 
 
+def scored_fidelity(entries: list[dict], plain: list[dict], judge) -> None:
+    """The plain build judged like every artifact, on the scored samples (`judge(entry)` -> fidelity), in
+    `mixed.plain.scored`: the rounds judged it on calibration samples, and a corpus run reports the plain and
+    the --mixed auto verdict side by side from one convert."""
+    for p in plain:
+        try:
+            entries[1]["mixed"]["plain"]["scored"] = judge(p)
+        except Exception as exc:  # noqa: BLE001 - a plain build that no longer runs is a note, not a failed target
+            entries[1]["notes"].append(f"the plain int8 build could not be judged on the scored samples: {exc}")
+
+
 def share_text(m: dict) -> str:
     """How much of the compute still runs quantized, against the plain int8 build: 'MOSTLY FLOAT' under half."""
     mine, plain = (m.get("int8_share") or {}).get("int8_share"), (m["plain"].get("int8_share") or {}).get("int8_share")

@@ -41,7 +41,8 @@ from .. import measure, runner
 from ..errors import ConversionError
 from ..schema import option
 from . import _mixed_share, quantize
-from ._mixed_report import latency_cost, markdown, notes as _notes, plain_entries, precision_label, summary_line  # noqa: F401
+from ._mixed_report import (latency_cost, markdown, notes as _notes, plain_entries, precision_label,  # noqa: F401
+                            scored_fidelity, summary_line)
 
 NAME, STAGE, ORDER, FORMATS = "mixed", "artifact", 15, ("tflite", "onnx", "openvino")
 PROFILE_ALIASES = {"quantize.mixed": "mixed.mode"}  # the spelling (targets.load_profile applies it)
