@@ -3,8 +3,10 @@ per-round table of report.md, the precision column's label, how much of the comp
 plain int8 build's entry for the pipeline's timing phase."""
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
+PLAIN_DIR = "int8-plain"  # beside the artifact: the plain int8 build, timed against the mixed one
 SHOWN = 8               # kept layers named in a line; the rest counted
 MOSTLY_FLOAT = 0.5      # under this share of MACs still int8, the artifact is called mostly float
 
@@ -19,6 +21,23 @@ def plain_entries(entries: list[dict]) -> list[dict]:
     precision = plain.get("precision", target["precision"])  # the target's may be a whole-model fallback's
     return [{"format": target["format"], "precision": f"{precision} (plain)", "role": "plain",
              "status": "ok", "notes": [], "file": str(Path(target["file"]).parent / plain["file"])}]
+
+
+def keep_plain(backend, out_path: Path) -> str:
+    """A copy of round 1's artifact in PLAIN_DIR; its path relative to the artifact's directory."""
+    directory = out_path.parent / PLAIN_DIR
+    directory.mkdir(exist_ok=True)
+    for f in backend.files(out_path):
+        shutil.copy2(f, directory / f.name)
+    return f"{PLAIN_DIR}/{out_path.name}"
+
+
+def drop_plain(backend, out_path: Path) -> None:
+    directory = out_path.parent / PLAIN_DIR
+    for f in backend.files(out_path):
+        (directory / f.name).unlink(missing_ok=True)
+    if directory.is_dir() and not any(directory.iterdir()):
+        directory.rmdir()
 
 
 def latency_cost(entries: list[dict], plain: list[dict], ratio) -> None:

@@ -43,6 +43,7 @@ from ..schema import option
 from . import _mixed_share, quantize
 from ._mixed_report import (latency_cost, markdown, notes as _notes, plain_entries, precision_label,  # noqa: F401
                             scored_fidelity, summary_line)
+from ._mixed_report import PLAIN_DIR, drop_plain as _drop_plain, keep_plain as _keep_plain  # noqa: F401
 
 NAME, STAGE, ORDER, FORMATS = "mixed", "artifact", 15, ("tflite", "onnx", "openvino")
 PROFILE_ALIASES = {"quantize.mixed": "mixed.mode"}  # the issue's spelling (targets.load_profile applies it)
@@ -53,7 +54,6 @@ GATE_SAMPLES = 32        # calibration samples each round is judged on
 GATE_MARGIN_DB = 1.0     # an SNR gate counts as met on calibration samples only this far above it: the scored
                          # samples are others (ddddocr_crnn OpenVINO: 15.2 dB on calibration, 14.9 scored, gate 15)
 DIVERGENCE_SAMPLES = 4   # calibration samples the layer-wise divergence runs on
-PLAIN_DIR = "int8-plain"  # beside the artifact: the plain int8 build, timed against the mixed one
 GROUP_GAIN_DB = 1.0      # a batch whose fix gains less than this is rebuilt with the layers' next fix
 CEILING_DB = 20.0        # above the gate by this much, an op's SNR counts as exact for the ranking
 DROP_ROUNDS = 4          # rounds the shrink spends dropping groups of kept layers after its bisection
@@ -165,14 +165,18 @@ def search(backend, source, out_path: Path, float_artifact: Path, qconfig, round
 
 
 def _grow(state, judge, rebuild, rounds: int, where: tuple, best, fid: dict, fixes: list[str]) -> dict:
-    """While the gate is missed: rank the open layers from one layer-wise divergence run of the last build and
-    keep the top k more out of int8 with `fixes[0]`, k = as many as are kept already (1, 2, 4, 8, ... in all).
-    A batch gaining under GROUP_GAIN_DB is rebuilt with its layers' next fix first (no new ranking)."""
+    """While the gate is missed: keep the next k ranked layers out of int8 with `fixes[0]`, k = as many as are
+    kept already (1, 2, 4, 8, ... in all). The ranking is one layer-wise divergence run of the last build,
+    made again only after a round that gained GROUP_GAIN_DB or more (the error moved; a round that did not
+    move it says nothing new, and a run costs about a rebuild) or when it is used up. A batch gaining under
+    GROUP_GAIN_DB is rebuilt with its layers' next fix first."""
     batch: list[str] = []
+    ranking: list[tuple] = []
     while not fid["verified"] and state.rounds < rounds:
         if not batch:
+            ranking = [r for r in ranking if state.open(r[0])]
             try:
-                ranking = _ranking(*where, state, judge.gate_db)
+                ranking = ranking or _ranking(*where, state, judge.gate_db)
             except Exception as exc:  # a runtime refusing the tapped copy: stop here, say why
                 state.stopped = f"layer-wise divergence failed: {' '.join(str(exc).split())[:200]}"
                 break
@@ -193,7 +197,7 @@ def _grow(state, judge, rebuild, rounds: int, where: tuple, best, fid: dict, fix
             state.unusable(name, fid.get("error") or "keeping it out of int8 changed no output")
         if not fid["verified"] and state.kept:
             state.failed.append(list(state.kept))
-        batch = []
+        batch, ranking = [], ranking if little else []
     return fid
 
 
@@ -235,23 +239,6 @@ def _trial(state, judge, rebuild, out_path, best, kept: list[str]) -> bool:
 
 def _known_to_fail(state, kept: list[str]) -> bool:
     return any(set(kept) <= set(f) for f in state.failed)
-
-
-def _keep_plain(backend, out_path: Path) -> str:
-    """A copy of round 1's artifact in PLAIN_DIR; its path relative to the artifact's directory."""
-    directory = out_path.parent / PLAIN_DIR
-    directory.mkdir(exist_ok=True)
-    for f in backend.files(out_path):
-        shutil.copy2(f, directory / f.name)
-    return f"{PLAIN_DIR}/{out_path.name}"
-
-
-def _drop_plain(backend, out_path: Path) -> None:
-    directory = out_path.parent / PLAIN_DIR
-    for f in backend.files(out_path):
-        (directory / f.name).unlink(missing_ok=True)
-    if directory.is_dir() and not any(directory.iterdir()):
-        directory.rmdir()
 
 
 class _State:
@@ -360,7 +347,8 @@ def _ranking(backend, artifact: Path, float_artifact: Path, calib, state: _State
     CEILING_DB (above it an op counts as exact: the input's own QUANTIZE falls from exact to ~50 dB), as
     (name to keep, source layer, its SNR, its fall in dB), from one layer-wise divergence run of `artifact`:
     most divergent first, by how far its SNR falls below the lowest SNR of every op before it (from
-    `gate_db` + CEILING_DB down), then by its SNR; topological order among equals."""
+    `gate_db` + CEILING_DB down); topological order among equals (error flows downstream: of the layers that
+    fall no further, the earliest are the likelier causes)."""
     from ..divergence import layer_divergence
     rows = layer_divergence(artifact, backend.FORMAT, float_artifact, calib.samples[:DIVERGENCE_SAMPLES])
     state.rankings += 1
@@ -373,7 +361,8 @@ def _ranking(backend, artifact: Path, float_artifact: Path, calib, state: _State
             if name not in falls or (fall, -row.snr_db) > (falls[name][2], -falls[name][1]):
                 falls[name] = (row.layer, row.snr_db, fall)
         lowest = min(lowest, row.snr_db)
-    order = sorted(falls, key=lambda k: (-falls[k][2], falls[k][1]))
+    order = sorted(falls, key=lambda k: -falls[k][2])  # stable: an op whose input already lost the signal is
+    #                                                    a victim more than a cause; the earliest of those first
     return [(name, falls[name][0], round(falls[name][1], 2), round(falls[name][2], 2)) for name in order]
 
 
