@@ -13,20 +13,25 @@ from clihelp import assert_user_error, run_cli
 FORMATS = ("tflite", "onnx", "openvino")
 
 
+def three_conv_cnn(middle: str, name: str):
+    """conv1 -> `middle` -> conv3 -> pool -> head on 8x8x1 inputs, seeded (the fixtures then break one layer)."""
+    import keras
+    keras.utils.set_random_seed(0)
+    layers = keras.layers
+    return keras.Sequential([keras.Input((8, 8, 1), name="image"),
+                             layers.Conv2D(8, 3, padding="same", activation="relu", name="conv1"),
+                             layers.Conv2D(16, 3, padding="same", activation="relu", name=middle),
+                             layers.Conv2D(16, 3, padding="same", activation="relu", name="conv3"),
+                             layers.GlobalAveragePooling2D(name="pool"),
+                             layers.Dense(4, name="head")], name=name)
+
+
 @pytest.fixture(scope="module")
 def outlier_model(tmp_path_factory):
     """A small CNN whose `outlier` conv has weights of 1000 on an input channel that is always 0 (a dead ReLU
     unit of conv1): no effect in float, but every per-channel int8 weight scale of that conv is set by the
     1000s, so its other weights round to 0 in int8."""
-    import keras
-    keras.utils.set_random_seed(0)
-    layers = keras.layers
-    model = keras.Sequential([keras.Input((8, 8, 1), name="image"),
-                              layers.Conv2D(8, 3, padding="same", activation="relu", name="conv1"),
-                              layers.Conv2D(16, 3, padding="same", activation="relu", name="outlier"),
-                              layers.Conv2D(16, 3, padding="same", activation="relu", name="conv3"),
-                              layers.GlobalAveragePooling2D(name="pool"),
-                              layers.Dense(4, name="head")], name="mixed")
+    model = three_conv_cnn("outlier", "mixed")
     kernel, bias = model.get_layer("conv1").get_weights()
     kernel[..., 0], bias[0] = 0.0, -1.0
     model.get_layer("conv1").set_weights([kernel, bias])

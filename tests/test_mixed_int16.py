@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from clihelp import run_cli
+from test_mixed import three_conv_cnn
 
 PROFILE = (__import__("pathlib").Path(__file__).resolve().parents[1] / "targets" / "cpu-int8.toml").read_text()
 
@@ -20,15 +21,7 @@ def activation_outlier(tmp_path_factory):
     """A small CNN whose conv1 writes a constant 1000 on channel 0 that `wide` ignores (zero weights): no effect
     in float, but that channel sets conv1's output range, so in int8 (step ~4) every other channel rounds to 0
     and `wide` sees nothing; with 16-bit activations (step ~0.015) they survive."""
-    import keras
-    keras.utils.set_random_seed(0)
-    layers = keras.layers
-    model = keras.Sequential([keras.Input((8, 8, 1), name="image"),
-                              layers.Conv2D(8, 3, padding="same", activation="relu", name="conv1"),
-                              layers.Conv2D(16, 3, padding="same", activation="relu", name="wide"),
-                              layers.Conv2D(16, 3, padding="same", activation="relu", name="conv3"),
-                              layers.GlobalAveragePooling2D(name="pool"),
-                              layers.Dense(4, name="head")], name="mixed16")
+    model = three_conv_cnn("wide", "mixed16")
     kernel, bias = model.get_layer("conv1").get_weights()
     kernel[..., 0], bias[0] = 0.0, 1000.0
     model.get_layer("conv1").set_weights([kernel, bias])
