@@ -113,8 +113,9 @@ def measurement_notes(result: dict) -> list[str]:
         notes.append(est["error"])
     notes += probes.notes(result)
     tolerance = TOLERANCE[result["target"]["precision"]]
-    notes.append("Sizes: bytes on disk and gzip -9 of the same bytes (measured). × fp32: against the fp32 artifact of "
-                 "the same format. int ops: ops running in integer / all compute ops. Fidelity: outputs against the "
+    notes.append("Sizes: bytes on disk and gzip -6 (gzip's default level) of the same bytes (measured). × fp32: "
+                 "against the fp32 artifact of the same format. int ops: ops running in integer / all compute ops. "
+                 "Fidelity: outputs against the "
                  f"source model on the same inputs; 'verified' means, for {result['target']['precision']}, top-1 "
                  f"agreement ≥ {tolerance['min_top1_agreement']:.0%} and cosine ≥ {tolerance['min_cosine']} on "
                  f"class-score outputs, SNR ≥ {tolerance.get('min_snr_db', 0):g} dB on every other output "

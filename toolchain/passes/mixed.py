@@ -134,7 +134,7 @@ def search(backend, source, out_path: Path, float_artifact: Path, qconfig, round
     with tempfile.TemporaryDirectory(prefix="edgekit-mixed-") as scratch:
         best = _Best(backend, out_path, Path(scratch))
         built, fid = _round(state, judge, None, out_path, best)
-        plain = {"size_bytes": measure.size(backend.files(out_path))["bytes"], "fidelity": _short(fid),
+        plain = {"size_bytes": measure.file_bytes(backend.files(out_path)), "fidelity": _short(fid),
                  "file": _keep_plain(backend, out_path), "precision": qconfig.precision,
                  **_mixed_share.entry(backend, out_path)}
         if not fid["verified"]:  # the last round kept for `whole`
@@ -159,7 +159,7 @@ def search(backend, source, out_path: Path, float_artifact: Path, qconfig, round
         entry["stopped"] = state.stopped or f"the {rounds} rounds ran out; the best build is kept"
         if state.skip:
             entry["unusable"] = state.skip
-    size = measure.size(backend.files(out_path))["bytes"]
+    size = measure.file_bytes(backend.files(out_path))
     entry["size_vs_plain"] = size / plain["size_bytes"] if plain["size_bytes"] else None
     return built, entry
 
