@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConversionError, EdgekitError
-from . import require
+from . import _onehot, require
 
 FORMAT = "tflite"
 SUFFIX = ".tflite"
@@ -177,7 +177,7 @@ def _quantize_checked(source, float_artifact: Path, out_path: Path, config, cali
     kept: list[str] = []
     for _ in range(MAX_FLOAT_RETRIES + 1):
         notes_now = _quantize_once(source, float_artifact, out_path, config, calib, kept, kept_ops)
-        notes_now += _channels_first_outputs(out_path, float_artifact)
+        notes_now += _channels_first_outputs(out_path, float_artifact) + _onehot.requantize_one_hot(out_path)
         failure = _first_failing_op(out_path, calib)
         if failure is None:
             unrolled = (getattr(source, "onnx2tf_for_quantizer", None) or (None, []))[1]

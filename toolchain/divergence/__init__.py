@@ -13,7 +13,8 @@ API (used by `edgekit explain` and by automatic mixed precision):
     layer_divergence(artifact: Path, fmt: str, reference: Path, samples, spec=None) -> list[LayerDivergence]
         fmt: "tflite" | "onnx" | "openvino" | "fpga" (the int8 .tflite run on the accelerator emulator;
         `spec` = the profile's AcceleratorSpec, reference = the fp32 .tflite).
-        samples: list of batch-1 samples, each a list of float arrays (one per input), as
+        samples: list of batch-1 samples, each a list of arrays (one per input; each tap casts it to the type
+        the artifact declares: int32 token ids stay integers, int8-io inputs take floats quantized), as
         `Calibration.samples` / `EvalSet.samples`; or one ndarray stacked on axis 0 (single-input model).
         Returns every compute node of the artifact in topological order; snr_db is None where no
         reference tensor was found.

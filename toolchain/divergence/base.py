@@ -27,7 +27,22 @@ class Tapped(Protocol):
     nodes: list[Node]
 
     def run(self, sample: list[np.ndarray]) -> dict[str, np.ndarray]:
-        """One batch-1 sample (float arrays, one per input) -> {node key: float output} for every node."""
+        """One batch-1 sample (arrays, one per input, fed as `feed` casts them) -> {node key: float output}."""
+
+
+def feed(array, dtype, quant=None) -> np.ndarray:
+    """One input array as the artifact declares that input (`dtype`: float32, int32, int64, bool, uint8, ...),
+    from the samples convert runs on: a float sample for an integer input with `quant` (scale, zero point:
+    an int8-io model) is quantized as the runner does; any other sample is cast (integer ids, byte values
+    and masks stay exact: a float sample of whole numbers is rounded first)."""
+    array, dtype = np.asarray(array), np.dtype(dtype)
+    floating = np.issubdtype(array.dtype, np.floating)
+    if quant is not None and floating and np.issubdtype(dtype, np.integer):
+        info = np.iinfo(dtype)
+        return np.clip(np.round(array / quant[0]) + quant[1], info.min, info.max).astype(dtype)
+    if floating and (np.issubdtype(dtype, np.integer) or dtype == bool):
+        array = np.round(array)
+    return array.astype(dtype, copy=False)
 
 
 def dequantize(values: np.ndarray, scale, zero_point, axis: int = 0) -> np.ndarray:

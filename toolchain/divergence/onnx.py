@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .base import Node, scalar
+from .base import Node, feed, scalar
 
 QDQ = ("QuantizeLinear", "DequantizeLinear")
 
@@ -78,21 +78,25 @@ class Graph:
         self._outputs = [o.name for o in self._session.get_outputs()]
 
     def run(self, sample: list[np.ndarray]) -> dict[str, np.ndarray]:
-        feed = {}
+        given = {}
         for k, (detail, array) in enumerate(zip(self._inputs, sample)):
-            feed[detail.name] = self._input(k, detail, np.asarray(array))
-        values = dict(zip(self._outputs, self._session.run(self._outputs, feed)))
+            given[detail.name] = self._input(k, detail, np.asarray(array))
+        values = dict(zip(self._outputs, self._session.run(self._outputs, given)))
         for k, detail in enumerate(self._inputs):
-            values[detail.name] = np.asarray(sample[k], np.float32)  # the float sample, as the reference sees it
+            values[detail.name] = np.asarray(sample[k], np.float32)  # the sample's values, as the reference's
         return values
 
     def _input(self, k: int, detail, array: np.ndarray) -> np.ndarray:
-        """int8-io models (edgekit.input_quant.<i> metadata) take the sample quantized."""
+        """The sample in the input's declared type; int8-io models (edgekit.input_quant.<i> metadata) take it
+        quantized."""
         qp = self._input_quant.get(f"edgekit.input_quant.{k}")
-        if not qp or detail.type == "tensor(float)":
-            return array.astype(np.float32).reshape([d if isinstance(d, int) else 1 for d in detail.shape])
-        scale, zero_point = (float(v) for v in qp.split(","))
-        dtype = np.int8 if "int8" in detail.type and "uint8" not in detail.type else np.uint8
-        info = np.iinfo(dtype)
-        return np.clip(np.round(array / scale) + zero_point, info.min, info.max).astype(dtype).reshape(array.shape)
+        quant = tuple(float(v) for v in qp.split(",")) if qp else None
+        shape = [d if isinstance(d, int) else 1 for d in detail.shape]
+        values = feed(array, _ONNX_TYPES.get(detail.type, np.float32), quant)
+        return values.reshape(shape) if int(np.prod(shape)) == values.size else values
 
+
+_ONNX_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
+               "tensor(int8)": np.int8, "tensor(uint8)": np.uint8, "tensor(int16)": np.int16,
+               "tensor(uint16)": np.uint16, "tensor(int32)": np.int32, "tensor(int64)": np.int64,
+               "tensor(bool)": np.bool_}

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .base import Node
+from .base import Node, feed
 
 SKIP = ("Parameter", "Constant", "Result", "FakeQuantize", "Convert")
 
@@ -85,7 +85,8 @@ class Graph:
         self._inputs = [n.key for n in self.nodes if n.op_type == "input"]
 
     def run(self, sample: list[np.ndarray]) -> dict[str, np.ndarray]:
-        arrays = [np.ascontiguousarray(a, np.float32) for a in sample]
+        arrays = [np.ascontiguousarray(feed(a, port.get_element_type().to_dtype()))
+                  for a, port in zip(sample, self._compiled.inputs)]
         results = self._request.infer(arrays)
         values = {key: np.array(results[self._compiled.outputs[k]]) for key, k in self._where.items()}
         values.update(zip(self._inputs, arrays))

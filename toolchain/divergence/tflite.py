@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from ..tflite_file import load
-from .base import Node, dequantize, scalar
+from .base import Node, dequantize, feed, scalar
 
 
 def nodes_of(path: Path) -> tuple[list[Node], dict[str, int], list]:
@@ -52,12 +52,10 @@ def _channel_axis(tensor) -> int:
 
 
 def quantized_input(tensor, array: np.ndarray) -> np.ndarray:
-    """A float sample array in the input tensor's dtype (int8-io models take integers)."""
-    if tensor.dtype == "float32" or not np.issubdtype(np.asarray(array).dtype, np.floating):
-        return np.asarray(array, np.float32 if tensor.dtype == "float32" else None)
-    info = np.iinfo(np.dtype(tensor.dtype))
-    q = np.round(np.asarray(array) / float(tensor.scale[0])) + int(tensor.zero_point[0])
-    return np.clip(q, info.min, info.max).astype(tensor.dtype)
+    """A sample array in the input tensor's dtype (int8-io models take float samples quantized; integer
+    inputs such as token ids or bytes take them as they are)."""
+    quant = (float(tensor.scale[0]), int(tensor.zero_point[0])) if scalar(tensor.scale) is not None else None
+    return feed(array, np.float32 if tensor.dtype == "float32" else tensor.dtype, quant)
 
 
 class Graph:
