@@ -111,10 +111,15 @@ def test_a_failed_baseline_leaves_nothing_to_quantize(plumb, tmp_path, monkeypat
 
 
 def test_slower_than_fp32_is_a_warning():
-    artifacts = [{"format": "onnx", "precision": "int8", "vs_fp32": {"latency": 1.2}},
-                 {"format": "tflite", "precision": "int8", "vs_fp32": {"latency": 0.5}}]
+    artifacts = [{"format": "onnx", "precision": "int8", "vs_fp32": {"latency": 1.2}, "file": "model.onnx"},
+                 {"format": "tflite", "precision": "int8", "vs_fp32": {"latency": 0.5}},
+                 {"format": "tflite", "precision": "int8", "vs_fp32": {"latency": 1.5}, "file": "model.tflite",
+                  "ops": {"outside_int8": {"RELU_0_TO_1": 9, "ABS": 2}, "outside_int8_why": "no XNNPACK kernel"}}]
     assert convert_report.slower_than_fp32(artifacts) == [
-        "onnx int8 runs 1.20x the fp32 latency on this host; the fp32 artifact is faster here"]
+        "onnx int8 runs 1.20x the fp32 latency on this host; the fp32 artifact is faster here; "
+        "per-op time: edgekit bench model.onnx --ops",
+        "tflite int8 runs 1.50x the fp32 latency on this host; the fp32 artifact is faster here; outside the int8 "
+        "path: RELU_0_TO_1 x9, ABS x2 (no XNNPACK kernel); per-op time: edgekit bench model.tflite --ops"]
 
 
 def test_a_stuck_runner_fails_its_artifact_after_the_timeout(plumb, tmp_path, monkeypatch):

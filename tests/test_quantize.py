@@ -47,7 +47,9 @@ def test_precision_on_backend(fmt, precision, small_keras, tiny_eval, capsys, tm
     ops = artifact["ops"]
     assert ops["ops"] > 0
     if precision in ("int8", "int8-io", "int16x8"):
-        assert ops["float_ops"] <= (2 if fmt == "openvino" else 0), ops
+        # onnxruntime's own optimized graph decides for ONNX: with int8 (signed) activations it fuses neither
+        # the first Conv (fed by the int8 input) nor Softmax, and runs both in float (its profiler agrees)
+        assert ops["float_ops"] <= (2 if fmt == "openvino" or (fmt, precision) == ("onnx", "int8-io") else 0), ops
         assert artifact["calibration"]["samples"] == 16 and artifact["calibration"]["method"] == "minmax"
         assert report["data"]["samples"] == 32  # 48 given, 16 held apart for calibration
     else:

@@ -84,8 +84,20 @@ def slower_than_fp32(artifacts: list[dict]) -> list[str]:
                          f"across processes); rerun on a quieter machine")
         elif ratio.get("latency") and min(ratio.get("latency_range") or [ratio["latency"]]) > 1.0:
             notes.append(f"{a['format']} {a['precision']} runs {ratio['latency']:.2f}x the fp32 latency on this "
-                         f"host; the fp32 artifact is faster here")
+                         f"host; the fp32 artifact is faster here{_outside_int8(a)}")
     return notes
+
+
+def _outside_int8(artifact: dict) -> str:
+    """Which ops of a quantized artifact miss the runtime's int8 path and why (the backend's op summary), and
+    where the per-op view is."""
+    ops = artifact.get("ops") or {}
+    where = f"; per-op time: edgekit bench {artifact.get('file', 'ARTIFACT')} --ops"
+    outside = ops.get("outside_int8") or {}
+    if not outside:
+        return where
+    counts = ", ".join(f"{kind} x{n}" for kind, n in sorted(outside.items(), key=lambda kv: (-kv[1], kv[0])))
+    return f"; outside the int8 path: {counts} ({ops.get('outside_int8_why', 'no int8 kernel')}){where}"
 
 
 def _sha256(path: Path) -> str:

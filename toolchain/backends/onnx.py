@@ -255,9 +255,38 @@ def op_summary(path: Path) -> dict:
     by_type: dict[str, int] = {}
     for node in graph.node:
         by_type[node.op_type] = by_type.get(node.op_type, 0) + 1
-    float_ops = sum(not integer for _, integer in integer_nodes(graph))
+    floating = {name for name, integer in integer_nodes(graph) if not integer}
+    in_float: dict[str, int] = {}
+    if qdq & by_type.keys():  # what onnxruntime itself left in float after fusing the QDQ patterns it knows
+        for name, op_type in runs_in_float(path):
+            floating.add(name)
+            in_float[op_type] = in_float.get(op_type, 0) + 1
     compute = sum(v for k, v in by_type.items() if k not in qdq and k not in LAYOUT_OPS)
-    return {"ops": compute, "float_ops": float_ops, "by_type": by_type, "how": "graph inspection (QDQ fusion rules)"}
+    return {"ops": compute, "float_ops": len(floating), "by_type": by_type, "how": "graph inspection (QDQ fusion rules)",
+            "outside_int8": in_float, "outside_int8_why": "onnxruntime has no int8 kernel for them: each runs in "
+                                                          "float between a DequantizeLinear and a QuantizeLinear"}
+
+
+def runs_in_float(path: Path) -> list[tuple[str, str]]:
+    """(name, op type) of the compute nodes of a QDQ model that onnxruntime runs in float: in the graph it
+    runs after its own optimizations (QDQ fusion at ORT_ENABLE_EXTENDED; node names kept), those still fed
+    by a DequantizeLinear (e.g. PRelu, Div, HardSigmoid: no QDQ fusion, so no integer kernel)."""
+    ort, onnx = require("onnxruntime", EXTRA), require("onnx", "full")
+    from ..output import tempdir
+    with tempdir("ortopt-") as tmp:
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+        options.optimized_model_filepath = str(tmp / "optimized.onnx")
+        options.log_severity_level = 4
+        try:
+            ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        except Exception:  # the artifact's own load check reports it
+            return []
+        graph = onnx.load(options.optimized_model_filepath).graph
+    producers = {o: n.op_type for n in graph.node for o in n.output}
+    return [(n.name, n.op_type) for n in graph.node
+            if n.op_type not in ("QuantizeLinear", "DequantizeLinear") and n.op_type not in LAYOUT_OPS
+            and any(producers.get(i) == "DequantizeLinear" for i in n.input if i)]
 
 
 def integer_nodes(graph) -> list[tuple[str, bool]]:

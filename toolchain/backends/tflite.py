@@ -433,5 +433,7 @@ def op_summary(path: Path) -> dict:
         if outputs_float and name not in ("DEQUANTIZE", "QUANTIZE") and name not in LAYOUT_OPS:
             float_ops += 1
     skipped = sum(v for k, v in by_type.items() if k in ("QUANTIZE", "DEQUANTIZE") or k in LAYOUT_OPS)
+    from ._xnnpack import refused
     return {"ops": sum(by_type.values()) - skipped, "float_ops": float_ops, "by_type": by_type,
-            "how": "TFLite graph inspection (output tensor types)"}
+            "how": "TFLite graph inspection (output tensor types)", "outside_int8": refused(path, "int8"),
+            "outside_int8_why": "XNNPACK has no int8 kernel for them: LiteRT's built-in ones run them, outside the delegate"}

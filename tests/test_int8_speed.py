@@ -1,5 +1,7 @@
-"""int8 TFLite for CPU targets keeps in float the ops XNNPACK has no int8 kernel for (backends/_xnnpack.py):
-structural asserts on a small model built here (HARD_SWISH and PRELU, which XNNPACK refuses in int8)."""
+"""int8 that is not slower than it must be, structurally (no timing here: benchmarks/precisions.py has it):
+- TFLite for CPU targets keeps in float the ops XNNPACK has no int8 kernel for (backends/_xnnpack.py), on a
+  small model built here (HARD_SWISH and PRELU, which XNNPACK refuses in int8);
+- the ops a runtime leaves outside its int8 path are named by the op summary (the slower-than-fp32 note)."""
 from __future__ import annotations
 
 import json
@@ -70,3 +72,34 @@ def test_int8_io_stays_integer_only(swish_model, capsys, tmp_path):
     assert ("HARD_SWISH", "int8") in kinds and ("PRELU", "int8") in kinds
     assert not any(k in ("QUANTIZE", "DEQUANTIZE") for k, _ in kinds)
     assert not any("kept in float for XNNPACK" in n for n in artifact["notes"])
+
+
+def test_onnx_ops_onnxruntime_runs_in_float_are_named(tmp_path):
+    """PRelu has no QDQ fusion in onnxruntime: it runs in float between DequantizeLinear and QuantizeLinear."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    from onnxruntime import quantization as q
+
+    from edgekit.backends import onnx as onnx_backend
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.normal(0, 0.3, (8, 3, 3, 3)).astype(np.float32), "w1"),
+             numpy_helper.from_array(np.full((1, 8, 1, 1), 0.1, np.float32), "slope"),
+             numpy_helper.from_array(rng.normal(0, 0.3, (4, 8, 1, 1)).astype(np.float32), "w2")]
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["c1"], pads=[1, 1, 1, 1], name="conv1"),
+             helper.make_node("PRelu", ["c1", "slope"], ["p"], name="prelu"),
+             helper.make_node("Conv", ["p", "w2"], ["y"], name="conv2")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8, 8])], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "f.onnx")
+
+    class Reader(q.CalibrationDataReader):
+        def __init__(self):
+            self.feeds = iter([{"x": rng.normal(0, 1, (1, 3, 8, 8)).astype(np.float32)} for _ in range(4)])
+
+        def get_next(self):
+            return next(self.feeds, None)
+    q.quantize_static(tmp_path / "f.onnx", tmp_path / "q.onnx", Reader(), quant_format=q.QuantFormat.QDQ)
+    summary = onnx_backend.op_summary(tmp_path / "q.onnx")
+    assert summary["outside_int8"] == {"PRelu": 1}
+    assert summary["float_ops"] == 1 and summary["ops"] == 3
+    assert onnx_backend.op_summary(tmp_path / "f.onnx")["outside_int8"] == {}
