@@ -141,3 +141,21 @@ def test_contrib_matmuls_become_matmul_and_add_on_dequantized_weights():
     want = x @ ((weight.astype(np.float32) - zero) * scale) + bias
     for got in ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x}):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_onnx2tf_child_stops_at_the_float16_copy_nobody_reads():
+    """onnx2tf converts to TFLite twice, float32 then float16 (14-15 s of each ~50 s recipe run on ddddocr's
+    CRNN, its unrolled copy for the quantizer included): in the child, the float32 conversion runs, the
+    float16 one raises at once, and TF's converter factories are put back afterwards."""
+    import tensorflow as tf
+    from edgekit.backends import _onnx2tf
+    before = {name: vars(tf.lite.TFLiteConverter).get(name) for name in ("from_keras_model", "from_concrete_functions")}
+    fn = tf.function(lambda x: tf.nn.relu(x) * 2.0, input_signature=[tf.TensorSpec([1, 4], tf.float32)])
+    with _onnx2tf._float32_only():
+        converter = tf.lite.TFLiteConverter.from_concrete_functions([fn.get_concrete_function()], fn)
+        assert converter.convert()[4:8] == b"TFL3"
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.target_spec.supported_types = [tf.float16]
+        with pytest.raises(_onnx2tf._Float32Written):
+            converter.convert()
+    assert {name: vars(tf.lite.TFLiteConverter).get(name) for name in before} == before

@@ -18,6 +18,7 @@ import re
 import shutil
 import subprocess
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -316,10 +317,52 @@ def _main(attempt: Path) -> None:
     keep = [i.name for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}]
     sys.argv = ["onnx2tf", "-i", str(attempt / "model.onnx"), "-o", str(attempt / "out"), "-n",
                 "-kat", *keep, *spec["flags"]]
-    tool.main()
+    try:
+        with _float32_only():
+            tool.main()
+    except _Float32Written:
+        pass
     produced = attempt / "out" / "model_float32.tflite"
     if not produced.is_file():
         raise SystemExit("onnx2tf wrote no model_float32.tflite")
+
+
+class _Float32Written(Exception):
+    """onnx2tf has written the SavedModel and model_float32.tflite: all edgekit reads."""
+
+
+@contextmanager
+def _float32_only():
+    """onnx2tf converts its Keras model to TFLite a second time, with float16 weights, once the float32 file
+    is written; nothing reads that file (ddddocr's CRNN: 14-15 s of each ~50 s recipe run, the unrolled
+    copy for the quantizer included). Its converters raise _Float32Written instead of that conversion."""
+    import tensorflow as tf
+    cls = tf.lite.TFLiteConverter
+    names = ("from_keras_model", "from_concrete_functions")
+    own = {name: vars(cls)[name] for name in names if name in vars(cls)}  # the classmethods, to put back
+
+    def guarded(factory):
+        def make(*args, **kwargs):
+            converter = factory(*args, **kwargs)
+            convert = converter.convert
+
+            def float32_only():
+                if tf.float16 in converter.target_spec.supported_types:
+                    raise _Float32Written()
+                return convert()
+            converter.convert = float32_only
+            return converter
+        return staticmethod(make)
+    for name in names:
+        setattr(cls, name, guarded(getattr(cls, name)))
+    try:
+        yield
+    finally:
+        for name in names:
+            if name in own:
+                setattr(cls, name, own[name])
+            else:
+                delattr(cls, name)
 
 
 def sanitise_model(model) -> dict:
