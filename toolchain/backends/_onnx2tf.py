@@ -314,6 +314,8 @@ def _main(attempt: Path) -> None:
     import onnx2tf.onnx2tf as tool
     sample = np.load(attempt / "calibration_image_sample_data_20x128x128x3_float32.npy")
     tool.download_test_image_data = lambda: sample  # never from the network
+    for op in CHANNELS_LAST_OPS:
+        _channels_last_input(op)
     keep = [i.name for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}]
     sys.argv = ["onnx2tf", "-i", str(attempt / "model.onnx"), "-o", str(attempt / "out"), "-n",
                 "-kat", *keep, *spec["flags"]]
@@ -363,6 +365,38 @@ def _float32_only():
                 setattr(cls, name, own[name])
             else:
                 delattr(cls, name)
+
+
+CHANNELS_LAST_OPS = ("DepthToSpace", "SpaceToDepth")  # onnx2tf modules that take their input as channels-last
+
+
+def _channels_last_input(op_type: str) -> None:
+    """onnx2tf's DepthToSpace/SpaceToDepth hand their TF input to tf.nn.depth_to_space as it is, taking it to be
+    channels-last. onnx2tf 1.29's binary ops (Add, Mul, ...) can leave their output in the ONNX layout (a
+    "rescue guard" transposes both inputs until the result has the ONNX shape), and the op then splits the
+    wrong axis (mp_pose_detection: Add -> Clip -> DepthToSpace, "Dimension size must be evenly divisible by 4
+    but is 14"). Patched here, in the child: an input whose TF shape is the ONNX (channels-first) shape and not
+    its channels-last permutation is transposed to channels-last for that op only."""
+    import importlib
+
+    import tensorflow as tf
+    module = importlib.import_module(f"onnx2tf.ops.{op_type}")
+    make_node = module.make_node
+
+    def guarded(*, graph_node, tf_layers_dict, **kwargs):
+        name, shape = graph_node.inputs[0].name, graph_node.inputs[0].shape
+        entry = tf_layers_dict.get(name) or {}
+        tensor = entry.get("tf_node")
+        got = list(getattr(tensor, "shape", None) or [])
+        if shape is None or len(shape) != 4 or got != list(shape) or got == [shape[0], *shape[2:], shape[1]]:
+            return make_node(graph_node=graph_node, tf_layers_dict=tf_layers_dict, **kwargs)
+        tf_layers_dict[name] = {**entry, "tf_node": tf.transpose(tensor, [0, 2, 3, 1])}
+        try:  # for this op only: other consumers of the tensor read it as onnx2tf left it
+            return make_node(graph_node=graph_node, tf_layers_dict=tf_layers_dict, **kwargs)
+        finally:
+            tf_layers_dict[name] = entry
+
+    module.make_node = guarded
 
 
 def sanitise_model(model) -> dict:

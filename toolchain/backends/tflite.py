@@ -1,6 +1,7 @@
 """TFLite / LiteRT: export (TF converter, onnx2tf for ONNX inputs), run (ai-edge-litert)."""
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import warnings
@@ -10,6 +11,7 @@ import numpy as np
 
 from ..errors import ConversionError, EdgekitError
 from . import _onehot, require
+from ._tflite_rebuild import quant_params as _quant_params, set_inputs as _set_inputs  # noqa: F401 (probes)
 
 FORMAT = "tflite"
 SUFFIX = ".tflite"
@@ -76,12 +78,6 @@ _UNRESOLVED = re.compile(r"unresolved custom op: ([^\s.]+)")
 _NODE = re.compile(r"Node number (\d+)")
 
 
-def _quant_params(detail: dict):
-    """(scale, zero_point) of an integer I/O tensor, None for a float one."""
-    scale, zero_point = detail["quantization"]
-    return (float(scale), int(zero_point)) if scale and np.issubdtype(detail["dtype"], np.integer) else None
-
-
 def load_source(path: Path, opts):
     from ..sources import Source, TensorSpec
     session = Session(path)
@@ -107,41 +103,11 @@ def _converter(source):
     tf = require("tensorflow", "full")
     require("absl.logging", "full").set_verbosity("error")  # a deprecation notice per conversion
     if source.kind in ("onnx", "tflite"):
-        return tf.lite.TFLiteConverter.from_saved_model(str(_float_saved_model(source)))
+        from ._tflite_rebuild import float_saved_model
+        return tf.lite.TFLiteConverter.from_saved_model(str(float_saved_model(source)))
     fn, signature, _ = source.handle
     # No trackable object here: with one, the converter keeps variables unfrozen and the model reads NaNs.
     return tf.lite.TFLiteConverter.from_concrete_functions([fn.get_concrete_function(*signature)])
-
-
-def _float_saved_model(source) -> Path:
-    """A TF SavedModel of an ONNX or TFLite source, for the TFLite quantizer: onnx2tf's output (a float
-    .tflite goes to ONNX with tf2onnx first), recurrent layers unrolled (`_onnx2tf.for_quantizer`)."""
-    from . import _onnx2tf
-    if getattr(source, "onnx2tf_for_quantizer", None) is None:
-        source.onnx2tf_for_quantizer = _onnx2tf.for_quantizer(_onnx2tf_saved_model(source))
-    return source.onnx2tf_for_quantizer[0]
-
-
-def _onnx2tf_saved_model(source) -> Path:
-    saved_model = getattr(source, "onnx2tf_saved_model", None)
-    if saved_model is not None:
-        return saved_model
-    if source.kind == "onnx":
-        raise ConversionError("no onnx2tf SavedModel to quantize from: the fp32 TFLite conversion did not run")
-    from . import _onnx2tf
-    from . import onnx as onnx_backend
-    if _is_quantized(source.path):
-        raise ConversionError(f"{source.path.name} is already quantized: give the float model to quantize it again")
-    work = source.path.parent / "onnx2tf"
-    shutil.rmtree(work, ignore_errors=True)
-    _, source.onnx2tf_saved_model = _onnx2tf.convert(onnx_backend.float_model(source)[0], source.inputs, work,
-                                                     work / "float.tflite")
-    return source.onnx2tf_saved_model
-
-
-def _is_quantized(path: Path) -> bool:
-    return any(np.issubdtype(np.dtype(t["dtype"]), np.integer) and t["quantization"][0]
-               for t in _tensor_details(path))
 
 
 def _write(out_path: Path, convert) -> None:
@@ -172,24 +138,27 @@ def quantize(source, float_artifact: Path, out_path: Path, config, calib, method
 
 def _quantize_checked(source, float_artifact: Path, out_path: Path, config, calib, kept_ops: list[str]) -> list[str]:
     """Quantize, run, and rebuild with the failing op kept in float, up to MAX_FLOAT_RETRIES times."""
+    from . import _tflite_rebuild as rebuilt
     notes = []
-    float_names = {t["name"] for t in _tensor_details(float_artifact)}
     kept: list[str] = []
     for _ in range(MAX_FLOAT_RETRIES + 1):
         notes_now = _quantize_once(source, float_artifact, out_path, config, calib, kept, kept_ops)
-        notes_now += _channels_first_outputs(out_path, float_artifact) + _onehot.requantize_one_hot(out_path)
+        notes_now += rebuilt.channels_first_outputs(out_path, float_artifact) + _onehot.requantize_one_hot(out_path)
         failure = _first_failing_op(out_path, calib)
         if failure is None:
             unrolled = (getattr(source, "onnx2tf_for_quantizer", None) or (None, []))[1]
-            return notes + unrolled + notes_now + _match_outputs(source, out_path, float_artifact, calib)
+            return notes + unrolled + notes_now + rebuilt.match_outputs(source, out_path, float_artifact, calib)
         message, op, tensors = failure
-        more = [t for t in tensors if t in float_names and t not in kept]
-        if tensors and tensors[0] not in float_names and op not in kept_ops:  # the op's own output was renamed
+        if calib is None:
+            break
+        names = {t["name"] for t in rebuilt.tensor_details(_calibrated(source, config, calib))}  # the denylist's
+        more = [t for t in tensors if t in names and t not in kept]
+        if tensors and tensors[0] not in names and op not in kept_ops:  # the op's own output was renamed
             kept_ops.append(op)
             more.append(f"every {op}")
-        if calib is None or not more:
+        if not more:
             break
-        kept += [t for t in more if t in float_names]
+        kept += [t for t in more if t in names]
         notes.append(f"kept in float after the {config.precision} model failed: {', '.join(more)} ({message})")
     raise ConversionError(f"LiteRT cannot run the {config.precision} model: {message}"
                           + (f" (already kept in float: {', '.join(kept)})" if kept else "")
@@ -199,24 +168,8 @@ def _quantize_checked(source, float_artifact: Path, out_path: Path, config, cali
 MAX_FLOAT_RETRIES = 3
 
 
-def _channels_first_outputs(out_path: Path, float_artifact: Path) -> list[str]:
-    """onnx2tf's SavedModel, which the quantizer converts from, has channels-last 4-D outputs where the
-    float artifact had them transposed back (backends/_onnx2tf.py): do the same here."""
-    from . import _tflite_rewrite
-    lite = require("ai_edge_litert.interpreter", EXTRA)
-    wanted = [tuple(int(x) for x in d["shape"]) for d in lite.Interpreter(model_path=str(float_artifact)).get_output_details()]
-    got = [tuple(int(x) for x in d["shape"]) for d in lite.Interpreter(model_path=str(out_path)).get_output_details()]
-    positions = [k for k, shape in enumerate(got)
-                 if shape not in wanted and _tflite_rewrite.channels_first(shape) in wanted]
-    if not positions:
-        return []
-    _tflite_rewrite.transpose_outputs(out_path, positions)
-    return ["outputs transposed back to the float model's channels-first layout (TRANSPOSE appended)"]
-
-
-def _quantize_once(source, float_artifact: Path, out_path: Path, config, calib, kept: list[str],
-                   kept_ops: list[str]) -> list[str]:
-    from ..layers import select
+def _quantizing_converter(source, config, calib):
+    """A TFLiteConverter set up for `config` (optimizations, calibration data, ops set, I/O types)."""
     tf = require("tensorflow", "full")
     converter = _converter(source)
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
@@ -230,25 +183,50 @@ def _quantize_once(source, float_artifact: Path, out_path: Path, config, calib, 
                                                if config.precision == "int16x8" else ops.TFLITE_BUILTINS_INT8]
     if config.precision == "int8-io":
         converter.inference_input_type = converter.inference_output_type = tf.int8
+    return converter
+
+
+def _quantize_once(source, float_artifact: Path, out_path: Path, config, calib, kept: list[str],
+                   kept_ops: list[str]) -> list[str]:
     if not config.keep_float and not kept and not kept_ops:
-        _write(out_path, converter.convert)
+        _write(out_path, _quantizing_converter(source, config, calib).convert)
         return []
     if calib is None:
         raise ConversionError(f"--keep-float needs a calibrated precision on TFLite, not {config.precision}")
-    denied = select([t["name"] for t in _tensor_details(float_artifact)], config.keep_float, "TFLite") \
-        if config.keep_float else []
+    calibrated = _calibrated(source, config, calib)
+    denied = _keep_names(calibrated, float_artifact, config.keep_float, calib) if config.keep_float else []
     from tensorflow.lite.python import convert
-    calibrated = _calibrated(source, converter, config, calib)
     _write(out_path, lambda: convert.mlir_quantize(  # what QuantizationDebugger's denylists do, minus its debug model
-        calibrated, disable_per_channel=not config.per_channel, fully_quantize=config.precision == "int8-io",
-        denylisted_ops=kept_ops, denylisted_nodes=denied + kept))
+        calibrated.read_bytes(), disable_per_channel=not config.per_channel,
+        fully_quantize=config.precision == "int8-io", denylisted_ops=kept_ops, denylisted_nodes=denied + kept))
     return [f"kept in float: {len(denied)} tensors of {', '.join(config.keep_float)}"] if denied else []
 
 
-def _calibrated(source, converter, config, calib) -> bytes:
+def _keep_names(calibrated: Path, float_artifact: Path, layers: list[str], calib) -> list[str]:
+    """The calibrated model's tensor names (mlir_quantize's denylist takes those, exactly) belonging to `layers`;
+    a layer named only in the fp32 artifact (a .tflite source rebuilt through onnx2tf keeps none of its names)
+    through the tensors that hold the same values (`_tflite_rebuild.translate`)."""
+    from ..layers import select
+    from . import _tflite_rebuild as rebuilt
+    names = [t["name"] for t in rebuilt.tensor_details(calibrated)]
+    chosen: list[str] = []
+    for layer in layers:
+        try:
+            chosen += select(names, [layer], "TFLite")
+        except ConversionError:
+            theirs = select([t["name"] for t in rebuilt.tensor_details(float_artifact)], [layer], "TFLite")
+            found = rebuilt.translate(float_artifact, calibrated, theirs, calib.samples[0])
+            if not found:
+                raise ConversionError(f"--keep-float {layer}: no op of the TFLite graph belongs to that layer (the "
+                                      "quantizer's rebuilt graph has no tensor with its values)") from None
+            chosen += found
+    return list(dict.fromkeys(chosen))
+
+
+def _calibrated(source, config, calib) -> Path:
     """The converter's calibrated float model (ranges recorded, nothing quantized), made once per source and
-    calibration setting: each rebuild with other ops kept in float (the run-once check, --mixed auto rounds)
-    only re-quantizes it."""
+    calibration setting, in the workdir: each rebuild with other ops kept in float (the run-once check,
+    --mixed auto rounds) only re-quantizes it; its tensor names are the int8 builds' (`divergence_reference`)."""
     cache = getattr(source, "tflite_calibrated", None)
     if cache is None:
         cache = source.tflite_calibrated = {}
@@ -258,13 +236,35 @@ def _calibrated(source, converter, config, calib) -> bytes:
         digest.update(np.ascontiguousarray(array).tobytes())
     key = (config.precision, config.per_channel, digest.hexdigest())
     if key not in cache:
+        converter = _quantizing_converter(source, config, calib)
         converter.experimental_mlir_quantizer = True
         converter._experimental_calibrate_only = True
+        name = hashlib.sha256(repr((key, str(source.path))).encode()).hexdigest()[:16]
+        path = source.path.parent / f"calibrated-{name}.tflite"
         try:
-            cache[key] = converter.convert()
+            path.write_bytes(converter.convert())
         except Exception as exc:
             raise ConversionError(f"TFLite converter failed: {_last_error_line(str(exc))}") from None
+        cache[key] = path
     return cache[key]
+
+
+class _Calibrated(os.PathLike):
+    """The calibrated model's path, made on first use (a plain build that meets its gate never needs it)."""
+
+    def __init__(self, source, config, calib):
+        self._args = (source, config, calib)
+
+    def __fspath__(self) -> str:
+        return str(_calibrated(*self._args))
+
+
+def divergence_reference(source, float_artifact: Path, config, calib) -> os.PathLike:
+    """What --mixed auto's layer-wise divergence compares an int8 build with: the calibrated float model every
+    build re-quantizes (made on first use). Its tensor names are the builds' and the ones keep_float is looked up
+    in; a model rebuilt through onnx2tf shares none with its fp32 artifact (mp_palm_detection: every diverging
+    layer named in the .tflite's terms, none of them keepable)."""
+    return _Calibrated(source, config, calib)
 
 
 _FAILED_NODE = re.compile(r"Node number (\d+) \((\w+)\) failed")
@@ -333,69 +333,6 @@ def _describe(op: dict, details: dict, what: str) -> tuple[str, str, list[str]]:
                 and details[int(i)]["name"]]
     tensors = [name(i) for i in op["outputs"]] + [name(i) for i in produced]
     return f"op {op['op_name']} (node {op['index']}, output '{name(op['outputs'][0])}') {what}", op["op_name"], tensors
-
-
-def _match_outputs(source, out_path: Path, float_artifact: Path, calib=None) -> list[str]:
-    """A SavedModel made by onnx2tf lists its outputs in its own order (sorted signature names): put the
-    quantized model's outputs in the float artifact's order, matched by size and values on one sample."""
-    if source.kind not in ("onnx", "tflite"):
-        return []
-    from . import _onnx2tf
-    sample = calib.samples[0] if calib is not None else None  # uniform noise can be outside the model's domain
-    reference, quantized = _sample_outputs(float_artifact, sample), _sample_outputs(out_path, sample)
-    order, free = [], list(range(len(quantized)))
-    for want in reference:
-        same = [j for j in free if quantized[j].size == want.size]
-        if not same:
-            return []  # the fidelity check reports the mismatch
-        best = max(same, key=lambda j: _cosine(want, quantized[j]))
-        free.remove(best)
-        order.append(best)
-    if order == sorted(order):
-        return []
-    _onnx2tf._reorder(out_path, "outputs", order)
-    return ["outputs reordered to the float model's order (matched by size and values)"]
-
-
-def _sample_outputs(path: Path, sample: list[np.ndarray] | None = None) -> list[np.ndarray]:
-    """Outputs on one sample (else uniform [0, 1) inputs), dequantized and flat."""
-    interpreter_mod = require("ai_edge_litert.interpreter", EXTRA)
-    interpreter = interpreter_mod.Interpreter(model_path=str(path))
-    interpreter.allocate_tensors()
-    _set_inputs(interpreter, sample)
-    try:
-        interpreter.invoke()
-    except RuntimeError as exc:
-        raise ConversionError(f"LiteRT cannot run {path.name}: {' '.join(str(exc).split())[:300]}") from None
-    outputs = []
-    for d in interpreter.get_output_details():
-        y = interpreter.get_tensor(d["index"]).astype(np.float64)
-        qp = _quant_params(d)
-        outputs.append(((y - qp[1]) * qp[0] if qp else y).ravel())
-    return outputs
-
-
-def _set_inputs(interpreter, sample: list[np.ndarray] | None) -> None:
-    """A sample's arrays where their sizes fit the model's inputs in order, else uniform [0, 1) values."""
-    rng = np.random.default_rng(0)
-    for i, d in enumerate(interpreter.get_input_details()):
-        given = sample[i] if sample is not None and i < len(sample) else None
-        x = given.reshape(d["shape"]) if given is not None and given.size == np.prod(d["shape"]) \
-            else rng.random(tuple(d["shape"]), dtype=np.float32)
-        qp = _quant_params(d)
-        if qp:
-            x = np.clip(np.round(x / qp[0] + qp[1]), np.iinfo(d["dtype"]).min, np.iinfo(d["dtype"]).max)
-        interpreter.set_tensor(d["index"], x.astype(d["dtype"]))
-
-
-def _cosine(a: np.ndarray, b: np.ndarray) -> float:
-    denom = np.linalg.norm(a) * np.linalg.norm(b)
-    return float(a @ b / denom) if denom else 0.0
-
-
-def _tensor_details(path: Path) -> list[dict]:
-    interpreter_mod = require("ai_edge_litert.interpreter", EXTRA)
-    return interpreter_mod.Interpreter(model_path=str(path)).get_tensor_details()
 
 
 def _from_onnx(source, out_path: Path) -> list[str]:

@@ -109,7 +109,9 @@ def run(ctx, config: MixedConfig, backend, baseline, path) -> dict:
     qconfig = ctx.recipe["quantize"]
     rebuild = lambda **given: quantize.quantize_with(backend, ctx.source, baseline, path,  # noqa: E731
                                                      dataclasses.replace(qconfig, **given), ctx.calib)
-    built, entry = search(backend, ctx.source, path, baseline, qconfig, config.rounds, ctx.calib,
+    reference = getattr(backend, "divergence_reference", None)  # TFLite: the calibrated model builds are named after
+    reference = reference(ctx.source, baseline, qconfig, ctx.calib) if reference else baseline
+    built, entry = search(backend, ctx.source, path, reference, qconfig, config.rounds, ctx.calib,
                           ctx.options.outputs, rebuild, fix_order(config.fixes, backend.FORMAT))
     notes = [n for n in built.get("notes", []) if "float" in n or "16-bit" in n] + _notes(entry)
     chosen = (entry.get("fallback") or {}).get("chosen")
