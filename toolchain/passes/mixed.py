@@ -153,7 +153,7 @@ def search(backend, source, out_path: Path, float_artifact: Path, qconfig, round
     entry = {"mode": "auto", "rounds": state.rounds, "max_rounds": rounds, "gate_met": fid["verified"],
              "seconds": round(time.perf_counter() - started, 2), "kept": kept, "plain": plain,
              "fidelity": _short(fid), "samples": len(samples), "history": state.history,
-             "divergence_runs": state.rankings, **_mixed_share.entry(backend, out_path),
+             "divergence_runs": state.rankings, "divergence_seconds": round(state.ranking_seconds, 1), **_mixed_share.entry(backend, out_path),
              "how": measure.how(measure.MEASURED, f"{backend.RUNTIME}, calibration samples")}
     if state.fallback:
         entry["fallback"] = state.fallback
@@ -253,6 +253,7 @@ class _State:
         self.skip: dict[str, str] = {}
         self.failed: list[list[str]] = []  # kept sets that missed the gate
         self.rounds = self.rankings = 0
+        self.ranking_seconds = 0.0
         self.history: list[dict] = []
         self.stopped = ""
         self.fallback: dict | None = None  # the whole-model build, when one was tried
@@ -298,6 +299,7 @@ def _round(state: _State, judge, rebuild, out_path: Path, best) -> tuple[dict, d
     name the backend finds no op for is dropped (and not tried again) before the build; a build that fails
     otherwise is recorded, and the best build so far is put back at `out_path`."""
     state.rounds += 1
+    started = time.perf_counter()
     while True:
         try:
             built = rebuild(**state.settings()) if rebuild is not None else {}
@@ -315,7 +317,7 @@ def _round(state: _State, judge, rebuild, out_path: Path, best) -> tuple[dict, d
             return {}, {"verified": False, "error": error}
     fid = judge(out_path)
     state.history.append({"round": state.rounds, "verified": fid["verified"], **_short(fid),
-                          "kept": _kept_names(state)})
+                          "kept": _kept_names(state), "seconds": round(time.perf_counter() - started, 1)})
     best.offer(built, fid, state.kept_rows())
     return built, fid
 
@@ -352,8 +354,10 @@ def _ranking(backend, artifact: Path, float_artifact: Path, calib, state: _State
     `gate_db` + CEILING_DB down); topological order among equals (error flows downstream: of the layers that
     fall no further, the earliest are the likelier causes)."""
     from ..divergence import layer_divergence
+    started = time.perf_counter()
     rows = layer_divergence(artifact, backend.FORMAT, float_artifact, calib.samples[:DIVERGENCE_SAMPLES])
     state.rankings += 1
+    state.ranking_seconds += time.perf_counter() - started
     falls: dict[str, tuple[str, float, float]] = {}
     lowest = gate_db + CEILING_DB
     for row in (r for r in rows if r.snr_db is not None):
