@@ -103,3 +103,14 @@ def test_onnx_ops_onnxruntime_runs_in_float_are_named(tmp_path):
     assert summary["outside_int8"] == {"PRelu": 1}
     assert summary["float_ops"] == 1 and summary["ops"] == 3
     assert onnx_backend.op_summary(tmp_path / "f.onnx")["outside_int8"] == {}
+
+
+def test_cpu_int8_calibrates_once_for_its_xnnpack_rebuild(swish_model, capsys, tmp_path, monkeypatch):
+    """The plain build and the rebuild that keeps XNNPACK's refused ops in float re-quantize one calibrated
+    model: TF's calibration runs once per conversion (it ran twice: 37 s of ddddocr's unrolled CRNN, loaded)."""
+    from tensorflow.lite.python.optimize import calibrator
+    calls, real = [], calibrator.Calibrator.calibrate
+    monkeypatch.setattr(calibrator.Calibrator, "calibrate", lambda self, *a, **k: calls.append(1) or real(self, *a, **k))
+    artifact, _ = _convert(capsys, swish_model, tmp_path / "once", "--target", "cpu-int8")
+    assert any("kept in float for XNNPACK" in n for n in artifact["notes"]) and artifact["fidelity"]["verified"]
+    assert len(calls) == 1, calls

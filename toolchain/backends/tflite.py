@@ -188,7 +188,10 @@ def _quantizing_converter(source, config, calib):
 
 def _quantize_once(source, float_artifact: Path, out_path: Path, config, calib, kept: list[str],
                    kept_ops: list[str]) -> list[str]:
-    if not config.keep_float and not kept and not kept_ops:
+    """One build. int8 with float I/O re-quantizes the cached calibrated model even when nothing is kept (same
+    ranges, scales and outputs as the converter's own build): the XNNPACK and run-once rebuilds that may follow
+    reuse its calibration instead of running it again (ddddocr's unrolled CRNN: 37 s of calibration, twice)."""
+    if not config.keep_float and not kept and not kept_ops and (calib is None or config.precision != "int8"):
         _write(out_path, _quantizing_converter(source, config, calib).convert)
         return []
     if calib is None:
