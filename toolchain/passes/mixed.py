@@ -193,7 +193,8 @@ def _grow(state, judge, rebuild, rounds: int, where: tuple, best, fid: dict, fix
         built, fid = _round(state, judge, rebuild, where[1], best)
         little = not fid.get("error") and (_same(before, fid) or not fid["verified"]
                                            and _gain(before, fid) < GROUP_GAIN_DB)
-        if little and any([state.next_fix(name, fixes) for name in batch if name in state.kept]):
+        if little and any([state.next_fix(name, fixes) for name in batch if state.kept.get(name, {}).get("fix")
+                           not in (None, "float")]):  # nothing is closer to float than float
             continue  # e.g. 16-bit activations do not help layers whose int8 weights are the problem
         for name in batch if fid.get("error") or _same(before, fid) else []:  # not tried again
             state.unusable(name, fid.get("error") or "keeping it out of int8 changed no output")
@@ -379,7 +380,12 @@ def _keep_name(row) -> str | None:
     name = (row.reference or "").split(";")[0]
     if not name or (row.layer and "/" not in name and layer_of(name) != row.layer):
         return row.layer  # the layer came from the op's weights' scope (TFLite names a last op after the output)
-    return layer_of(name, suffix=True)
+    scope = layer_of(name, suffix=True)
+    return row.layer if _MODEL_SCOPE.fullmatch(scope) and row.layer else scope  # `model_1/model/re_lu_1/Relu`:
+    #                                                   re_lu_1 (divergence.source_layer), not every op of `model`
+
+
+_MODEL_SCOPE = re.compile(r"(model|functional|sequential)(_\d+)?")
 
 
 class _Judge:
