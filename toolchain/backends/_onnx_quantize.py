@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConversionError
-from . import require
+from . import _norm_stats, require
 from ._onnx_export import _first_line, canonical_names
 from ._onnx_rewrite import guard_float_nodes
 
@@ -25,6 +25,7 @@ def quantize(source, float_artifact: Path, out_path: Path, config, calib, method
     q = require("onnxruntime.quantization", EXTRA)
     model = onnx.load(str(float_artifact))
     excluded = select([n.name for n in model.graph.node], config.keep_float, "ONNX") if config.keep_float else []
+    stats = _norm_stats.float_ops(*_norm_stats.onnx_nodes(model)) if config.precision in ("int8", "int8-io") else []
     notes = [f"onnxruntime.quantization {config.precision}"]
     if config.precision == "fp16":
         from onnxruntime.transformers.float16 import convert_float_to_float16
@@ -37,7 +38,7 @@ def quantize(source, float_artifact: Path, out_path: Path, config, calib, method
     try:
         for attempt in _attempts(config):
             try:
-                _quantize_once(q, weights, out_path, config, calib, method, model, excluded, attempt)
+                _quantize_once(q, weights, out_path, config, calib, method, model, excluded + stats, attempt)
                 problem = _load_check(out_path, calib)
             except Exception as exc:
                 problem = f"onnxruntime quantization failed: {_first_line(str(exc))}"
@@ -54,7 +55,7 @@ def quantize(source, float_artifact: Path, out_path: Path, config, calib, method
     if config.precision == "int8-io":
         integer_io(quantized)
         notes.append("int8 input and output tensors (scales in the model's metadata)")
-    notes += guard_float_nodes(quantized, excluded)
+    notes += guard_float_nodes(quantized, excluded + stats) + _norm_stats.note(stats)
     onnx.save(canonical_names(quantized), str(out_path))
     if excluded:
         notes.append(f"kept in float: {', '.join(excluded)}")

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConversionError, EdgekitError
-from . import require
+from . import _norm_stats, require
 
 FORMAT = "openvino"
 SUFFIX = ".xml"
@@ -155,8 +155,9 @@ def quantize(source, float_artifact: Path, out_path: Path, config, calib, method
         return ["OpenVINO IR with float16 weights (compress_to_fp16); the CPU plugin computes in its own precision"]
     nncf = require("nncf", "full")
     names = [op.get_friendly_name() for op in model.get_ordered_ops()]
-    ignored = nncf.IgnoredScope(names=select(names, config.keep_float, "OpenVINO"), validate=False) \
-        if config.keep_float else None
+    stats = _norm_stats.float_ops(*_norm_stats.openvino_nodes(model)) if config.precision != "dynamic" else []
+    kept = (select(names, config.keep_float, "OpenVINO") if config.keep_float else []) + stats
+    ignored = nncf.IgnoredScope(names=kept, validate=False) if kept else None
     try:
         with _without_progress_bars():
             if config.precision == "dynamic":
@@ -172,7 +173,8 @@ def quantize(source, float_artifact: Path, out_path: Path, config, calib, method
         raise ConversionError(f"NNCF failed: {str(exc).strip().splitlines()[0][:300]}") from None
     canonical_names(result)
     ov.save_model(result, str(out_path), compress_to_fp16=False)
-    return notes + ([f"kept in float: {', '.join(config.keep_float)}"] if config.keep_float else [])
+    return notes + ([f"kept in float: {', '.join(config.keep_float)}"] if config.keep_float else []) \
+        + _norm_stats.note(stats)
 
 
 def _without_progress_bars():

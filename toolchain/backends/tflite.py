@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConversionError, EdgekitError
-from . import _onehot, require
+from . import _norm_stats, _onehot, require
 from ._tflite_rebuild import quant_params as _quant_params, set_inputs as _set_inputs  # noqa: F401 (probes)
 
 FORMAT = "tflite"
@@ -198,11 +198,13 @@ def _quantize_once(source, float_artifact: Path, out_path: Path, config, calib, 
         raise ConversionError(f"--keep-float needs a calibrated precision on TFLite, not {config.precision}")
     calibrated = _calibrated(source, config, calib)
     denied = _keep_names(calibrated, float_artifact, config.keep_float, calib) if config.keep_float else []
+    stats = _norm_stats.float_ops(*_norm_stats.tflite_nodes(calibrated)) if config.precision == "int8" else []
     from tensorflow.lite.python import convert
     _write(out_path, lambda: convert.mlir_quantize(  # what QuantizationDebugger's denylists do, minus its debug model
         calibrated.read_bytes(), disable_per_channel=not config.per_channel,
-        fully_quantize=config.precision == "int8-io", denylisted_ops=kept_ops, denylisted_nodes=denied + kept))
-    return [f"kept in float: {len(denied)} tensors of {', '.join(config.keep_float)}"] if denied else []
+        fully_quantize=config.precision == "int8-io", denylisted_ops=kept_ops, denylisted_nodes=denied + kept + stats))
+    return ([f"kept in float: {len(denied)} tensors of {', '.join(config.keep_float)}"] if denied else []) \
+        + _norm_stats.note(stats)
 
 
 def _keep_names(calibrated: Path, float_artifact: Path, layers: list[str], calib) -> list[str]:
