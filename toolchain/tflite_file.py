@@ -74,7 +74,13 @@ def constant(model, tensor) -> np.ndarray | None:
     if buffer is None or buffer.data is None or not len(buffer.data):
         return None
     dtype = DTYPES.get(type_names()[tensor.type], np.float32)
-    return np.frombuffer(bytes(buffer.data), dtype=dtype).reshape([int(d) for d in tensor.shape])
+    values = np.frombuffer(bytes(buffer.data), dtype=dtype)
+    return values.reshape(_shape(tensor)) if tensor.shape is not None else values
+
+
+def _shape(tensor) -> tuple:
+    """A tensor's shape; () where the flatbuffer has none (the converter's calibrated model leaves it out)."""
+    return tuple(int(d) for d in tensor.shape) if tensor.shape is not None else ()
 
 
 def load(path: Path) -> tuple[list[Tensor], list[Op], list[int], list[int]]:
@@ -87,8 +93,8 @@ def load(path: Path) -> tuple[list[Tensor], list[Op], list[int], list[int]]:
         q = t.quantization
         scale = np.asarray(q.scale if q is not None and q.scale is not None else [0.0], np.float32)
         zero = np.asarray(q.zeroPoint if q is not None and q.zeroPoint is not None else [0], np.int64)
-        tensors.append(Tensor(t.name.decode() if isinstance(t.name, bytes) else t.name,
-                              tuple(int(d) for d in t.shape), types[t.type], scale, zero, constant(model, t)))
+        tensors.append(Tensor(t.name.decode() if isinstance(t.name, bytes) else t.name, _shape(t), types[t.type],
+                              scale, zero, constant(model, t)))
     ops = []
     for k, op in enumerate(graph.operators):
         code = model.operatorCodes[op.opcodeIndex]
