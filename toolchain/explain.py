@@ -151,8 +151,10 @@ def _samples(job: Job, data_path: Path | None, count: int) -> tuple[list[list[np
             continue
         samples, _ = data.load_npz_inputs(Path(candidate), specs, "evaluation")
         return samples[:count], f"{len(samples[:count])} samples of {candidate} ({origin})"
+    kind = "uniform [0, 1) samples" if all(np.issubdtype(np.dtype(s.dtype), np.floating) for s in specs) else \
+        "samples (uniform [0, 1) floats; integers 0-9 for integer inputs)"
     return make_inputs(specs, count, seed=0), (
-        f"{count} generated uniform [0, 1) samples (no --data): int8 ranges were calibrated on other data, "
+        f"{count} generated {kind} (no --data): int8 ranges were calibrated on other data, "
         "so a verdict on noise says little; pass --data")
 
 
