@@ -336,8 +336,8 @@ class _Float32Written(Exception):
 @contextmanager
 def _float32_only():
     """onnx2tf converts its Keras model to TFLite a second time, with float16 weights, once the float32 file
-    is written; nothing reads that file (ddddocr's CRNN: 14-15 s of each ~50 s recipe run, the unrolled
-    copy for the quantizer included). Its converters raise _Float32Written instead of that conversion."""
+    is written; nothing reads that file (ddddocr's CRNN, the unrolled copy for the quantizer: 120 and 122 s
+    with it, 70 and 85 s without, interleaved at load 8-9). Its converters raise _Float32Written instead."""
     import tensorflow as tf
     cls = tf.lite.TFLiteConverter
     names = ("from_keras_model", "from_concrete_functions")
