@@ -168,7 +168,7 @@ def _quantize_checked(source, float_artifact: Path, out_path: Path, config, cali
 MAX_FLOAT_RETRIES = 3
 
 
-def _quantizing_converter(source, config, calib):
+def _quantizing_converter(source, config, calib, float_fallback: bool = False):
     """A TFLiteConverter set up for `config` (optimizations, calibration data, ops set, I/O types)."""
     tf = require("tensorflow", "full")
     converter = _converter(source)
@@ -181,6 +181,7 @@ def _quantizing_converter(source, config, calib):
         converter.representative_dataset = lambda: iter([list(s) for s in calib.samples])
         converter.target_spec.supported_ops = [ops.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8
                                                if config.precision == "int16x8" else ops.TFLITE_BUILTINS_INT8]
+        converter.target_spec.supported_ops += [ops.TFLITE_BUILTINS] if float_fallback else []
     if config.precision == "int8-io":
         converter.inference_input_type = converter.inference_output_type = tf.int8
     return converter
@@ -192,7 +193,13 @@ def _quantize_once(source, float_artifact: Path, out_path: Path, config, calib, 
     ranges, scales and outputs as the converter's own build): the XNNPACK and run-once rebuilds that may follow
     reuse its calibration instead of running it again (ddddocr's unrolled CRNN: 37 s of calibration, twice)."""
     if not config.keep_float and not kept and not kept_ops and (calib is None or config.precision != "int8"):
-        _write(out_path, _quantizing_converter(source, config, calib).convert)
+        try:
+            _write(out_path, _quantizing_converter(source, config, calib).convert)
+        except ConversionError as exc:  # TF's documented way out: ops with no 16x8 kernel left in float
+            if config.precision != "int16x8" or "16x8-bit not yet supported" not in str(exc):
+                raise
+            _write(out_path, _quantizing_converter(source, config, calib, float_fallback=True).convert)
+            return [f"ops with no 16x8 kernel left in float (TFLITE_BUILTINS fallback): {str(exc).split(': ', 1)[-1][:200]}"]
         return []
     if calib is None:
         raise ConversionError(f"--keep-float needs a calibrated precision on TFLite, not {config.precision}")

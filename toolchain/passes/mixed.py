@@ -70,10 +70,10 @@ class MixedConfig:
                               "of MACs still int8. `[quantize] mixed` is an alias.", choices=MODES)
     rounds: int = option(20, "Most rebuild-and-evaluate rounds per artifact (round 1 is the plain build).")
     fixes: list[str] = option(["float", "int16x8"], "Per-layer fixes in the order tried, cheapest first on this "
-                              "target: float (the layer's ops in float) and int16x8 (its activations 16-bit, weights "
-                              "int8; ONNX only). Each format uses the ones it has, float where it has none of them. "
-                              "Default float first (a CPU runs int16 Q/DQ layers in float anyway); int8 "
-                              "accelerators list int16x8 first.", choices=FIX_NAMES)
+                              "target: float (the layer's ops in float) and int16x8 (activations 16-bit, weights int8; "
+                              "ONNX per layer, TFLite's last-round whole-model fallback only where it is listed). Float "
+                              "first by default (a CPU runs int16 Q/DQ in float anyway); int8 accelerators "
+                              "list int16x8 first.", choices=FIX_NAMES)
 
 
 Config = MixedConfig
@@ -113,7 +113,7 @@ def run(ctx, config: MixedConfig, backend, baseline, path) -> dict:
     reference = getattr(backend, "divergence_reference", None)  # TFLite: the calibrated model builds are named after
     reference = reference(ctx.source, baseline, qconfig, ctx.calib) if reference else baseline
     built, entry = search(backend, ctx.source, path, reference, qconfig, config.rounds, ctx.calib,
-                          ctx.options.outputs, rebuild, fix_order(config.fixes, backend.FORMAT))
+                          ctx.options.outputs, rebuild, fix_order(config.fixes, backend.FORMAT), config.fixes)
     notes = [n for n in built.get("notes", []) if "float" in n or "16-bit" in n] + _notes(entry)
     chosen = (entry.get("fallback") or {}).get("chosen")
     return {"mixed": entry, "notes": notes, **({"precision": entry["fallback"]["precision"]} if chosen else {})}
@@ -125,7 +125,7 @@ def fix_order(fixes: list[str], fmt: str) -> list[str]:
 
 
 def search(backend, source, out_path: Path, float_artifact: Path, qconfig, rounds: int, calib, outputs: str,
-           rebuild, fixes: list[str] = ("float",)) -> tuple[dict, dict]:
+           rebuild, fixes: list[str] = ("float",), target_fixes: list[str] = FIX_NAMES) -> tuple[dict, dict]:
     """`rebuild(**quantize config changes) -> report entries` writes `out_path` again; returns the entries of the
     build left at `out_path` ({} for the first one) and the report's `mixed` entry."""
     started = time.perf_counter()
@@ -134,6 +134,7 @@ def search(backend, source, out_path: Path, float_artifact: Path, qconfig, round
                                                                                   source.reference_precision), outputs)
     state = _State(qconfig.keep_float, qconfig.keep_int16)
     whole = quantize.WHOLE_MODEL_FIXES.get(backend.FORMAT) if qconfig.precision == "int8" else None  # int8-io: int8 I/O
+    whole = whole if whole in target_fixes else None  # a target whose [mixed] fixes leave int16x8 out never gets it
     with tempfile.TemporaryDirectory(prefix="edgekit-mixed-") as scratch:
         best = _Best(backend, out_path, Path(scratch))
         built, fid = _round(state, judge, None, out_path, best)
