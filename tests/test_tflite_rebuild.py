@@ -1,7 +1,7 @@
 """int8 TFLite of a model that arrives as .tflite: the TFLite quantizer reads a float graph rebuilt through
 tf2onnx and onnx2tf (backends/_tflite_rebuild.py), which names every op anew. Checked on a small model made
-here with MediaPipe's pose-detector pattern (Add -> ReLU6 -> DepthToSpace, which onnx2tf 1.29 fed channels-first)
-and one layer made to break int8: plain int8 builds and misses its gate; --mixed auto keeps that layer out of
+here with MediaPipe's pose-detector pattern (Add -> ReLU6 -> DepthToSpace, which onnx2tf 1.29 fed channels-first),
+its palm detector's (Add -> PReLU, which it then wrote as RELU/ABS/SUB/MUL/ADD with TRANSPOSEs) and one layer made to break int8: plain int8 builds and misses its gate; --mixed auto keeps that layer out of
 int8 under the rebuild's name; --keep-float with the .tflite's own layer name reaches the same op."""
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ from conftest import tree_digest
 @pytest.fixture(scope="module")
 def pose_like(tmp_path_factory):
     """Conv -> `outlier` conv (weights of 1000 on an input channel that is always 0: no effect in float, every
-    per-channel int8 weight scale of it set by the 1000s) -> + conv -> ReLU6 -> DepthToSpace -> conv -> pool -> head,
-    as a float .tflite, and 48 random samples."""
+    per-channel int8 weight scale of it set by the 1000s) -> + conv -> ReLU6 -> DepthToSpace -> conv -> + conv ->
+    PReLU -> pool -> head, as a float .tflite, and 48 random samples."""
     import keras
     import tensorflow as tf
     keras.utils.set_random_seed(0)
@@ -29,8 +29,10 @@ def pose_like(tmp_path_factory):
     y = layers.ReLU(6.0, name="relu6")(layers.Add(name="add")([outlier, layers.Conv2D(16, 3, padding="same",
                                                                                        name="conv3")(outlier)]))
     y = layers.Lambda(lambda t: tf.nn.depth_to_space(t, 2), name="d2sp")(y)
-    y = layers.GlobalAveragePooling2D(name="pool")(layers.Conv2D(4, 1, name="conv4")(y))
-    model = keras.Model(image, layers.Dense(4, name="head")(y))
+    y = layers.Conv2D(4, 1, name="conv4")(y)
+    y = layers.PReLU(shared_axes=[1, 2], name="prelu")(layers.Add(name="add2")([y, layers.Conv2D(4, 1, name="conv5")(y)]))
+    model = keras.Model(image, layers.Dense(4, name="head")(layers.GlobalAveragePooling2D(name="pool")(y)))
+    model.get_layer("prelu").set_weights([np.full((1, 1, 4), 0.25, np.float32)])
     kernel, bias = model.get_layer("conv1").get_weights()
     kernel[..., 0], bias[0] = 0.0, -1.0
     model.get_layer("conv1").set_weights([kernel, bias])
@@ -50,9 +52,13 @@ def convert(capsys, model, data, out, *args) -> dict:
     return next(a for a in json.loads((out / "report.json").read_text())["artifacts"] if a["role"] == "target")
 
 
+def load(path):
+    from edgekit.tflite_file import load
+    return load(path)
+
+
 def float_convs(path) -> list[float]:
     """The largest weight of each CONV_2D left in float."""
-    from edgekit.tflite_file import load
     tensors, ops, _, _ = load(path)
     return [float(np.max(tensors[op.inputs[1]].data)) for op in ops
             if op.kind == "CONV_2D" and tensors[op.outputs[0]].dtype == "float32"]
@@ -68,6 +74,8 @@ def test_mixed_auto_keeps_the_broken_layer_of_a_rebuilt_tflite_under_the_rebuild
     assert not m["history"][0]["verified"] and m["gate_met"] and len(m["kept"]) == 1, m
     assert m["kept"][0]["name"].startswith("tf.") and m["kept"][0]["snr_db"] < 15, m["kept"]  # onnx2tf's scope
     assert float_convs(tmp_path / "mixed" / "model.tflite") == [1000.0]  # exactly the outlier conv is float
+    kinds = [op.kind for op in load(tmp_path / "mixed" / "model.tflite")[1]]
+    assert "PRELU" in kinds and "ABS" not in kinds and "TRANSPOSE" not in kinds, kinds
     assert tree_digest(model) == before
 
 

@@ -367,16 +367,19 @@ def _float32_only():
                 delattr(cls, name)
 
 
-CHANNELS_LAST_OPS = ("DepthToSpace", "SpaceToDepth")  # onnx2tf modules that take their input as channels-last
+CHANNELS_LAST_OPS = ("DepthToSpace", "SpaceToDepth", "PRelu")  # onnx2tf modules that take their input channels-last
 
 
 def _channels_last_input(op_type: str) -> None:
     """onnx2tf's DepthToSpace/SpaceToDepth hand their TF input to tf.nn.depth_to_space as it is, taking it to be
-    channels-last. onnx2tf 1.29's binary ops (Add, Mul, ...) can leave their output in the ONNX layout (a
-    "rescue guard" transposes both inputs until the result has the ONNX shape), and the op then splits the
-    wrong axis (mp_pose_detection: Add -> Clip -> DepthToSpace, "Dimension size must be evenly divisible by 4
-    but is 14"). Patched here, in the child: an input whose TF shape is the ONNX (channels-first) shape and not
-    its channels-last permutation is transposed to channels-last for that op only."""
+    channels-last, and its PRelu a slope transposed for channels-last. onnx2tf 1.29's Add can leave its output in
+    the ONNX layout (a "rescue guard" transposes both inputs until the result has the ONNX shape), and then
+    - DepthToSpace splits the wrong axis (mp_pose_detection: Add -> Clip -> DepthToSpace, "Dimension size must
+      be evenly divisible by 4 but is 14");
+    - PRelu's Keras layer refuses the slope and onnx2tf writes relu(x) + (x - |x|) * slope / 2 instead, with
+      TRANSPOSEs around it (mp_palm_detection: 349 ops for the original's 119, each piece quantized on its own).
+    Patched here, in the child: an input whose TF shape is the ONNX (channels-first) shape and not its
+    channels-last permutation is transposed to channels-last for that op only."""
     import importlib
 
     import tensorflow as tf

@@ -223,8 +223,9 @@ def _keep_names(calibrated: Path, float_artifact: Path, layers: list[str], calib
     names = [t["name"] for t in rebuilt.tensor_details(calibrated)]
     chosen: list[str] = []
     for layer in layers:
-        try:
-            chosen += select(names, [layer], "TFLite")
+        exact = re.compile(rf"(^|[/;]){re.escape(layer)}([/;:]|$)")  # onnx2tf's first `tf.math.add` scope, not every
+        try:                                                           # `tf.math.add_N` (a Keras `conv1_1` for `conv1`)
+            chosen += [n for n in names if exact.search(n)] or select(names, [layer], "TFLite")
         except ConversionError:
             theirs = select([t["name"] for t in rebuilt.tensor_details(float_artifact)], [layer], "TFLite")
             found = rebuilt.translate(float_artifact, calibrated, theirs, calib.samples[0])
