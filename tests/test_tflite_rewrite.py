@@ -175,7 +175,7 @@ def test_block_sparse_constant_decodes_to_its_dense_matrix():
     """A 4x8 matrix in 1x4 blocks (block_map [1]): rows dense, block columns CSR, block inner dense;
     stored values in traversal order (TFLite schema, SparsityParameters)."""
     from types import SimpleNamespace as Obj
-    from edgekit.backends._tflite_rewrite import _dense
+    from edgekit.tflite_file import dense as _dense
     dense = np.zeros((4, 8), np.float32)
     blocks = [(0, 0), (2, 1), (3, 0), (3, 1)]
     for n, (row, col) in enumerate(blocks):
@@ -209,3 +209,27 @@ def test_tflite_op_tf2onnx_copies_through_is_named_as_a_tflite_op():
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [5])])
     with pytest.raises(ConversionError, match="TFLite op MaxUnpooling2D .node 'seg/unpool'"):
         onnx_backend._complete(onnx, helper.make_model(graph))
+
+
+def test_a_sparse_tflite_loads_with_its_constants_dense(tmp_path):
+    """tflite_file.load on a model whose weights are stored sparse (MediaPipe's pose detector) read the stored
+    values in the dense shape ('cannot reshape array of size 96'): constants now come back densified."""
+    from edgekit import tflite_file
+    from edgekit.tflite_file import dense
+    rng = np.random.default_rng(0)
+    matrix = rng.normal(size=(4, 6)).astype(np.float32) * (rng.random((4, 6)) > 0.6)
+
+    class Level:
+        def __init__(self, fmt, size=0, segments=None, indices=None):
+            self.format, self.denseSize = fmt, size
+            self.arraySegments = type("V", (), {"values": segments})()
+            self.arrayIndices = type("V", (), {"values": indices})()
+    rows = [np.flatnonzero(r) for r in matrix]
+    segments = np.concatenate([[0], np.cumsum([len(r) for r in rows])])
+    sparsity = type("S", (), {"traversalOrder": [0, 1], "blockMap": None,
+                              "dimMetadata": [Level(0, 4), Level(1, 0, segments, np.concatenate(rows))]})()
+    tensor = type("T", (), {"sparsity": sparsity, "shape": [4, 6], "type": 0, "name": "w"})()
+    np.testing.assert_array_equal(dense(tensor, matrix[matrix != 0].view(np.uint8), "w"), matrix)
+    assert tflite_file.constant(type("M", (), {"buffers": [type("B", (), {"data": matrix[matrix != 0].view(np.uint8)})()]})(),
+                                type("T2", (), {**vars(tensor), "buffer": 0, "sparsity": sparsity,
+                                                "shape": [4, 6], "type": 0, "name": "w"})()).shape == (4, 6)

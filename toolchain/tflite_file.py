@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import ConversionError
+
 DTYPES = {"int8": np.int8, "int32": np.int32, "int64": np.int64, "float32": np.float32, "int16": np.int16,
           "uint8": np.uint8, "bool": np.bool_, "float16": np.float16}
 
@@ -70,12 +72,59 @@ def type_names() -> dict[int, str]:
 
 
 def constant(model, tensor) -> np.ndarray | None:
+    """A constant tensor's values in its shape; a sparse one (MediaPipe's, decoded by DENSIFY) densified."""
     buffer = model.buffers[tensor.buffer] if tensor.buffer < len(model.buffers) else None
     if buffer is None or buffer.data is None or not len(buffer.data):
         return None
+    if tensor.sparsity is not None:
+        return dense(tensor, np.frombuffer(bytes(buffer.data), np.uint8), f"sparse constant '{tensor.name}'")
     dtype = DTYPES.get(type_names()[tensor.type], np.float32)
     values = np.frombuffer(bytes(buffer.data), dtype=dtype)
     return values.reshape(_shape(tensor)) if tensor.shape is not None else values
+
+
+_NP = {0: np.float32, 1: np.float16, 2: np.int32, 3: np.uint8, 4: np.int64, 7: np.int16, 9: np.int8, 10: np.float64}
+
+
+def dense(tensor, values: np.ndarray, where: str) -> np.ndarray:
+    """TFLite's sparse format (format_converter.cc): one level per dimension in traversal order (the
+    dims, then block dims), each DENSE (all dense_size indices) or SPARSE_CSR (array_segments /
+    array_indices per parent position); values are the stored elements in traversal order."""
+    sparsity, shape = tensor.sparsity, [int(d) for d in tensor.shape]
+    if tensor.type not in _NP:
+        raise ConversionError(f"{where}: element type {tensor.type} is not supported for densifying — re-export dense")
+    values = values.view(_NP[tensor.type])
+    order = [int(d) for d in sparsity.traversalOrder]
+    block_map = [int(d) for d in sparsity.blockMap] if sparsity.blockMap is not None else []
+    rank = len(shape)
+    idx, prev = np.zeros((1, 0), np.int64), np.zeros(1, np.int64)
+    sizes = []
+    for level in sparsity.dimMetadata:
+        if level.format == 0:  # DENSE
+            size = int(level.denseSize)
+            idx = np.concatenate([np.repeat(idx, size, 0), np.tile(np.arange(size), len(prev))[:, None]], 1)
+            prev = np.repeat(prev, size) * size + np.tile(np.arange(size), len(prev))
+        else:  # SPARSE_CSR
+            segments = np.asarray(level.arraySegments.values, np.int64)
+            indices = np.asarray(level.arrayIndices.values, np.int64)
+            counts = segments[prev + 1] - segments[prev]
+            pos = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts) + np.repeat(segments[prev], counts)
+            idx = np.concatenate([np.repeat(idx, counts, 0), indices[pos][:, None]], 1)
+            prev = pos
+            size = 0
+        sizes.append(size)
+    if len(idx) != values.size or len(order) != idx.shape[1]:
+        raise ConversionError(f"{where}: its sparsity metadata describes {len(idx)} stored values, the buffer "
+                              f"holds {values.size} — the model file is inconsistent; re-export it")
+    coords = [None] * rank
+    for level, dim in enumerate(order[:rank]):
+        coords[dim] = idx[:, level]
+    for level, dim in enumerate(order[rank:], start=rank):
+        block = dim - rank
+        coords[block_map[block]] = coords[block_map[block]] * sizes[rank + block] + idx[:, level]
+    out = np.zeros(shape, values.dtype)
+    out[tuple(coords)] = values
+    return out
 
 
 def _shape(tensor) -> tuple:

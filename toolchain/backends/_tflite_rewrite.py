@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import tflite_file
 from ..errors import ConversionError
 
 
@@ -145,7 +146,7 @@ def _densify_constants(model, graph) -> int:
     for tensor in graph.tensors:
         if tensor.sparsity is not None and _data(model, tensor) is not None:
             where = f"sparse constant '{tensor.name.decode(errors='replace') if isinstance(tensor.name, bytes) else tensor.name}'"
-            model.buffers[tensor.buffer].data = np.ascontiguousarray(_dense(tensor, _data(model, tensor), where)).ravel().view(np.uint8)
+            model.buffers[tensor.buffer].data = np.ascontiguousarray(tflite_file.dense(tensor, _data(model, tensor), where)).ravel().view(np.uint8)
             tensor.sparsity = None
             count += 1
     kept = []
@@ -158,50 +159,6 @@ def _densify_constants(model, graph) -> int:
         kept.append(op)
     graph.operators = kept
     return count
-
-
-_NP = {0: np.float32, 1: np.float16, 2: np.int32, 3: np.uint8, 4: np.int64, 7: np.int16, 9: np.int8, 10: np.float64}
-
-
-def _dense(tensor, values: np.ndarray, where: str) -> np.ndarray:
-    """TFLite's sparse format (format_converter.cc): one level per dimension in traversal order (the
-    dims, then block dims), each DENSE (all dense_size indices) or SPARSE_CSR (array_segments /
-    array_indices per parent position); values are the stored elements in traversal order."""
-    sparsity, shape = tensor.sparsity, [int(d) for d in tensor.shape]
-    if tensor.type not in _NP:
-        raise ConversionError(f"{where}: element type {tensor.type} is not supported for densifying — re-export dense")
-    values = values.view(_NP[tensor.type])
-    order = [int(d) for d in sparsity.traversalOrder]
-    block_map = [int(d) for d in sparsity.blockMap] if sparsity.blockMap is not None else []
-    rank = len(shape)
-    idx, prev = np.zeros((1, 0), np.int64), np.zeros(1, np.int64)
-    sizes = []
-    for level in sparsity.dimMetadata:
-        if level.format == 0:  # DENSE
-            size = int(level.denseSize)
-            idx = np.concatenate([np.repeat(idx, size, 0), np.tile(np.arange(size), len(prev))[:, None]], 1)
-            prev = np.repeat(prev, size) * size + np.tile(np.arange(size), len(prev))
-        else:  # SPARSE_CSR
-            segments = np.asarray(level.arraySegments.values, np.int64)
-            indices = np.asarray(level.arrayIndices.values, np.int64)
-            counts = segments[prev + 1] - segments[prev]
-            pos = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts) + np.repeat(segments[prev], counts)
-            idx = np.concatenate([np.repeat(idx, counts, 0), indices[pos][:, None]], 1)
-            prev = pos
-            size = 0
-        sizes.append(size)
-    if len(idx) != values.size or len(order) != idx.shape[1]:
-        raise ConversionError(f"{where}: its sparsity metadata describes {len(idx)} stored values, the buffer "
-                              f"holds {values.size} — the model file is inconsistent; re-export it")
-    coords = [None] * rank
-    for level, dim in enumerate(order[:rank]):
-        coords[dim] = idx[:, level]
-    for level, dim in enumerate(order[rank:], start=rank):
-        block = dim - rank
-        coords[block_map[block]] = coords[block_map[block]] * sizes[rank + block] + idx[:, level]
-    out = np.zeros(shape, values.dtype)
-    out[tuple(coords)] = values
-    return out
 
 
 # ---- flatbuffer helpers ----------------------------------------------------------------------------

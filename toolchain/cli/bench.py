@@ -42,6 +42,9 @@ def bench(artifacts, threads, threads_unbounded, runs, warmup, processes, inputs
             raise EdgekitError(f"artifact not found: {artifact}", "check the path")
     # absolute: a name starting with '-' is never read as an option (scp, the runner)
     artifacts = [a.absolute() for a in artifacts]
+    if len(artifacts) == 2 and artifacts[0].resolve() == artifacts[1].resolve():
+        raise EdgekitError(f"both artifacts are {artifacts[0].name}", "give two different artifacts to compare, or one "
+                                                                       "(--json is a flag: JSON goes to stdout)")
     if devices:
         if len(artifacts) > 1:
             raise EdgekitError("--device benches one artifact", "run bench once per artifact")
