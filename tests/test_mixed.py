@@ -26,18 +26,24 @@ def three_conv_cnn(middle: str, name: str):
                              layers.Dense(4, name="head")], name=name)
 
 
+def plant_channel_zero(model, conv1_bias: float, layer: str, weight: float) -> None:
+    """conv1's channel 0 made constant (zero kernel, `conv1_bias`: -1 is a dead ReLU unit, 1000 an activation
+    outlier) and `layer`'s weights reading that channel set to `weight`: no effect in float either way."""
+    kernel, bias = model.get_layer("conv1").get_weights()
+    kernel[..., 0], bias[0] = 0.0, conv1_bias
+    model.get_layer("conv1").set_weights([kernel, bias])
+    kernel, bias = model.get_layer(layer).get_weights()
+    kernel[:, :, 0, :] = weight
+    model.get_layer(layer).set_weights([kernel, bias])
+
+
 @pytest.fixture(scope="module")
 def outlier_model(tmp_path_factory):
     """A small CNN whose `outlier` conv has weights of 1000 on an input channel that is always 0 (a dead ReLU
     unit of conv1): no effect in float, but every per-channel int8 weight scale of that conv is set by the
     1000s, so its other weights round to 0 in int8."""
     model = three_conv_cnn("outlier", "mixed")
-    kernel, bias = model.get_layer("conv1").get_weights()
-    kernel[..., 0], bias[0] = 0.0, -1.0
-    model.get_layer("conv1").set_weights([kernel, bias])
-    kernel, bias = model.get_layer("outlier").get_weights()
-    kernel[:, :, 0, :] = 1000.0
-    model.get_layer("outlier").set_weights([kernel, bias])
+    plant_channel_zero(model, -1.0, "outlier", 1000.0)
     directory = tmp_path_factory.mktemp("mixed")
     model.save(directory / "outlier.keras")
     np.savez(directory / "data.npz", x=np.random.default_rng(0).random((48, 8, 8, 1), dtype=np.float32))

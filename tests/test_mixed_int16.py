@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from clihelp import run_cli
-from test_mixed import three_conv_cnn
+from test_mixed import plant_channel_zero, three_conv_cnn
 
 PROFILE = (__import__("pathlib").Path(__file__).resolve().parents[1] / "targets" / "cpu-int8.toml").read_text()
 
@@ -22,12 +22,7 @@ def activation_outlier(tmp_path_factory):
     in float, but that channel sets conv1's output range, so in int8 (step ~4) every other channel rounds to 0
     and `wide` sees nothing; with 16-bit activations (step ~0.015) they survive."""
     model = three_conv_cnn("wide", "mixed16")
-    kernel, bias = model.get_layer("conv1").get_weights()
-    kernel[..., 0], bias[0] = 0.0, 1000.0
-    model.get_layer("conv1").set_weights([kernel, bias])
-    kernel, bias = model.get_layer("wide").get_weights()
-    kernel[:, :, 0, :] = 0.0
-    model.get_layer("wide").set_weights([kernel, bias])
+    plant_channel_zero(model, 1000.0, "wide", 0.0)
     directory = tmp_path_factory.mktemp("mixed16")
     model.save(directory / "outlier.keras")
     np.savez(directory / "data.npz", x=np.random.default_rng(0).random((48, 8, 8, 1), dtype=np.float32))

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from clihelp import run_cli
+from test_mixed import plant_channel_zero
 from conftest import tree_digest
 
 
@@ -33,12 +34,7 @@ def pose_like(tmp_path_factory):
     y = layers.PReLU(shared_axes=[1, 2], name="prelu")(layers.Add(name="add2")([y, layers.Conv2D(4, 1, name="conv5")(y)]))
     model = keras.Model(image, layers.Dense(4, name="head")(layers.GlobalAveragePooling2D(name="pool")(y)))
     model.get_layer("prelu").set_weights([np.full((1, 1, 4), 0.25, np.float32)])
-    kernel, bias = model.get_layer("conv1").get_weights()
-    kernel[..., 0], bias[0] = 0.0, -1.0
-    model.get_layer("conv1").set_weights([kernel, bias])
-    kernel, bias = model.get_layer("outlier").get_weights()
-    kernel[:, :, 0, :] = 1000.0
-    model.get_layer("outlier").set_weights([kernel, bias])
+    plant_channel_zero(model, -1.0, "outlier", 1000.0)
     directory = tmp_path_factory.mktemp("rebuild")
     (directory / "pose_like.tflite").write_bytes(tf.lite.TFLiteConverter.from_keras_model(model).convert())
     np.savez(directory / "data.npz", x=np.random.default_rng(0).random((48, 8, 8, 1), dtype=np.float32))
