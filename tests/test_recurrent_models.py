@@ -159,3 +159,23 @@ def test_onnx2tf_child_stops_at_the_float16_copy_nobody_reads():
         with pytest.raises(_onnx2tf._Float32Written):
             converter.convert()
     assert {name: vars(tf.lite.TFLiteConverter).get(name) for name in before} == before
+
+
+def test_an_int8_target_on_a_model_already_quantized_names_the_sources_own_integer_ops(tmp_path, capsys):
+    """A dynamic-int8 source (DynamicQuantizeLSTM, MatMulInteger): the static quantizer adds QDQ only around the
+    float ops left, and the notes name the integer ops that were the source's own; a graph the quantizer adds
+    nothing to is named as the source graph (ddddocr_crnn_int8), not as QDQ."""
+    import onnx
+
+    from edgekit.backends import _onnx_quantize
+    model = dynamic_int8_onnx(tmp_path)
+    result = run_cli(capsys, "convert", model, "--target", "cpu-int8", "--format", "onnx", "--calib", "random",
+                     "--runs", "1", "--warmup", "0", "--out", tmp_path / "out")
+    assert result.code == 0, result.err
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    notes = next(a for a in report["artifacts"] if a["precision"] != "fp32")["notes"]
+    assert any("own integer ops" in n and "DynamicQuantizeLSTM, DynamicQuantizeLinear, MatMulInteger" in n
+               for n in notes), notes
+    source = onnx.load(str(model))
+    assert not _onnx_quantize._added_quantization(source, source)
+    assert _onnx_quantize._added_quantization(source, onnx.load(str(tmp_path / "out" / "model.onnx")))

@@ -61,8 +61,25 @@ def quantize(source, float_artifact: Path, out_path: Path, config, calib, method
         notes.append(f"kept in float: {', '.join(excluded)}")
     if config.keep_int16:
         notes.append(f"16-bit activations (int16 Q/DQ, int8 weights) on the tensors of: {', '.join(config.keep_int16)}")
+    own = sorted({n.op_type for n in model.graph.node if n.op_type in _QUANTIZE_OPS | _INTEGER_OPS})
+    if not _added_quantization(model, quantized):
+        return notes + ["onnxruntime's quantizer found no float op to quantize: this is the source graph"
+                        + (f" with its own integer ops ({', '.join(own)})" if own else ", still float")]
+    if own:
+        notes.append(f"the source's own integer ops are kept as they are: {', '.join(own)}")
     return notes + [f"QDQ, {config.activations} activations, {'per-channel' if attempt['per_channel'] else 'per-tensor'} "
                     f"int8 weights" if config.precision != "dynamic" else "int8 weights, activations quantized at run time"]
+
+
+def _added_quantization(source, quantized) -> bool:
+    """Whether the quantizer added any quantize op (QDQ pairs, or dynamic/integer ops) to the source graph."""
+    count = lambda m: sum(n.op_type in _QUANTIZE_OPS for n in m.graph.node)  # noqa: E731
+    return count(quantized) > count(source)
+
+
+_QUANTIZE_OPS = {"QuantizeLinear", "DynamicQuantizeLinear", "DynamicQuantizeMatMul", "DynamicQuantizeLSTM",
+                 "MatMulInteger", "ConvInteger", "QLinearConv", "QLinearMatMul"}
+_INTEGER_OPS = {"DequantizeLinear", "MatMulIntegerToFloat"}
 
 
 def _attempts(config) -> list[dict]:
