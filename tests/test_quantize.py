@@ -148,6 +148,38 @@ def test_keep_float_on_every_backend(small_keras, tiny_eval, capsys, tmp_path):
         assert any("kept in float" in n for n in after["notes"])
 
 
+def _matmul_add_onnx(path):
+    """x -> MatMul 'mm0' -> Add 'add0' -> Relu -> MatMul 'mm1': onnxruntime's pre-processing fuses the first two
+    into one Gemm named 'mm0/MatMulAddFusion'."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.normal(0, .3, shape).astype(np.float32), name)
+             for name, shape in (("W", (8, 4)), ("B", (4,)), ("W2", (4, 3)))]
+    nodes = [helper.make_node("MatMul", ["x", "W"], ["mm"], name="mm0"),
+             helper.make_node("Add", ["mm", "B"], ["y"], name="add0"),
+             helper.make_node("Relu", ["y"], ["r"], name="relu"), helper.make_node("MatMul", ["r", "W2"], ["out"], name="mm1")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 3])], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+@pytest.mark.parametrize("layer", ["add0", "mm0"])
+def test_keep_float_reaches_a_node_onnxruntime_fused(layer, capsys, tmp_path):
+    """A node kept in float stays float after onnxruntime's pre-processing renamed it in a fusion: its Gemm reads
+    float weights and no quantized activation (before, keeping 'add0' of a fused MatMul+Add changed nothing)."""
+    import onnx
+    report = convert(capsys, _matmul_add_onnx(tmp_path / "m.onnx"), tmp_path / "o", "--target", "cpu-int8",
+                     "--format", "onnx", "--calib", "random", "--keep-float", layer)
+    assert target(report, "onnx")["status"] == "ok"
+    graph = onnx.load(str(tmp_path / "o" / "model.onnx")).graph
+    producers = {o: n.op_type for n in graph.node for o in n.output}
+    gemm = next(n for n in graph.node if n.op_type == "Gemm")
+    assert [producers.get(i) for i in gemm.input] == [None, None, None], (gemm.name, list(gemm.input))
+    assert producers.get(next(n for n in graph.node if n.name == "mm1").input[0]) == "DequantizeLinear"
+
+
 def test_keep_float_of_a_missing_layer_names_it(tiny_keras, tiny_eval, capsys, tmp_path):
     report = convert(capsys, tiny_keras, tmp_path / "o", "--target", "cpu-int8", "--data", tiny_eval,
                      "--keep-float", "no_such_layer", "--format", "onnx")

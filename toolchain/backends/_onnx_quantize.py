@@ -38,7 +38,8 @@ def quantize(source, float_artifact: Path, out_path: Path, config, calib, method
     try:
         for attempt in _attempts(config):
             try:
-                _quantize_once(q, weights, out_path, config, calib, method, model, excluded + stats, attempt)
+                float_nodes = _quantize_once(q, weights, out_path, config, calib, method, model, excluded + stats,
+                                             attempt)
                 problem = _load_check(out_path, calib)
             except Exception as exc:
                 problem = f"onnxruntime quantization failed: {_first_line(str(exc))}"
@@ -55,7 +56,7 @@ def quantize(source, float_artifact: Path, out_path: Path, config, calib, method
     if config.precision == "int8-io":
         integer_io(quantized)
         notes.append("int8 input and output tensors (scales in the model's metadata)")
-    notes += guard_float_nodes(quantized, excluded + stats) + _norm_stats.note(stats)
+    notes += guard_float_nodes(quantized, float_nodes) + _norm_stats.note(stats)
     onnx.save(canonical_names(quantized), str(out_path))
     if excluded:
         notes.append(f"kept in float: {', '.join(excluded)}")
@@ -94,11 +95,14 @@ def _attempts(config) -> list[dict]:
              "optimize": False, "per_channel": False, "op_types": ["Conv", "ConvTranspose", "MatMul", "Gemm"]}]
 
 
-def _quantize_once(q, weights: Path, out_path: Path, config, calib, method: str, model, excluded, attempt):
+def _quantize_once(q, weights: Path, out_path: Path, config, calib, method: str, model, excluded, attempt) -> list[str]:
+    """One quantization attempt; returns the names the nodes kept in float have in the quantized graph."""
     pre = out_path.with_name(out_path.stem + ".pre.onnx")
     try:
         q.shape_inference.quant_pre_process(str(weights), str(pre), skip_optimization=not attempt["optimize"],
                                             skip_symbolic_shape=True)
+        pre_model = require("onnx", "full").load(str(pre), load_external_data=False)
+        excluded = same_nodes(pre_model, model, excluded)
         if config.precision == "dynamic":
             q.quantize_dynamic(str(pre), str(out_path), weight_type=q.QuantType.QInt8,
                                per_channel=attempt["per_channel"], nodes_to_exclude=excluded,
@@ -110,21 +114,33 @@ def _quantize_once(q, weights: Path, out_path: Path, config, calib, method: str,
                               weight_type=q.QuantType.QInt8, nodes_to_exclude=excluded,
                               op_types_to_quantize=attempt["op_types"],
                               calibrate_method=_CALIBRATORS[method](q.CalibrationMethod),
-                              extra_options={"CalibMovingAverage": False, **_int16_overrides(q, pre, config)})
+                              extra_options={"CalibMovingAverage": False,
+                                             **_int16_overrides(q, pre_model, model, config)})
+        return excluded
     finally:
         pre.unlink(missing_ok=True)
 
 
-def _int16_overrides(q, pre: Path, config) -> dict:
+def same_nodes(pre_model, model, names: list[str]) -> list[str]:
+    """`names` (nodes of `model`) as the nodes of `pre_model`, its pre-processed copy: onnxruntime's optimizer
+    fuses nodes under new names (MatMul + Add -> Gemm 'MatMul_0/MatMulAddFusion', Conv + BatchNorm), so a node
+    to keep in float is found by its name, a name it is the prefix of, or an output tensor it shares."""
+    wanted = set(names)
+    outputs = {t for n in model.graph.node if n.name in wanted for t in n.output}
+    found = [n.name for n in pre_model.graph.node if n.name in wanted or set(n.output) & outputs
+             or n.name.rsplit("/", 1)[0] in wanted]
+    return list(dict.fromkeys([*names, *found]))
+
+
+def _int16_overrides(q, model, source, config) -> dict:
     """extra_options giving every float input and output tensor of the `keep_int16` layers' nodes 16-bit
     activations (the signedness of the other activations); int8-io's graph edges stay int8. A tensor has one
     type for every consumer: a kept layer's input is 16-bit where its producer writes it too."""
     if not config.keep_int16:
         return {}
     from ..layers import select
-    model = require("onnx", "full").load(str(pre), load_external_data=False)
     graph = model.graph
-    chosen = set(select([n.name for n in graph.node], config.keep_int16, "ONNX"))
+    chosen = set(same_nodes(model, source, select([n.name for n in source.graph.node], config.keep_int16, "ONNX")))
     skip = {t.name for t in graph.initializer} | {n.output[0] for n in graph.node if n.op_type == "Constant"}
     if config.precision == "int8-io":
         skip |= {v.name for v in [*graph.input, *graph.output]}
