@@ -193,6 +193,99 @@ def test_quantized_artifacts_are_reproducible(tiny_keras, tiny_eval, capsys, tmp
         assert tree_digest(tmp_path / "a" / name) == tree_digest(tmp_path / "b" / name), name
 
 
+@pytest.fixture(scope="module")
+def gates_keras(tmp_path_factory):
+    """Recurrent-cell-like gates: SPLITs feeding Add layers (what an unrolled LSTM hands the quantizer), and its data."""
+    import keras
+    keras.utils.set_random_seed(0)
+    layers = keras.layers
+    x = keras.Input((16,), name="x")
+    h = layers.Dense(32, name="h0")(x)
+    for step in range(GATE_STEPS):
+        z = keras.ops.split(layers.Dense(32, name=f"z{step}")(h), 4, axis=-1)
+        r = keras.ops.split(h, 4, axis=-1)
+        gates = [layers.Add(name=f"gate{step}_{k}")([z[k], r[k]]) for k in range(4)]
+        h = layers.Concatenate(name=f"cat{step}")([layers.Activation("tanh")(g) for g in gates])
+    folder = tmp_path_factory.mktemp("gates")
+    keras.Model(x, layers.Dense(4, name="out")(h), name="gates").save(folder / "gates.keras")
+    rng = np.random.default_rng(0)
+    np.savez(folder / "data.npz", x=rng.standard_normal((40, 16)).astype(np.float32), y=rng.integers(0, 4, 40))
+    return folder / "gates.keras", folder / "data.npz"
+
+
+GATE_STEPS = 4
+
+
+def test_quantized_artifacts_with_ops_kept_in_float_are_reproducible(gates_keras, capsys, tmp_path):
+    """TF's quantizer orders the DEQUANTIZEs it adds for denylisted ADDs differently per build (3 conversions
+    gave 3 different files before the canonical order: tflite_file.canonicalize)."""
+    model, data = gates_keras
+    keep = [arg for s in range(GATE_STEPS) for k in range(4) for arg in ("--keep-float", f"gate{s}_{k}")]
+    for out in ("a", "b"):
+        report = convert(capsys, model, tmp_path / out, "--target", "cpu-int8", "--format", "tflite", "--data", data,
+                         "--calib-samples", "8", *keep)
+        assert target(report, "tflite")["fidelity"]["verified"], target(report, "tflite")
+    assert tree_digest(tmp_path / "a" / "model.tflite") == tree_digest(tmp_path / "b" / "model.tflite")
+
+
+def test_canonical_order_keeps_the_model(gates_keras, tmp_path):
+    """The quantizer's own builds with ADD denylisted, canonicalized: one file, with the same ops, tensors, inputs,
+    outputs and signature, in an order LiteRT can run, giving bit-identical outputs; canonical again unchanged."""
+    import keras
+    import tensorflow as tf
+    from tensorflow.lite.python import convert as tf_convert
+
+    from edgekit import tflite_file
+    model, data = keras.saving.load_model(gates_keras[0]), np.load(gates_keras[1])["x"][:, None]
+    model.export(tmp_path / "saved", verbose=False)  # a SavedModel: the file gets a signature def to keep in step
+    converter = tf.lite.TFLiteConverter.from_saved_model(str(tmp_path / "saved"))
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = lambda: iter([[s] for s in data[:8]])
+    converter.experimental_mlir_quantizer = converter._experimental_calibrate_only = True
+    calibrated = converter.convert()
+    canonical = set()
+    for k in range(3):
+        raw, path = tmp_path / f"raw{k}.tflite", tmp_path / f"canonical{k}.tflite"
+        raw.write_bytes(tf_convert.mlir_quantize(calibrated, denylisted_ops=["ADD"]))
+        path.write_bytes(raw.read_bytes())
+        tflite_file.canonicalize(path)
+        assert _graph_summary(raw) == _graph_summary(path)
+        np.testing.assert_array_equal(_litert_outputs(raw, data[8:16]), _litert_outputs(path, data[8:16]))
+        canonical.add(path.read_bytes())
+    again = tmp_path / "again.tflite"
+    again.write_bytes(path.read_bytes())
+    tflite_file.canonicalize(again)
+    assert len(canonical) == 1 and again.read_bytes() == path.read_bytes()
+    assert tflite_file.read_model(path).signatureDefs
+
+
+def _graph_summary(path) -> tuple:
+    """Op kinds, tensors (name, shape, type, scale), graph inputs/outputs by name, signature: all order-free.
+    Asserts the ops are in an order that computes each tensor before it is read."""
+    from edgekit import tflite_file
+    tensors, ops, inputs, outputs = tflite_file.load(path)
+    ready = set(inputs) | {k for k, t in enumerate(tensors) if t.data is not None}
+    for op in ops:
+        assert all(i in ready for i in op.inputs if i >= 0), (path, op)
+        ready |= set(op.outputs)
+    signatures = tflite_file.read_model(path).signatureDefs or []
+    return (sorted(op.kind for op in ops), sorted((t.name, t.shape, t.dtype, tuple(t.scale)) for t in tensors),
+            [tensors[i].name for i in inputs], [tensors[i].name for i in outputs],
+            [(e.name, tensors[e.tensorIndex].name) for s in signatures for e in [*s.inputs, *s.outputs]])
+
+
+def _litert_outputs(path, samples) -> np.ndarray:
+    from ai_edge_litert.interpreter import Interpreter
+    interpreter = Interpreter(model_path=str(path))
+    interpreter.allocate_tensors()
+    result = []
+    for sample in samples:
+        interpreter.set_tensor(interpreter.get_input_details()[0]["index"], sample)
+        interpreter.invoke()
+        result.append(interpreter.get_tensor(interpreter.get_output_details()[0]["index"]))
+    return np.stack(result)
+
+
 def test_random_calibration_must_be_asked_for_and_is_marked(tiny_keras, capsys, tmp_path):
     assert_user_error(run_cli(capsys, "convert", tiny_keras, "--target", "cpu-int8"),
                       "needs calibration data", "--calib random")

@@ -1,7 +1,7 @@
 """The one .tflite reader: a .tflite file's flatbuffer object (read, written back), and its main graph as
 numpy tensors and ops, with LiteRT's flatbuffer schema (no TensorFlow import); single-op models cut
-from it for op-by-op runs. Used by the accelerator, the MCU probe, per-op profiles, the TFLite rewrites
-and passes that edit a .tflite."""
+from it for op-by-op runs; the canonical op order quantized artifacts are written in (`canonicalize`).
+Used by the accelerator, the MCU probe, per-op profiles, the TFLite rewrites and passes that edit a .tflite."""
 from __future__ import annotations
 
 import copy
@@ -231,6 +231,8 @@ def canonicalize(path: Path) -> None:
     right when its input is ready (several at once: by input tensor, then output), every other op in the
     order it had; op outputs renumbered in that order over the slots op outputs had (the graph's inputs and
     constants keep theirs), with subgraph outputs, op intermediates and signature defs following."""
+    if Path(path).stat().st_size >= 2**31 - 1:  # flatbuffers cannot hold it: left as the converter wrote it
+        return
     model = read_model(path)
     names = op_names()
     kinds = [names.get(max(c.builtinCode, c.deprecatedBuiltinCode)) for c in model.operatorCodes]
