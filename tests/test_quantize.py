@@ -377,3 +377,34 @@ def test_openvino_minmax_is_the_true_range_and_the_overflow_fix_follows_the_cpu(
     assert openvino._advanced(nncf, QuantizeConfig(), "minmax").overflow_fix == OverflowFix.FIRST_LAYER
     monkeypatch.setattr(openvino, "int16_saturates", lambda: False)
     assert openvino._advanced(nncf, QuantizeConfig(), "minmax").overflow_fix == OverflowFix.DISABLE
+
+
+@pytest.mark.parametrize("case", ["shared", "alone", "folded"])
+def test_a_node_kept_in_float_reads_its_input_unquantized(case):
+    """A kept-float node reads the tensor its quantized producer computed, not its Q/DQ copy (which goes when
+    nothing else reads it); not when the quantizer folded a Relu into the QuantizeLinear (the tensor before
+    the pair then comes from another producer than the one the node read)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edgekit.backends._onnx_rewrite import float_inputs
+    scale, zero = numpy_helper.from_array(np.float32(0.1), "s"), numpy_helper.from_array(np.uint8(0), "z")
+    nodes = [helper.make_node("Add", ["x", "x"], ["t"], name="add"),
+             helper.make_node("QuantizeLinear", ["t", "s", "z"], ["tq"], name="q"),
+             helper.make_node("DequantizeLinear", ["tq", "s", "z"], ["tdq"], name="dq"),
+             helper.make_node("Mul", ["tdq", "tdq"], ["y"], name="kept")]
+    outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])]
+    if case == "shared":
+        nodes.append(helper.make_node("Neg", ["tdq"], ["z2"], name="other"))
+        outputs.append(helper.make_tensor_value_info("z2", TensorProto.FLOAT, [2]))
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])], outputs,
+                              [scale, zero])
+    model = helper.make_model(graph)
+    producer = "relu" if case == "folded" else "add"  # a folded Relu: the node read the Relu's output
+    notes = float_inputs(model, {"kept": [("t", producer), ("t", producer)]})
+    kept = next(n for n in model.graph.node if n.name == "kept")
+    ops = [n.op_type for n in model.graph.node]
+    if case == "folded":
+        assert not notes and list(kept.input) == ["tdq", "tdq"]
+    else:
+        assert list(kept.input) == ["t", "t"] and "1 node(s) kept in float" in notes[0]
+        assert ops.count("QuantizeLinear") == (case == "shared"), ops

@@ -12,7 +12,7 @@ import numpy as np
 from ..errors import ConversionError
 from . import _norm_stats, require
 from ._onnx_export import _first_line, canonical_names
-from ._onnx_rewrite import guard_float_nodes
+from ._onnx_rewrite import float_inputs, guard_float_nodes
 
 EXTRA = "onnx"  # the pip extra that installs onnxruntime (= backends/onnx.py EXTRA)
 LAYOUT_OPS = {"Transpose", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity"}  # move data, compute nothing: not counted as ops
@@ -38,8 +38,8 @@ def quantize(source, float_artifact: Path, out_path: Path, config, calib, method
     try:
         for attempt in _attempts(config):
             try:
-                float_nodes = _quantize_once(q, weights, out_path, config, calib, method, model, excluded + stats,
-                                             attempt)
+                float_nodes, reads = _quantize_once(q, weights, out_path, config, calib, method, model,
+                                                    excluded + stats, attempt)
                 problem = _load_check(out_path, calib)
             except Exception as exc:
                 problem = f"onnxruntime quantization failed: {_first_line(str(exc))}"
@@ -56,7 +56,7 @@ def quantize(source, float_artifact: Path, out_path: Path, config, calib, method
     if config.precision == "int8-io":
         integer_io(quantized)
         notes.append("int8 input and output tensors (scales in the model's metadata)")
-    notes += guard_float_nodes(quantized, float_nodes) + _norm_stats.note(stats)
+    notes += float_inputs(quantized, reads) + guard_float_nodes(quantized, float_nodes) + _norm_stats.note(stats)
     onnx.save(canonical_names(quantized), str(out_path))
     if excluded:
         notes.append(f"kept in float: {', '.join(excluded)}")
@@ -95,8 +95,9 @@ def _attempts(config) -> list[dict]:
              "optimize": False, "per_channel": False, "op_types": ["Conv", "ConvTranspose", "MatMul", "Gemm"]}]
 
 
-def _quantize_once(q, weights: Path, out_path: Path, config, calib, method: str, model, excluded, attempt) -> list[str]:
-    """One quantization attempt; returns the names the nodes kept in float have in the quantized graph."""
+def _quantize_once(q, weights: Path, out_path: Path, config, calib, method: str, model, excluded, attempt):
+    """One quantization attempt; returns the names the nodes kept in float have in the quantized graph, and
+    the float tensors each of them read before quantization, with their producers."""
     pre = out_path.with_name(out_path.stem + ".pre.onnx")
     try:
         q.shape_inference.quant_pre_process(str(weights), str(pre), skip_optimization=not attempt["optimize"],
@@ -116,7 +117,9 @@ def _quantize_once(q, weights: Path, out_path: Path, config, calib, method: str,
                               calibrate_method=_CALIBRATORS[method](q.CalibrationMethod),
                               extra_options={"CalibMovingAverage": False,
                                              **_int16_overrides(q, pre_model, model, config)})
-        return excluded
+        producers = {o: n.name for n in pre_model.graph.node for o in n.output}
+        return excluded, {n.name: [(t, producers.get(t)) for t in n.input] for n in pre_model.graph.node
+                          if n.name in excluded}
     finally:
         pre.unlink(missing_ok=True)
 

@@ -352,3 +352,34 @@ def guard_float_nodes(model, names: list[str]) -> list[str]:
         guarded.append(node.name)
     return [f"a single-input Max before {', '.join(guarded)} keeps onnxruntime from quantizing their float "
             f"weights when the session loads (WeightBiasQuantization)"] if guarded else []
+
+
+def float_inputs(model, reads: dict[str, list[tuple]]) -> list[str]:
+    """Nodes kept in float read their activations as computed, not through the QuantizeLinear/DequantizeLinear
+    pair the quantizer puts on a tensor whose producer (or another consumer) is quantized: keeping a layer out
+    of int8 then removes its input's rounding too (ppocr_rec: a float Conv at 13 dB behind its int8 input).
+    `reads`: node name -> (tensor, its producer) it read before quantization; an input is rewired only to that
+    tensor from that producer (the quantizer folds a Relu/Clip into the QuantizeLinear after it, the Conv
+    before it taking the Relu's output name: that tensor is not the one the node read). Pairs left with no
+    consumer are removed."""
+    graph = model.graph
+    producers = {o: n for n in graph.node for o in n.output}
+    initializers = {t.name for t in graph.initializer}
+    rewired = []
+    for node in graph.node:
+        for k, tensor in enumerate(node.input if node.name in reads else []):
+            dq = producers.get(tensor)
+            q = producers.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
+            original, producer = reads[node.name][k] if k < len(reads[node.name]) else (None, None)
+            if q is not None and q.op_type == "QuantizeLinear" and q.input[0] == original not in initializers \
+                    and getattr(producers.get(original), "name", None) == producer:
+                node.input[k] = original
+                rewired.append(node.name)
+    for _ in range(2):  # a DequantizeLinear, then its QuantizeLinear
+        used = {t for n in graph.node for t in n.input} | {o.name for o in graph.output}
+        dead = [n for n in graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")
+                and not any(o in used for o in n.output)]
+        for n in dead:
+            graph.node.remove(n)
+    rewired = list(dict.fromkeys(rewired))
+    return [f"{len(rewired)} node(s) kept in float read their inputs unquantized (no Q/DQ before them)"] if rewired else []
