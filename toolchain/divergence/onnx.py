@@ -32,9 +32,10 @@ def nodes_of(model) -> list[Node]:
         if node.op_type in QDQ or not node.output:
             continue
         out = node.output[0]
+        seen = _requantized(out, consumers)  # what its consumers read: the output's rounding is the node's
         inputs = [i for i in node.input if i in live]
         unique = {node.name} if "/" in node.name and not _COUNTER.search(node.name) else set()
-        nodes.append(Node(out, node.name or out, node.op_type, out, unique | (set(node.output) & outputs),
+        nodes.append(Node(seen, node.name or out, node.op_type, seen, unique | ({*node.output, seen} & outputs),
                           [_dq_scale(producer.get(i), constants) for i in inputs],
                           next((_scale(c, constants) for c in consumers.get(out, []) if c.op_type == "QuantizeLinear"),
                                None), family=f"{_COUNTER.sub('', node.name)}|{node.op_type}"))
@@ -44,6 +45,15 @@ def nodes_of(model) -> list[Node]:
 # edgekit's ONNX files name tensors by position (t12) and repeated node names by position (`a/Conv#12`,
 # or a bare op type): those say nothing across two files; a scoped name without a counter does.
 _COUNTER = re.compile(r"#\d+$")
+
+
+def _requantized(tensor: str, consumers: dict) -> str:
+    """The DequantizeLinear output of `tensor`'s QuantizeLinear/DequantizeLinear pair (a quantized graph's
+    output goes through one too), else `tensor`."""
+    for q in (c for c in consumers.get(tensor, []) if c.op_type == "QuantizeLinear"):
+        for dq in (c for c in consumers.get(q.output[0], []) if c.op_type == "DequantizeLinear"):
+            return dq.output[0]
+    return tensor
 
 
 def _input_order(model):
