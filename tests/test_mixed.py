@@ -75,6 +75,7 @@ def test_mixed_auto_keeps_exactly_the_broken_layer_out_of_int8(outlier_model, ca
         scored = m["plain"]["scored"]  # the same convert's plain build on the scored samples: the plain run's verdict
         assert not scored["verified"] and scored["verified"] == plain[fmt]["fidelity"]["verified"], (fmt, scored)
         assert artifact["ops"]["float_ops"] > plain[fmt]["ops"]["float_ops"], fmt
+        assert len(artifact["notes"]) == len(set(artifact["notes"])), artifact["notes"]  # a rebuild's notes once
         share, plain_share = m["int8_share"], m["plain"]["int8_share"]  # the outlier conv: 73,728 of 225,856 MACs
         assert share["macs"] == plain_share["macs"] == 225856 and plain_share["int8_share"] == 1.0, (fmt, share)
         assert share["int8_macs"] == 225856 - 73728, (fmt, share)

@@ -395,7 +395,7 @@ def _artifact_passes(ctx: Context, backend, entry: dict, path: Path, baseline: d
             figures = dict(module.run(ctx, config, backend, before, path))
             notes = figures.pop("notes", [])
             entry.update(figures)
-            entry["notes"] += notes
+            entry["notes"] = list(dict.fromkeys([*entry["notes"], *notes]))  # a rebuild repeats the build's own
 
 
 def _measure(ctx: Context, backend, artifact: Path, precision: str) -> dict:
