@@ -205,7 +205,11 @@ def _mixed_columns(a: dict, row: dict) -> dict:
     scored = (m.get("plain") or {}).get("scored")
     plain = ("verified" if scored["verified"] else "MISMATCH") if scored else row["status"]
     share = (m.get("int8_share") or {}).get("int8_share")
-    return {"group": (m.get("plain") or {}).get("precision") or row["precision"], "plain_status": plain, "plain_fidelity": fidelity_of(scored) if scored else row.get("fidelity", "-"),
+    stopped = "" if m.get("gate_met") else f"; --mixed auto: {m.get('rounds')} round(s), {len(m.get('kept') or [])} " \
+        f"kept, {m.get('stopped') or 'gate not met'}" + (f" (whole-model {m['fallback']['precision']}: " \
+        f"SNR {m['fallback'].get('snr_db') or 0:.1f} dB on calibration samples)" if m.get("fallback") else "")
+    return {"group": (m.get("plain") or {}).get("precision") or row["precision"], "plain_status": plain,
+            "plain_fidelity": fidelity_of(scored) if scored else row.get("fidelity", "-"), "mixed_stopped": stopped,
             "mixed_note": f"{m.get('rounds', '-')} round(s), {len(m.get('kept') or [])} kept"
                           + (f", {share:.0%} of MACs int8" if share is not None else "")
                           + (f", whole-model {m['fallback']['chosen']}" if (m.get("fallback") or {}).get("chosen") else "")}
@@ -247,6 +251,7 @@ def print_table(rows: list[dict], results: dict) -> None:
         elif r["status"] == "MISMATCH":
             why = f"; {r['explained']}" if r.get("explained") else ""
             why += f"; {r['why']}" if r.get("why") else ""
+            why += r.get("mixed_stopped", "")
             print(f"- {r['model']} {r['format']} {r['precision']}: MISMATCH ({r['fidelity']}){why}")
 
 
