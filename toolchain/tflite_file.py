@@ -56,17 +56,14 @@ def model_bytes(model) -> bytes:
     """The flatbuffer bytes of a ModelT, constant data 16-byte aligned as the TFLite converter writes it."""
     import flatbuffers
     builder = flatbuffers.Builder(1024)
-    packs = {}
-    for buffer in model.buffers or []:
-        if buffer.data is not None and len(buffer.data):
-            packs[id(buffer)] = buffer.Pack
-            buffer.Pack = _aligned_pack.__get__(buffer)
+    holding = [b for b in model.buffers or [] if b.data is not None and len(b.data)]
+    for buffer in holding:
+        buffer.Pack = _aligned_pack.__get__(buffer)
     try:
         builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
     finally:
-        for buffer in model.buffers or []:
-            if id(buffer) in packs:
-                del buffer.Pack
+        for buffer in holding:
+            del buffer.Pack
     return bytes(builder.Output())
 
 
@@ -228,8 +225,8 @@ _BOUNDARY = ("QUANTIZE", "DEQUANTIZE")
 
 def canonicalize(path: Path) -> None:
     """Rewrite a .tflite in place in one order that depends only on its graph: every QUANTIZE/DEQUANTIZE
-    right when its input is ready (several at once: by input tensor, then output), every other op in the
-    order it had; op outputs renumbered in that order over the slots op outputs had (the graph's inputs and
+    of an op's output right when that is ready (several at once: by input tensor, then output), every other
+    op in the order it had; op outputs renumbered in that order over the slots op outputs had (the graph's inputs and
     constants keep theirs), with subgraph outputs, op intermediates and signature defs following."""
     if Path(path).stat().st_size >= 2**31 - 1:  # flatbuffers cannot hold it: left as the converter wrote it
         return
@@ -257,8 +254,9 @@ def _reorder(graph, kinds: list[str | None]) -> dict[int, int]:
             users.setdefault(d, []).append(k)
     slots = iter(sorted(producer))
     remap: dict[int, int] = {}
+    fed = [bool(deps) for deps in waiting]  # Q/DQ of a constant or graph input: where the converter put it
     key = lambda k: ((0, [remap.get(int(t), int(t)) for t in ops[k].inputs], _out_key(graph, ops[k]))  # noqa: E731
-                     if kinds[ops[k].opcodeIndex] in _BOUNDARY else (1, k))
+                     if kinds[ops[k].opcodeIndex] in _BOUNDARY and fed[k] else (1, k))
     ready = [(key(k), k) for k, deps in enumerate(waiting) if not deps]
     heapq.heapify(ready)
     order = []
@@ -272,19 +270,22 @@ def _reorder(graph, kinds: list[str | None]) -> dict[int, int]:
                 heapq.heappush(ready, (key(user), user))
     if len(order) != len(ops):
         raise ConversionError("the .tflite graph has a cycle: no op order to write")
-    groups: dict[int, list[int]] = {}  # Q/DQ outputs by the op feeding them (-1: a graph input or constant)
+    groups: dict[int, list[int]] = {}  # Q/DQ outputs by the op feeding them (a graph input or constant: by tensor)
     for op in ops:
         if kinds[op.opcodeIndex] in _BOUNDARY and len(op.inputs):
-            groups.setdefault(producer.get(int(op.inputs[0]), -1), []).extend(int(t) for t in op.outputs)
+            feed = int(op.inputs[0])
+            groups.setdefault(producer.get(feed, -1 - feed), []).extend(int(t) for t in op.outputs)
     _renumber(graph, remap, list(groups.values()))
     graph.operators = [ops[k] for k in order]
     return remap
 
 
 def _out_key(graph, op) -> tuple:
+    """What tells apart Q/DQ ops reading one tensor (not the name: the converter numbers it in its own order)."""
     t = graph.tensors[int(op.outputs[0])]
     q = t.quantization
-    return (t.type, bytes(t.name or b""), [] if q is None or q.scale is None else [float(s) for s in q.scale],
+    return (t.type, [] if t.shape is None else [int(d) for d in t.shape],
+            [] if q is None or q.scale is None else [float(s) for s in q.scale],
             [] if q is None or q.zeroPoint is None else [int(z) for z in q.zeroPoint])
 
 
