@@ -1,7 +1,7 @@
 """The one .tflite reader: a .tflite file's flatbuffer object (read, written back), and its main graph as
 numpy tensors and ops, with LiteRT's flatbuffer schema (no TensorFlow import); single-op models cut
-from it for op-by-op runs; the canonical op order quantized artifacts are written in (`canonicalize`).
-Used by the accelerator, the MCU probe, per-op profiles, the TFLite rewrites and passes that edit a .tflite."""
+from it for op-by-op runs. Used by the accelerator, the MCU probe, per-op profiles, the TFLite rewrites
+and passes that edit a .tflite, and tflite_canonical (the layout quantized artifacts are written in)."""
 from __future__ import annotations
 
 import copy
@@ -214,94 +214,3 @@ def single_op_models(path: Path, indices: list[int]) -> dict[int, bytes]:
         result[k] = model_bytes(cut)
     return result
 
-
-# ---- canonical op order -----------------------------------------------------------------------------
-# TF's MLIR quantizer emits the QUANTIZE/DEQUANTIZE ops it inserts in an order that changes from build to
-# build when ops are denylisted (the DEQUANTIZEs of one SPLIT's outputs feeding kept-float ADDs: ddddocr's
-# CRNN, 258 bytes differing between two builds); the other ops keep the source graph's order.
-
-_BOUNDARY = ("QUANTIZE", "DEQUANTIZE")
-
-
-def canonicalize(path: Path) -> None:
-    """Rewrite a .tflite in place in one order that depends only on its graph: every QUANTIZE/DEQUANTIZE
-    of an op's output right when that is ready (several at once: by input tensor, then output), every other
-    op in the order it had; op outputs renumbered in that order over the slots op outputs had (the graph's inputs and
-    constants keep theirs), with subgraph outputs, op intermediates and signature defs following."""
-    if Path(path).stat().st_size >= 2**31 - 1:  # flatbuffers cannot hold it: left as the converter wrote it
-        return
-    model = read_model(path)
-    names = op_names()
-    kinds = [names.get(max(c.builtinCode, c.deprecatedBuiltinCode)) for c in model.operatorCodes]
-    for index, graph in enumerate(model.subgraphs):
-        remap = _reorder(graph, kinds)
-        for signature in model.signatureDefs or []:
-            if signature.subgraphIndex == index:
-                for entry in [*(signature.inputs or []), *(signature.outputs or [])]:
-                    entry.tensorIndex = remap.get(int(entry.tensorIndex), int(entry.tensorIndex))
-    write_model(model, path)
-
-
-def _reorder(graph, kinds: list[str | None]) -> dict[int, int]:
-    """Put `graph`'s ops in canonical order and renumber their outputs; returns old -> new tensor index."""
-    import heapq
-    ops = graph.operators or []
-    producer = {int(t): k for k, op in enumerate(ops) for t in op.outputs}
-    waiting = [{producer[int(t)] for t in op.inputs if int(t) in producer} for op in ops]
-    users: dict[int, list[int]] = {}
-    for k, deps in enumerate(waiting):
-        for d in deps:
-            users.setdefault(d, []).append(k)
-    slots = iter(sorted(producer))
-    remap: dict[int, int] = {}
-    fed = [bool(deps) for deps in waiting]  # Q/DQ of a constant or graph input: where the converter put it
-    key = lambda k: ((0, [remap.get(int(t), int(t)) for t in ops[k].inputs], _out_key(graph, ops[k]))  # noqa: E731
-                     if kinds[ops[k].opcodeIndex] in _BOUNDARY and fed[k] else (1, k))
-    ready = [(key(k), k) for k, deps in enumerate(waiting) if not deps]
-    heapq.heapify(ready)
-    order = []
-    while ready:
-        _, k = heapq.heappop(ready)
-        order.append(k)
-        remap.update((int(t), next(slots)) for t in ops[k].outputs)
-        for user in users.get(k, []):
-            waiting[user].discard(k)
-            if not waiting[user]:
-                heapq.heappush(ready, (key(user), user))
-    if len(order) != len(ops):
-        raise ConversionError("the .tflite graph has a cycle: no op order to write")
-    groups: dict[int, list[int]] = {}  # Q/DQ outputs by the op feeding them (a graph input or constant: by tensor)
-    for op in ops:
-        if kinds[op.opcodeIndex] in _BOUNDARY and len(op.inputs):
-            feed = int(op.inputs[0])
-            groups.setdefault(producer.get(feed, -1 - feed), []).extend(int(t) for t in op.outputs)
-    _renumber(graph, remap, list(groups.values()))
-    graph.operators = [ops[k] for k in order]
-    return remap
-
-
-def _out_key(graph, op) -> tuple:
-    """What tells apart Q/DQ ops reading one tensor (not the name: the converter numbers it in its own order)."""
-    t = graph.tensors[int(op.outputs[0])]
-    q = t.quantization
-    return (t.type, [] if t.shape is None else [int(d) for d in t.shape],
-            [] if q is None or q.scale is None else [float(s) for s in q.scale],
-            [] if q is None or q.zeroPoint is None else [int(z) for z in q.zeroPoint])
-
-
-def _renumber(graph, remap: dict[int, int], groups: list[list[int]]) -> None:
-    """Move each op output to its new slot (taking the buffer index the slot had: op outputs hold no data)
-    and point every op, op intermediate and subgraph output at the new indices. The outputs of the Q/DQ ops
-    one op feeds take their names in slot order: the converter numbers those names in its emission order."""
-    old = list(graph.tensors)
-    for was, now in remap.items():
-        tensor = copy.copy(old[was])
-        tensor.buffer = old[now].buffer
-        graph.tensors[now] = tensor
-    for group in groups:
-        for name, now in zip([old[i].name for i in sorted(group)], sorted(remap[i] for i in group)):
-            graph.tensors[now].name = name
-    fix = lambda ids: None if ids is None else [remap.get(int(i), int(i)) for i in ids]  # noqa: E731
-    for op in graph.operators or []:
-        op.inputs, op.outputs, op.intermediates = fix(op.inputs), fix(op.outputs), fix(op.intermediates)
-    graph.outputs = fix(graph.outputs)

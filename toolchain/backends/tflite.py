@@ -125,7 +125,7 @@ def quantize(source, float_artifact: Path, out_path: Path, config, calib, method
     to exactly zero), that op and the producers of its inputs are kept in float and the model is
     rebuilt, up to MAX_FLOAT_RETRIES times. For int8 (float I/O: CPU targets) the op types XNNPACK
     refuses in int8 are then kept in float (backends/_xnnpack.py). The file is written in canonical op order
-    (tflite_file.canonicalize): same input and flags, same bytes."""
+    (tflite_canonical): same input and flags, same bytes."""
     notes = [f"TFLite post-training {config.precision}, {'per-channel' if config.per_channel else 'per-tensor'} weights"]
     if source.kind == "tflite":
         notes.append("float graph rebuilt from the .tflite input (tf2onnx, then onnx2tf) to quantize it")
@@ -134,7 +134,7 @@ def quantize(source, float_artifact: Path, out_path: Path, config, calib, method
         from . import _xnnpack
         notes += _xnnpack.keep_refused_in_float(out_path, lambda ops, path: _quantize_checked(
             source, float_artifact, path, config, calib, list(ops)))
-    from ..tflite_file import canonicalize  # TF's quantizer orders the Q/DQ ops it adds differently per build
+    from ..tflite_canonical import canonicalize  # TF's quantizer varies the Q/DQ ops it adds per build
     canonicalize(out_path)
     return notes
 
