@@ -71,7 +71,8 @@ def _split_in_int8(graph, kinds: list[str | None], pinned: set[int]) -> set[int]
     for split in [op for op in ops if kinds[op.opcodeIndex] == "SPLIT"]:
         fed = int(split.inputs[1])
         dq = producer.get(fed)
-        if dq is None or kinds[dq.opcodeIndex] != "DEQUANTIZE" or readers.get(fed) != 1 or fed in pinned:
+        if dq is None or kinds[dq.opcodeIndex] != "DEQUANTIZE" or readers.get(fed) != 1 or fed in pinned \
+                or any(graph.tensors[int(t)].type != graph.tensors[fed].type for t in split.outputs):
             continue
         source = graph.tensors[int(dq.inputs[0])]
         if source.quantization is None or source.quantization.scale is None or len(source.quantization.scale) != 1:
@@ -79,7 +80,7 @@ def _split_in_int8(graph, kinds: list[str | None], pinned: set[int]) -> set[int]
         split.inputs[1] = int(dq.inputs[0])
         ops.remove(dq)
         dropped.add(fed)
-        base = graph.tensors[int(split.outputs[0])].name
+        base = graph.tensors[int(split.outputs[0])].name or b""
         added = []
         for j, out in enumerate([int(t) for t in split.outputs]):
             quantized = copy.deepcopy(graph.tensors[out])
