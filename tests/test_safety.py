@@ -196,6 +196,8 @@ def test_only_marked_leftovers_of_a_dead_process_are_swept(tmp_path):
     alive = _scratch(tmp_path / f".o.edgekit-partial-{socket.gethostname()}-{os.getpid()}-{int(time.time())}")
     other_host = _scratch(tmp_path / f".o.edgekit-partial-elsewhere-{dead}-1", pid=dead, host="elsewhere")
     other_user = _scratch(tmp_path / f"edgekit-{dead}-2-u", pid=dead, uid=os.getuid() + 1)
+    # a process in another PID namespace (a container sharing /tmp and the host name): its pid is not ours
+    other_namespace = _scratch(tmp_path / f"edgekit-{dead}-5-ns", pid=dead, pidns="pid:[1]")
     bad_marker = tmp_path / f"edgekit-{dead}-3-bad"
     bad_marker.mkdir()
     (bad_marker / output.SCRATCH).write_text("not json")
@@ -211,7 +213,7 @@ def test_only_marked_leftovers_of_a_dead_process_are_swept(tmp_path):
     (tmp_path / f"edgekit-{dead}-9-file").write_text("a user's file, named like scratch")
     assert sorted(output.sweep(tmp_path)) == sorted([leftover, scratch, reused])
     assert {p.name for p in tmp_path.iterdir()} == {
-        alive.name, other_host.name, other_user.name, bad_marker.name, link_marker.name, f"edgekit-{dead}-9-file",
+        alive.name, other_host.name, other_user.name, other_namespace.name, bad_marker.name, link_marker.name, f"edgekit-{dead}-9-file",
         *(d.name for d in users)}
     assert all((d / "data.csv").read_text() == "mine" for d in users)
 

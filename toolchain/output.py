@@ -203,7 +203,16 @@ def claim(directory: Path) -> None:
     """Mark a scratch directory as this process's: what sweep() checks before it removes anything."""
     (Path(directory) / SCRATCH).write_text(json.dumps({
         "schema": SCRATCH_SCHEMA, "host": socket.gethostname(), "pid": os.getpid(),
-        "start": _own_start(), "uid": os.getuid()}) + "\n", encoding="utf-8")
+        "start": _own_start(), "uid": os.getuid(), "pidns": pid_namespace()}) + "\n", encoding="utf-8")
+
+
+def pid_namespace() -> str:
+    """This process's PID namespace ('pid:[4026531836]'; '' where /proc has none): a pid means a process only
+    inside it (a container sharing /tmp and the host name with its host sees none of the host's pids)."""
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return ""
 
 
 _START: dict[int, float] = {}
@@ -245,7 +254,8 @@ def scratch_owner(entry: Path) -> dict | None:
         info = json.loads(marker.read_text(encoding="utf-8"))
         ok = (info.get("schema") == SCRATCH_SCHEMA and info.get("host") == socket.gethostname()
               and info.get("uid") == uid and type(info.get("pid")) is int and info["pid"] > 0
-              and isinstance(info.get("start"), (int, float)))
+              and isinstance(info.get("start"), (int, float))
+              and info.get("pidns", pid_namespace()) == pid_namespace())  # another namespace's pids: not ours to judge
     except (OSError, ValueError, AttributeError):
         return None
     return info if ok else None
