@@ -18,10 +18,14 @@ def matches_layer(layer: str, op_name: str) -> bool:
 
 
 def select(names: list[str], layers: list[str], where: str) -> list[str]:
-    """The names belonging to any of `layers`; a layer that matches nothing is an error for that artifact."""
+    """The names belonging to any of `layers`; a layer that matches nothing is an error for that artifact.
+    Where some name holds the layer exactly, the scope-suffixed names are other layers (Keras numbers its
+    default names: `batch_normalization` is not `batch_normalization_8`); else they are its TF scopes."""
     chosen = []
     for layer in layers:
         hits = [n for n in names if matches_layer(layer, n)]
+        exact = [n for n in hits if n == layer or re.search(rf"(^|[/;]){re.escape(layer)}([/;:]|$)", n)]
+        hits = exact or hits
         if not hits:
             raise ConversionError(f"--keep-float {layer}: no op of the {where} graph belongs to that layer")
         chosen += hits
