@@ -190,6 +190,7 @@ def table_rows(results: dict, manifest: dict, names: list[str], targets: list[st
                                # a delivered-but-differing onnx2tf result: the other recipes' reasons name nodes
                                why=" | ".join([*([a["reason"]] if a.get("reason") else []),  # the op that diverges
                                                *(n for n in a.get("notes", []) if n.startswith("recipe "))]),
+                               recipes=" | ".join(n for n in a.get("notes", []) if n.startswith("recipe ")),
                                explained=result.get("explain", {}).get(f"{a['format']}/{a['precision']}"))
                 row.update(_mixed_columns(a, row))
                 rows.append(row)
@@ -249,8 +250,10 @@ def print_table(rows: list[dict], results: dict) -> None:
         if r["status"] == "FAILED":
             print(f"- {r['model']} {r['format']} {r['precision']}: {r['reason']}")
         elif r["status"] == "MISMATCH":
-            why = f"; {r['explained']}" if r.get("explained") else ""
-            why += f"; {r['why']}" if r.get("why") else ""
+            explained = (r.get("explained") or "").startswith(("first op", "no single op"))  # explain's words
+            why = f"; {r['explained']}" if r.get("explained") else ""           # replace convert's own reason
+            rest = r.get("recipes") if explained else r.get("why")
+            why += f"; {rest}" if rest else ""
             why += r.get("mixed_stopped", "")
             print(f"- {r['model']} {r['format']} {r['precision']}: MISMATCH ({r['fidelity']}){why}")
 
