@@ -7,13 +7,14 @@ import re
 from .errors import ConversionError
 
 
-def matches_layer(layer: str, op_name: str) -> bool:
+def matches_layer(layer: str, op_name: str, scope_suffix: bool = True) -> bool:
     """Does an op/tensor name belong to a source layer? Matches whole path components.
 
-    TF scopes add a numeric suffix to layer names (`conv1` -> `model/conv1_1/Conv2D`), and
-    TFLite fuses several names into one with `;`.
+    TF scopes add a numeric suffix to layer names (`conv1` -> `model/conv1_1/Conv2D`; `scope_suffix`
+    False: the name exactly), and TFLite fuses several names into one with `;`.
     """
-    pattern = rf"(^|[/;]){re.escape(layer)}(_\d+)?([/;:]|$)"
+    suffix = r"(_\d+)?" if scope_suffix else ""
+    pattern = rf"(^|[/;]){re.escape(layer)}{suffix}([/;:]|$)"
     return op_name == layer or re.search(pattern, op_name) is not None
 
 
@@ -24,8 +25,7 @@ def select(names: list[str], layers: list[str], where: str) -> list[str]:
     chosen = []
     for layer in layers:
         hits = [n for n in names if matches_layer(layer, n)]
-        exact = [n for n in hits if n == layer or re.search(rf"(^|[/;]){re.escape(layer)}([/;:]|$)", n)]
-        hits = exact or hits
+        hits = [n for n in hits if matches_layer(layer, n, scope_suffix=False)] or hits
         if not hits:
             raise ConversionError(f"--keep-float {layer}: no op of the {where} graph belongs to that layer")
         chosen += hits
