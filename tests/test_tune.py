@@ -100,3 +100,16 @@ def test_html_report_renders_in_headless_chromium(tuned, capsys, tmp_path):
     assert "CHOSEN" in html and "Per-layer int8 sensitivity" in html
     for label in ("measured on host", "emulated", "estimated", "measured on remote device"):
         assert label in html
+
+
+@pytest.mark.parametrize("chosen", ["fp32", "quantized"])
+def test_html_report_marks_the_chosen_artifact_whichever_it_is(tuned, chosen):
+    """The recommendation rule can choose fp32 itself (a tiny model on a quiet host): the chosen row is still
+    in the table, whichever candidate it is."""
+    from edgekit import html_report
+    result = json.loads((tuned[1] / "tune.json").read_text())
+    ok = [t for t in result["trials"] if t.get("ok")]
+    result["best"] = dict(result["fp32"] if chosen == "fp32" else ok[0], holdout_drop_points=0.0)
+    page = html_report._tune(result)
+    assert page.count("<td>CHOSEN</td>") == 1 and "Per-layer int8 sensitivity" in page
+    assert ("the fp32 baseline itself" in page) == (chosen == "fp32")

@@ -88,11 +88,14 @@ def _tune(result: dict) -> str:
     best_key = (result.get("best") or {}).get("key")
     front = {t["key"] for t in result["pareto"]}
     ok = [t for t in result["trials"] if t.get("ok")]
+    fp32 = result.get("fp32") or {}
+    if fp32.get("ok") and fp32["key"] not in {t["key"] for t in ok}:
+        ok.append(fp32)  # the baseline is a candidate too: the recommendation rule can choose it
     plots = "".join(_scatter(ok, front, best_key, result["budget_points"], x, label)
                     for x, label in (("latency_ms", "median latency (ms, measured on host)"),
                                      ("bytes", "artifact size (bytes)")))
     rows = [(recipe_text(t["recipe"]), f"{t['drop_points']:+.2f}", f"{t['bytes'] / 1024:.1f}", f"{t['latency_ms']:.4g}",
-             "Pareto" if t["key"] in front else "", "CHOSEN" if t["key"] == best_key else t.get("why", ""))
+             "Pareto" if t["key"] in front else "", "CHOSEN" if t["key"] == best_key else t.get("why", "fp32 baseline"))
             for t in sorted(ok, key=lambda t: t["latency_ms"])]
     chosen = ""
     if result.get("best"):
@@ -100,6 +103,8 @@ def _tune(result: dict) -> str:
         ratio = b.get("vs_fp32_latency")
         speed = "latency too unsteady on this host to compare with fp32" if not ratio or ratio["unstable"] else \
             f"{1 / ratio['value']:.2f}x faster than fp32 (interleaved, quiet phase)"
+        if b["key"] == f["key"]:
+            speed = "the fp32 baseline itself: no quantized trial was stably faster in the quiet phase"
         chosen = (f"<p><b>Chosen:</b> {html.escape(recipe_text(b['recipe']))}: {f['bytes'] / b['bytes']:.2f}x smaller, "
                   f"{speed}; accuracy drop {b['drop_points']:+.2f} points "
                   f"(tuning split), {b['holdout_drop_points']:+.2f} (held-out split).</p>")
