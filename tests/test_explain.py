@@ -126,6 +126,12 @@ def test_explain_user_errors(broken, capsys, tmp_path):
     assert_user_error(run_cli(capsys, "explain", lone, "--reference", broken / "cpu-int8" / "fp32" / "model.onnx"),
                       "not a tflite model")
     assert_user_error(run_cli(capsys, "explain", broken / "cpu-int8" / "fp32"), "not an edgekit convert output")
+    (tmp_path / "fp32").mkdir()
+    corrupt = tmp_path / "model.onnx"
+    corrupt.write_bytes((broken / "cpu-int8" / "model.onnx").read_bytes()[:1000])  # truncated
+    (tmp_path / "fp32" / "model.onnx").write_bytes((broken / "cpu-int8" / "fp32" / "model.onnx").read_bytes())
+    assert_user_error(run_cli(capsys, "explain", corrupt, "--samples", "1"), "1 of 1 artifact(s) not explained",
+                      "intact artifact")
 
 
 def test_matching_positional_names_fusions_and_look_alikes():

@@ -33,11 +33,18 @@ def explain(path, data_path, samples, reference, precision, target, formats, as_
         result = flow.explain(path, data_path, samples, reference, precision, target, tuple(formats),
                               progress=(lambda msg: status.update(msg)) if status else (lambda _: None))
     if as_json:
-        return print_json(result)
-    out = _stdout()
-    for entry in result["artifacts"]:
-        for line in lines(entry):
-            out.print(line, highlight=False, soft_wrap=True, markup=False)
+        print_json(result)
+    else:
+        out = _stdout()
+        for entry in result["artifacts"]:
+            for line in lines(entry):
+                out.print(line, highlight=False, soft_wrap=True, markup=False)
+    failed = [e for e in result["artifacts"] if "error" in e]
+    if failed:  # the others are printed above; an artifact that could not be run is the user's to fix
+        from ..errors import EdgekitError
+        raise EdgekitError(f"{len(failed)} of {len(result['artifacts'])} artifact(s) not explained: "
+                           f"{failed[0]['file']}: {failed[0]['error']}",
+                           "re-run edgekit convert to rewrite it, or give an intact artifact and its float model")
 
 
 def lines(entry: dict) -> list[str]:
