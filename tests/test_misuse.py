@@ -346,3 +346,16 @@ def test_a_plugin_that_fails_at_import_is_one_line_naming_it_and_the_variable(ca
     result = run_cli(capsys, "convert", model, "--format", "fake", "--runs", "1", "--out", tmp_path / "o")
     assert_user_error(result, repr(name), f"${variable}")
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("flags, why", [(["--mixed", "auto", "--keep-float", "dense"], "target cpu builds fp32"),
+                                        (["--target", "cpu-int8", "--precision", "fp32", "--per-tensor"],
+                                         "--precision fp32 builds fp32")])
+def test_quantization_flags_on_an_fp32_build_are_said_to_do_nothing(flags, why, capsys, tmp_path):
+    model = fake.save_model(tmp_path / "fake.npz", (1, 2, 3), classes=4)
+    result = run_cli(capsys, "convert", model, "--format", "fake", "--runs", "1", "--warmup", "0", *flags,
+                     "--out", tmp_path / "o", "--json")
+    assert result.code == 0, result.err
+    said = [w for w in json.loads(result.out)["warnings"] if "no effect" in w]
+    assert len(said) == 1 and why in said[0] and "--precision" not in said[0].split(":")[0], said
+    assert said[0].startswith(("--mixed", "--keep-float", "--per-tensor"))

@@ -49,10 +49,22 @@ def warnings(ctx: Context) -> list[str]:
                      f"({device.description or device.arch}); it is not the device's latency")
     notes += [line for line in [ctx.host_threads_note()] if line]
     notes += probes.warnings(ctx)
+    notes += unused_quantization_flags(ctx)
     if ctx.calib is not None and ctx.calib.uncalibrated:
         notes.append("UNCALIBRATED: quantization ranges come from random inputs (--calib random); "
                      "accuracy figures say nothing about real data")
     return notes
+
+
+def unused_quantization_flags(ctx: Context) -> list[str]:
+    """Flags that only shape a quantized build, given for a target that builds fp32 only: said, not ignored."""
+    if ctx.recipe["quantize"].precision != "fp32":
+        return []
+    unused = [passes.flag_name(field) for p in passes.all_passes() if p.NAME in ("quantize", "mixed")
+              for field in passes.given(passes.flags_from(p, ctx.options)) if field != "precision"]
+    why = "--precision fp32" if ctx.options.precision == "fp32" else f"target {ctx.target.name}"
+    return [f"{', '.join(unused)}: no effect, {why} builds fp32 only; choose an int8 target "
+            "(e.g. --target cpu-int8) or --precision int8"] if unused else []
 
 
 def estimate(ctx: Context, artifacts: list[dict]) -> dict | None:
