@@ -180,10 +180,14 @@ def test_keep_float_reaches_a_node_onnxruntime_fused(layer, capsys, tmp_path):
     assert producers.get(next(n for n in graph.node if n.name == "mm1").input[0]) == "DequantizeLinear"
 
 
-def test_keep_float_of_a_missing_layer_names_it(tiny_keras, tiny_eval, capsys, tmp_path):
-    report = convert(capsys, tiny_keras, tmp_path / "o", "--target", "cpu-int8", "--data", tiny_eval,
-                     "--keep-float", "no_such_layer", "--format", "onnx")
-    assert "--keep-float no_such_layer" in target(report, "onnx")["reason"]
+def test_keep_float_of_a_layer_no_graph_has_is_one_line_and_keeps_the_previous_output(tiny_keras, tiny_eval, capsys,
+                                                                                       tmp_path):
+    convert(capsys, tiny_keras, tmp_path / "o", "--target", "cpu-int8", "--data", tiny_eval, "--format", "onnx")
+    before = tree_digest(tmp_path / "o")
+    result = run_cli(capsys, "convert", tiny_keras, "--target", "cpu-int8", "--data", tiny_eval, "--format", "onnx",
+                     "--keep-float", "no_such_layer", "--out", tmp_path / "o", "--force")
+    assert_user_error(result, "--keep-float no_such_layer", "no layer of that name", "analyze --layers")
+    assert tree_digest(tmp_path / "o") == before
 
 
 def test_quantized_artifacts_are_reproducible(tiny_keras, tiny_eval, capsys, tmp_path):

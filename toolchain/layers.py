@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import re
 
-from .errors import ConversionError
+from .errors import ConversionError, EdgekitError
+
+UNMATCHED = re.compile(r"--keep-float (.+?): no op of the")  # select's message, read back
 
 
 def matches_layer(layer: str, op_name: str, scope_suffix: bool = True) -> bool:
@@ -30,3 +32,14 @@ def select(names: list[str], layers: list[str], where: str) -> list[str]:
             raise ConversionError(f"--keep-float {layer}: no op of the {where} graph belongs to that layer")
         chosen += hits
     return list(dict.fromkeys(chosen))
+
+
+def refuse_unknown(artifacts: list[dict], model: str) -> None:
+    """Every quantized artifact failed on a --keep-float name no graph has: the user's typo, not a build
+    failure (one format missing a layer the others have stays that artifact's FAILED row)."""
+    quantized = [a for a in artifacts if a["role"] == "target" and a["precision"] != "fp32"]
+    named = [UNMATCHED.search(a.get("reason") or "") if a["status"] == "failed" else None for a in quantized]
+    if quantized and all(named):
+        layers = ", ".join(dict.fromkeys(m.group(1) for m in named))
+        raise EdgekitError(f"--keep-float {layers}: no layer of that name in {model} (no op of any format's graph "
+                           "belongs to it)", "`edgekit analyze --layers MODEL` lists the layer names")

@@ -19,8 +19,8 @@ from typing import Callable
 
 import numpy as np
 
-from . import (backends, bounds, convert_report, data, explain, measure, native, opreport, output, probes, recommend,
-               report, runner, sources, targets, timing)
+from . import (backends, bounds, convert_report, data, explain, layers, measure, native, opreport, output, probes,
+               recommend, report, runner, sources, targets, timing)
 from .context import Context, cache_dir
 from .options import ConvertOptions
 from .errors import ConversionError, EdgekitError
@@ -49,6 +49,7 @@ def convert(model: str | Path | None = None, progress: Callable[[str], None] | N
         ctx.stage = stage
         result = convert_report.header(ctx, model)
         result["artifacts"] = [a for fmt in _formats(ctx) for a in _build_format(ctx, fmt)]
+        layers.refuse_unknown(result["artifacts"], model.name)
         result["warnings"] += convert_report.slower_than_fp32(result["artifacts"])
         result["recommended"] = recommend.choose(result["artifacts"], target.profile.build.max_accuracy_drop,
                                                  _formats(ctx))

@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import measure, runner
+from .. import layers, measure, runner
 from ..errors import ConversionError
 from ..schema import option
 from . import _mixed_share, quantize
@@ -293,9 +293,6 @@ class _State:
         return list(self.kept.values())
 
 
-_UNMATCHED = re.compile(r"--keep-float (.+?): no op of the")
-
-
 def _round(state: _State, judge, rebuild, out_path: Path, best) -> tuple[dict, dict]:
     """One round: rebuild with the layers kept so far (None: judge the build already there), judge it. A kept
     name the backend finds no op for is dropped (and not tried again) before the build; a build that fails
@@ -307,7 +304,7 @@ def _round(state: _State, judge, rebuild, out_path: Path, best) -> tuple[dict, d
             built = rebuild(**state.settings()) if rebuild is not None else {}
             break
         except ConversionError as exc:
-            unmatched = _UNMATCHED.search(str(exc))
+            unmatched = layers.UNMATCHED.search(str(exc))
             if unmatched and unmatched.group(1) in state.kept:
                 state.unusable(unmatched.group(1), "no op of this format's graph belongs to it")
                 continue
