@@ -101,10 +101,12 @@ def _tune(result: dict) -> str:
     if result.get("best"):
         b, f = result["best"], result["fp32"]
         ratio = b.get("vs_fp32_latency")
-        speed = "latency too unsteady on this host to compare with fp32" if not ratio or ratio["unstable"] else \
-            f"{1 / ratio['value']:.2f}x faster than fp32 (interleaved, quiet phase)"
         if b["key"] == f["key"]:
             speed = "the fp32 baseline itself: no quantized trial was stably faster in the quiet phase"
+        elif not ratio or ratio["unstable"]:
+            speed = "latency too unsteady on this host to compare with fp32"
+        else:
+            speed = f"{1 / ratio['value']:.2f}x faster than fp32 (interleaved, quiet phase)"
         chosen = (f"<p><b>Chosen:</b> {html.escape(recipe_text(b['recipe']))}: {f['bytes'] / b['bytes']:.2f}x smaller, "
                   f"{speed}; accuracy drop {b['drop_points']:+.2f} points "
                   f"(tuning split), {b['holdout_drop_points']:+.2f} (held-out split).</p>")

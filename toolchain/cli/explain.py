@@ -5,6 +5,7 @@ from pathlib import Path
 
 import click
 
+from ..errors import EdgekitError
 from .common import _stdout, choice, json_option, print_json, working
 
 FORMATS = ("tflite", "onnx", "openvino")
@@ -41,7 +42,6 @@ def explain(path, data_path, samples, reference, precision, target, formats, as_
                 out.print(line, highlight=False, soft_wrap=True, markup=False)
     failed = [e for e in result["artifacts"] if "error" in e]
     if failed:  # the others are printed above; an artifact that could not be run is the user's to fix
-        from ..errors import EdgekitError
         raise EdgekitError(f"{len(failed)} of {len(result['artifacts'])} artifact(s) not explained: "
                            f"{failed[0]['file']}: {failed[0]['error']}",
                            "re-run edgekit convert to rewrite it, or give an intact artifact and its float model")
